@@ -1,0 +1,248 @@
+//! The one apply-side decision every adapter calls for every committed entry (SPEC R2, R3).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::envelope::EnvelopeHeader;
+use crate::error::{FailureReason, FatalApplyError};
+use crate::traits::{CutoverSource, PayloadUnwrapper};
+
+/// What a committed entry is, as told by the adapter's framing without any key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EntryKind {
+    /// An application payload in the clear (legacy history, or the layer is not sealing yet).
+    Cleartext,
+    /// An application payload sealed into an envelope.
+    Envelope,
+    /// An entry the engine itself interprets (openraft `Blank`/`Membership`, raft-rs empty leader
+    /// entries and conf changes). Never wrapped, unwrapped or rejected.
+    Control,
+}
+
+impl fmt::Display for EntryKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EntryKind::Cleartext => "cleartext",
+            EntryKind::Envelope => "envelope",
+            EntryKind::Control => "control",
+        })
+    }
+}
+
+/// What to hand to the state machine for an entry that may be applied.
+#[derive(PartialEq, Eq)]
+pub enum Decision<'a> {
+    /// Hand the entry's bytes over unchanged (cleartext at or below the cutover, or a control
+    /// entry).
+    PassThrough(&'a [u8]),
+    /// Hand over this plaintext, opened from the entry's envelope.
+    Opened(Vec<u8>),
+}
+
+impl Decision<'_> {
+    /// The bytes to hand to the state machine.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Decision::PassThrough(bytes) => bytes,
+            Decision::Opened(plain) => plain,
+        }
+    }
+
+    /// The bytes to hand to the state machine, owned.
+    pub fn into_owned(self) -> Vec<u8> {
+        match self {
+            Decision::PassThrough(bytes) => bytes.to_vec(),
+            Decision::Opened(plain) => plain,
+        }
+    }
+}
+
+/// Shows only lengths: the bytes may be plaintext.
+impl fmt::Debug for Decision<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Decision::PassThrough(b) => write!(f, "PassThrough({} bytes)", b.len()),
+            Decision::Opened(b) => write!(f, "Opened({} bytes)", b.len()),
+        }
+    }
+}
+
+/// Decides what happens to the committed entry at `index`: pass it through, hand over its opened
+/// plaintext, or halt the replica.
+///
+/// | entry at `index` | `index <= cutover`, or no cutover | `index > cutover` |
+/// |---|---|---|
+/// | [`EntryKind::Cleartext`] | pass through | halt |
+/// | [`EntryKind::Envelope`], opens | opened plaintext | opened plaintext |
+/// | [`EntryKind::Envelope`], fails or no unwrapper | halt | halt |
+/// | [`EntryKind::Control`] | pass through | pass through |
+///
+/// `Some(u64::MAX)` behaves exactly like `None`. Every halt emits a `tracing` event at error level
+/// with the index, the key id when readable, the reason and the cutover, never any payload byte.
+///
+/// Adapters must not re-implement any part of this table; they call this function (or
+/// [`ApplyGate::decide`], which adds counters) and act on the result: apply, or stop without
+/// advancing the applied index.
+///
+/// # Errors
+/// A [`FatalApplyError`]: the replica must halt at `index`.
+pub fn decide<'a>(
+    index: u64,
+    kind: EntryKind,
+    bytes: &'a [u8],
+    cutover: Option<u64>,
+    unwrapper: Option<&dyn PayloadUnwrapper>,
+) -> Result<Decision<'a>, FatalApplyError> {
+    let result = match kind {
+        EntryKind::Control => Ok(Decision::PassThrough(bytes)),
+        EntryKind::Cleartext => match cutover {
+            Some(c) if c != u64::MAX && index > c => {
+                Err(FatalApplyError::new(index, FailureReason::CleartextAboveCutover, cutover))
+            }
+            _ => Ok(Decision::PassThrough(bytes)),
+        },
+        EntryKind::Envelope => match unwrapper {
+            None => {
+                let mut error = FatalApplyError::new(index, FailureReason::NoUnwrapper, cutover);
+                error.key_id = EnvelopeHeader::parse(bytes).ok().map(|h| h.key_id);
+                Err(error)
+            }
+            Some(unwrapper) => unwrapper
+                .open(bytes)
+                .map(Decision::Opened)
+                .map_err(|e| FatalApplyError::from_open(index, e, cutover)),
+        },
+    };
+    if let Err(error) = &result {
+        tracing::error!(
+            index = error.index,
+            key_id = error.key_id.map(|k| k.0),
+            reason = error.reason.as_str(),
+            cutover = error.cutover,
+            entry_kind = %kind,
+            "envelope layer halted apply: {error}"
+        );
+    }
+    result
+}
+
+/// Counters kept by an [`ApplyGate`], as returned by [`ApplyGate::stats`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ApplyStats {
+    /// Entries handed over unchanged (cleartext allowed by the cutover, and control entries).
+    pub passed_through: u64,
+    /// Envelopes opened and handed over as plaintext.
+    pub opened: u64,
+    /// Halting decisions, by reason (only non-zero reasons appear).
+    pub halts: BTreeMap<crate::FailureReason, u64>,
+}
+
+/// An adapter's apply-side configuration: the cutover source and the unwrapper, with counters.
+///
+/// Both adapters hold one and call [`decide`](Self::decide) for every committed entry in log
+/// order.
+///
+/// ```
+/// use std::sync::Arc;
+/// use raft_envelope_core::*;
+///
+/// let ring = Arc::new(Keyring::with_active_key(KeyId(1), Algorithm::Aes256Gcm, SecretKey::generate()?)?);
+/// let cipher = Arc::new(EnvelopeCipher::new(ClusterId::new("c1")?, ring));
+/// let gate = ApplyGate::new(Arc::new(Cutover::at(10))).with_unwrapper(cipher.clone());
+///
+/// // Legacy cleartext at or below the cutover passes through.
+/// assert_eq!(gate.decide(10, EntryKind::Cleartext, b"old").unwrap().as_bytes(), b"old");
+/// // Above it, cleartext halts the replica ...
+/// let halt = gate.decide(11, EntryKind::Cleartext, b"new").unwrap_err();
+/// assert_eq!(halt.reason, FailureReason::CleartextAboveCutover);
+/// // ... and envelopes are opened.
+/// let envelope = cipher.seal(ProposalId(5), b"new").expect("seal");
+/// assert_eq!(gate.decide(11, EntryKind::Envelope, &envelope).unwrap().as_bytes(), b"new");
+/// # Ok::<(), ConfigError>(())
+/// ```
+pub struct ApplyGate {
+    cutover: Arc<dyn CutoverSource>,
+    unwrapper: Option<Arc<dyn PayloadUnwrapper>>,
+    passed_through: AtomicU64,
+    opened: AtomicU64,
+    halts: [AtomicU64; FailureReason::ALL.len()],
+}
+
+impl ApplyGate {
+    /// A gate reading the cutover from `cutover`, with no unwrapper.
+    pub fn new(cutover: Arc<dyn CutoverSource>) -> Self {
+        Self {
+            cutover,
+            unwrapper: None,
+            passed_through: AtomicU64::new(0),
+            opened: AtomicU64::new(0),
+            halts: Default::default(),
+        }
+    }
+
+    /// A gate with no cutover and no unwrapper: every payload passes through byte for byte, and
+    /// any envelope halts (an envelope is never passed on sealed).
+    pub fn inert() -> Self {
+        Self::new(Arc::new(None::<u64>))
+    }
+
+    /// Sets the unwrapper used to open envelopes.
+    pub fn with_unwrapper(mut self, unwrapper: Arc<dyn PayloadUnwrapper>) -> Self {
+        self.unwrapper = Some(unwrapper);
+        self
+    }
+
+    /// The cutover as the source reports it now.
+    pub fn cutover(&self) -> Option<u64> {
+        self.cutover.cutover()
+    }
+
+    /// True when an unwrapper is configured.
+    pub fn has_unwrapper(&self) -> bool {
+        self.unwrapper.is_some()
+    }
+
+    /// [`decide`] with this gate's cutover and unwrapper, counting the outcome.
+    ///
+    /// # Errors
+    /// A [`FatalApplyError`]: the replica must halt at `index`.
+    pub fn decide<'a>(&self, index: u64, kind: EntryKind, bytes: &'a [u8]) -> Result<Decision<'a>, FatalApplyError> {
+        let result = decide(index, kind, bytes, self.cutover.cutover(), self.unwrapper.as_deref());
+        let counter = match &result {
+            Ok(Decision::PassThrough(_)) => &self.passed_through,
+            Ok(Decision::Opened(_)) => &self.opened,
+            Err(e) => &self.halts[e.reason.index()],
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    /// The gate's counters.
+    pub fn stats(&self) -> ApplyStats {
+        ApplyStats {
+            passed_through: self.passed_through.load(Ordering::Relaxed),
+            opened: self.opened.load(Ordering::Relaxed),
+            halts: FailureReason::ALL
+                .iter()
+                .filter_map(|r| {
+                    let n = self.halts[r.index()].load(Ordering::Relaxed);
+                    (n > 0).then_some((*r, n))
+                })
+                .collect(),
+        }
+    }
+}
+
+impl fmt::Debug for ApplyGate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApplyGate")
+            .field("cutover", &self.cutover.cutover())
+            .field("has_unwrapper", &self.unwrapper.is_some())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}

@@ -1,0 +1,511 @@
+//! Data keys, their states, their sealing budgets and their counters.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock};
+
+use aws_lc_rs::aead::{self, LessSafeKey, Nonce, UnboundKey};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::envelope::{Aad, EnvelopeHeader, HEADER_LEN, NONCE_LEN, TAG_LEN};
+use crate::error::{ConfigError, FailureReason, OpenError, SealError};
+use crate::ids::{Algorithm, ClusterId, KeyId, ProposalId, Purpose};
+
+/// Length of a data key in bytes (AES-256).
+pub const KEY_LEN: usize = 32;
+
+/// A 256-bit data key. Its bytes never appear in `Debug` output and are zeroized on drop.
+pub struct SecretKey(Zeroizing<[u8; KEY_LEN]>);
+
+impl SecretKey {
+    /// Takes ownership of 32 key bytes.
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+
+    /// Copies 32 key bytes from a slice.
+    ///
+    /// # Errors
+    /// [`ConfigError::KeyLength`] when the slice is not 32 bytes long.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        if bytes.len() != KEY_LEN {
+            return Err(ConfigError::KeyLength { len: bytes.len() });
+        }
+        key.copy_from_slice(bytes);
+        Ok(Self(key))
+    }
+
+    /// A fresh key from the system random generator.
+    ///
+    /// # Errors
+    /// [`ConfigError::Random`] if the generator fails.
+    pub fn generate() -> Result<Self, ConfigError> {
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        aws_lc_rs::rand::fill(&mut key[..]).map_err(|_| ConfigError::Random)?;
+        Ok(Self(key))
+    }
+
+    /// The key bytes, for handing to a key-encryption service. Handle with care.
+    pub fn expose_secret(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretKey(<redacted>)")
+    }
+}
+
+/// The lifecycle state of a key in a [`Keyring`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum KeyState {
+    /// Seals new envelopes and opens old ones. At most one key is active.
+    Active,
+    /// Opens envelopes but never seals.
+    DecryptOnly,
+    /// Its material is gone: envelopes under it fail with [`FailureReason::DestroyedKey`].
+    Destroyed,
+}
+
+/// How many envelopes a key may seal before it must be rotated.
+///
+/// The default, 2<sup>32</sup>, is the NIST SP 800-38D §8.3 invocation limit for AES-GCM with
+/// nonces that are not built by the deterministic construction; see `DESIGN.md` for the
+/// collision bound this gives with our nonces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SealBudget {
+    limit: u64,
+    already_used: u64,
+}
+
+impl SealBudget {
+    /// The NIST SP 800-38D §8.3 limit: 2<sup>32</sup> seals per key.
+    pub const NIST_LIMIT: u64 = 1 << 32;
+
+    /// A budget of `limit` seals, none used yet. Values above [`SealBudget::NIST_LIMIT`] are
+    /// lowered to it.
+    pub fn new(limit: u64) -> Self {
+        Self { limit: limit.min(Self::NIST_LIMIT), already_used: 0 }
+    }
+
+    /// Records seals made under this key before this keyring was built (for example by an earlier
+    /// process), so they count against the budget.
+    pub fn with_already_used(mut self, used: u64) -> Self {
+        self.already_used = used;
+        self
+    }
+
+    /// The total number of seals allowed.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// How many remaining seals count as "low": a warning is traced when the key crosses it, and
+    /// [`KeyStats::budget_low`] turns true. One eighth of the limit.
+    pub fn low_watermark(&self) -> u64 {
+        self.limit / 8
+    }
+}
+
+impl Default for SealBudget {
+    fn default() -> Self {
+        Self::new(Self::NIST_LIMIT)
+    }
+}
+
+/// Counters and state of one key, as returned by [`Keyring::stats`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyStats {
+    /// The key.
+    pub key_id: KeyId,
+    /// Its state; `None` for an id this keyring never held but was asked to open under.
+    pub state: Option<KeyState>,
+    /// Its algorithm, when known.
+    pub algorithm: Option<Algorithm>,
+    /// Envelopes sealed by this keyring under the key.
+    pub seals: u64,
+    /// Envelopes opened by this keyring under the key.
+    pub opens: u64,
+    /// Open failures naming this key, by reason (only non-zero reasons appear).
+    pub open_failures: BTreeMap<FailureReason, u64>,
+    /// Seals left before the budget refuses.
+    pub budget_remaining: u64,
+    /// True when `budget_remaining` is at or below the budget's low watermark.
+    pub budget_low: bool,
+}
+
+struct Slot {
+    algorithm: Algorithm,
+    state: KeyState,
+    key: Option<LessSafeKey>,
+    /// Random 96-bit starting point of this keyring's nonce sequence for the key.
+    nonce_base: u128,
+    budget: SealBudget,
+    /// Nonce positions handed out by this keyring (successful or refused).
+    reserved: AtomicU64,
+    seals: AtomicU64,
+    opens: AtomicU64,
+    failures: [AtomicU64; FailureReason::ALL.len()],
+}
+
+impl Slot {
+    fn remaining(&self) -> u64 {
+        let used = self.budget.already_used.saturating_add(self.reserved.load(Ordering::Relaxed));
+        self.budget.limit.saturating_sub(used)
+    }
+
+    fn stats(&self, key_id: KeyId) -> KeyStats {
+        let remaining = self.remaining();
+        KeyStats {
+            key_id,
+            state: Some(self.state),
+            algorithm: Some(self.algorithm),
+            seals: self.seals.load(Ordering::Relaxed),
+            opens: self.opens.load(Ordering::Relaxed),
+            open_failures: FailureReason::ALL
+                .iter()
+                .filter_map(|r| {
+                    let n = self.failures[r.index()].load(Ordering::Relaxed);
+                    (n > 0).then_some((*r, n))
+                })
+                .collect(),
+            budget_remaining: remaining,
+            budget_low: remaining <= self.budget.low_watermark(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    slots: BTreeMap<KeyId, Slot>,
+    active: Option<KeyId>,
+}
+
+/// Maps key ids to data keys, each active, decrypt-only or destroyed. At most one key is active
+/// and seals; every non-destroyed key opens.
+///
+/// All methods take `&self`, so one `Arc<Keyring>` can be shared by the sealing and opening sides
+/// and changed while they run. Key material never leaves the keyring and is zeroized on drop.
+///
+/// ```
+/// use raft_envelope_core::{Algorithm, KeyId, KeyState, Keyring, SecretKey};
+///
+/// let ring = Keyring::new();
+/// ring.insert(KeyId(1), Algorithm::Aes256Gcm, SecretKey::generate()?)?;
+/// ring.promote(KeyId(1))?;
+/// ring.insert(KeyId(2), Algorithm::Aes256Gcm, SecretKey::generate()?)?;
+/// ring.promote(KeyId(2))?; // key 1 becomes decrypt-only
+/// assert_eq!(ring.state(KeyId(1)), Some(KeyState::DecryptOnly));
+/// assert_eq!(ring.active_key(), Some(KeyId(2)));
+/// # Ok::<(), raft_envelope_core::ConfigError>(())
+/// ```
+pub struct Keyring {
+    inner: RwLock<Inner>,
+    unknown_key_failures: Mutex<BTreeMap<KeyId, u64>>,
+}
+
+impl Default for Keyring {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = self.read();
+        let mut list = f.debug_map();
+        for (id, slot) in &inner.slots {
+            list.entry(&id.0, &format_args!("{:?} {}", slot.state, slot.algorithm));
+        }
+        list.finish()
+    }
+}
+
+impl Keyring {
+    /// An empty keyring: it seals nothing and opens nothing.
+    pub fn new() -> Self {
+        Self { inner: RwLock::new(Inner::default()), unknown_key_failures: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// A keyring holding one active key with the default budget.
+    ///
+    /// # Errors
+    /// As [`Keyring::insert`].
+    pub fn with_active_key(id: KeyId, algorithm: Algorithm, key: SecretKey) -> Result<Self, ConfigError> {
+        let ring = Self::new();
+        ring.insert(id, algorithm, key)?;
+        ring.promote(id)?;
+        Ok(ring)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a key in the decrypt-only state with the default budget. Call [`Keyring::promote`] to
+    /// make it seal.
+    ///
+    /// # Errors
+    /// [`ConfigError::DuplicateKeyId`] when the id is (or was) in the keyring: ids are never reused.
+    pub fn insert(&self, id: KeyId, algorithm: Algorithm, key: SecretKey) -> Result<(), ConfigError> {
+        self.insert_with_budget(id, algorithm, key, SealBudget::default())
+    }
+
+    /// Adds a key in the decrypt-only state with an explicit sealing budget.
+    ///
+    /// # Errors
+    /// As [`Keyring::insert`]; [`ConfigError::Random`] if no nonce base could be drawn.
+    pub fn insert_with_budget(
+        &self,
+        id: KeyId,
+        algorithm: Algorithm,
+        key: SecretKey,
+        budget: SealBudget,
+    ) -> Result<(), ConfigError> {
+        let mut base = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut base[4..]).map_err(|_| ConfigError::Random)?;
+        let unbound = UnboundKey::new(algorithm.aead(), &key.0[..])
+            .map_err(|_| ConfigError::KeyLength { len: KEY_LEN })?;
+        let mut inner = self.write();
+        if inner.slots.contains_key(&id) {
+            return Err(ConfigError::DuplicateKeyId(id));
+        }
+        inner.slots.insert(
+            id,
+            Slot {
+                algorithm,
+                state: KeyState::DecryptOnly,
+                key: Some(LessSafeKey::new(unbound)),
+                nonce_base: u128::from_be_bytes(base),
+                budget,
+                reserved: AtomicU64::new(0),
+                seals: AtomicU64::new(0),
+                opens: AtomicU64::new(0),
+                failures: Default::default(),
+            },
+        );
+        drop(inner);
+        tracing::info!(key_id = id.0, %algorithm, "key inserted (decrypt-only)");
+        Ok(())
+    }
+
+    /// Makes `id` the one active (sealing) key; the previously active key becomes decrypt-only.
+    ///
+    /// # Errors
+    /// [`ConfigError::UnknownKey`] or [`ConfigError::KeyDestroyed`].
+    pub fn promote(&self, id: KeyId) -> Result<(), ConfigError> {
+        let mut inner = self.write();
+        Self::check_live(&inner, id)?;
+        if let Some(previous) = inner.active.replace(id) {
+            if let Some(slot) = inner.slots.get_mut(&previous) {
+                slot.state = KeyState::DecryptOnly;
+            }
+        }
+        if let Some(slot) = inner.slots.get_mut(&id) {
+            slot.state = KeyState::Active;
+        }
+        drop(inner);
+        tracing::info!(key_id = id.0, "key promoted to active");
+        Ok(())
+    }
+
+    /// Makes `id` decrypt-only. If it was active, nothing seals until another key is promoted.
+    ///
+    /// # Errors
+    /// [`ConfigError::UnknownKey`] or [`ConfigError::KeyDestroyed`].
+    pub fn retire(&self, id: KeyId) -> Result<(), ConfigError> {
+        let mut inner = self.write();
+        Self::check_live(&inner, id)?;
+        if inner.active == Some(id) {
+            inner.active = None;
+        }
+        if let Some(slot) = inner.slots.get_mut(&id) {
+            slot.state = KeyState::DecryptOnly;
+        }
+        drop(inner);
+        tracing::info!(key_id = id.0, "key retired to decrypt-only");
+        Ok(())
+    }
+
+    /// Destroys `id`: its material is dropped (and zeroized), the id stays reserved, and envelopes
+    /// under it fail with [`FailureReason::DestroyedKey`]. Destroying twice is not an error.
+    ///
+    /// # Errors
+    /// [`ConfigError::UnknownKey`].
+    pub fn destroy(&self, id: KeyId) -> Result<(), ConfigError> {
+        let mut inner = self.write();
+        if inner.active == Some(id) {
+            inner.active = None;
+        }
+        let slot = inner.slots.get_mut(&id).ok_or(ConfigError::UnknownKey(id))?;
+        slot.state = KeyState::Destroyed;
+        slot.key = None;
+        drop(inner);
+        tracing::info!(key_id = id.0, "key destroyed");
+        Ok(())
+    }
+
+    fn check_live(inner: &Inner, id: KeyId) -> Result<(), ConfigError> {
+        match inner.slots.get(&id) {
+            None => Err(ConfigError::UnknownKey(id)),
+            Some(slot) if slot.state == KeyState::Destroyed => Err(ConfigError::KeyDestroyed(id)),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// The active key, if any.
+    pub fn active_key(&self) -> Option<KeyId> {
+        self.read().active
+    }
+
+    /// The state of `id`, if the keyring holds it.
+    pub fn state(&self, id: KeyId) -> Option<KeyState> {
+        self.read().slots.get(&id).map(|s| s.state)
+    }
+
+    /// Seals left for `id` before its budget refuses.
+    pub fn budget_remaining(&self, id: KeyId) -> Option<u64> {
+        self.read().slots.get(&id).map(Slot::remaining)
+    }
+
+    /// Counters and state of every key, plus ids this keyring was asked to open under but never
+    /// held (with `state: None`), in key id order.
+    pub fn stats(&self) -> Vec<KeyStats> {
+        let mut out: BTreeMap<KeyId, KeyStats> =
+            self.read().slots.iter().map(|(id, slot)| (*id, slot.stats(*id))).collect();
+        let unknown = self.unknown_key_failures.lock().unwrap_or_else(PoisonError::into_inner);
+        for (id, n) in unknown.iter() {
+            let entry = out.entry(*id).or_insert_with(|| KeyStats {
+                key_id: *id,
+                state: None,
+                algorithm: None,
+                seals: 0,
+                opens: 0,
+                open_failures: BTreeMap::new(),
+                budget_remaining: 0,
+                budget_low: false,
+            });
+            *entry.open_failures.entry(FailureReason::UnknownKey).or_default() += n;
+        }
+        out.into_values().collect()
+    }
+
+    /// Seals `payload` under the active key into a new envelope.
+    pub(crate) fn seal(
+        &self,
+        purpose: Purpose,
+        cluster: &ClusterId,
+        proposal_id: ProposalId,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, SealError> {
+        let inner = self.read();
+        let key_id = inner.active.ok_or(SealError::NoActiveKey)?;
+        let slot = inner.slots.get(&key_id).ok_or(SealError::NoActiveKey)?;
+        let key = slot.key.as_ref().ok_or(SealError::NoActiveKey)?;
+
+        // Reserve a nonce position; refuse before the budget is spent.
+        let position = slot.reserved.fetch_add(1, Ordering::Relaxed);
+        let used = slot.budget.already_used.saturating_add(position);
+        if used >= slot.budget.limit {
+            return Err(SealError::BudgetExhausted { key_id, limit: slot.budget.limit });
+        }
+        let remaining = slot.budget.limit - used - 1;
+        if remaining == slot.budget.low_watermark() {
+            tracing::warn!(key_id = key_id.0, remaining, "sealing budget low: rotate to a new key");
+        }
+
+        // nonce = (random 96-bit base + position) mod 2^96
+        let nonce_value = slot.nonce_base.wrapping_add(u128::from(position)) & ((1u128 << 96) - 1);
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&nonce_value.to_be_bytes()[4..]);
+
+        let header = EnvelopeHeader::new(slot.algorithm, purpose, key_id, proposal_id, nonce).to_bytes();
+        let aad = Aad::new(&header, cluster);
+        let mut out = vec![0u8; HEADER_LEN + payload.len() + TAG_LEN];
+        out[..HEADER_LEN].copy_from_slice(&header);
+        let (ciphertext, tag) = out[HEADER_LEN..].split_at_mut(payload.len());
+        key.seal_out_of_place_scatter(
+            Nonce::assume_unique_for_key(nonce),
+            aead::Aad::from(aad.as_bytes()),
+            payload,
+            ciphertext,
+            &[],
+            tag,
+        )
+        .map_err(|_| SealError::Cipher { key_id, algorithm: slot.algorithm, len: payload.len() })?;
+        slot.seals.fetch_add(1, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// Opens an envelope made for `purpose` in `cluster`.
+    pub(crate) fn open(&self, purpose: Purpose, cluster: &ClusterId, envelope: &[u8]) -> Result<Vec<u8>, OpenError> {
+        let header = EnvelopeHeader::parse(envelope)?;
+        let key_id = header.key_id;
+        let inner = self.read();
+        let Some(slot) = inner.slots.get(&key_id) else {
+            drop(inner);
+            *self
+                .unknown_key_failures
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(key_id)
+                .or_default() += 1;
+            return Err(OpenError::UnknownKey { key_id });
+        };
+        let result = Self::open_with(slot, &header, purpose, cluster, envelope);
+        match &result {
+            Ok(_) => slot.opens.fetch_add(1, Ordering::Relaxed),
+            Err(e) => slot.failures[e.reason().index()].fetch_add(1, Ordering::Relaxed),
+        };
+        result
+    }
+
+    fn open_with(
+        slot: &Slot,
+        header: &EnvelopeHeader,
+        purpose: Purpose,
+        cluster: &ClusterId,
+        envelope: &[u8],
+    ) -> Result<Vec<u8>, OpenError> {
+        let key_id = header.key_id;
+        let key = slot.key.as_ref().ok_or(OpenError::DestroyedKey { key_id })?;
+        if header.purpose != purpose {
+            return Err(OpenError::WrongPurpose { expected: purpose, found: header.purpose, key_id });
+        }
+        if header.algorithm != slot.algorithm {
+            return Err(OpenError::UnsupportedAlgorithm {
+                algorithm_id: header.algorithm.wire_id(),
+                key_id: Some(key_id),
+            });
+        }
+        let (head, rest) = envelope.split_at(HEADER_LEN);
+        let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let mut head_bytes = [0u8; HEADER_LEN];
+        head_bytes.copy_from_slice(head);
+        let aad = Aad::new(&head_bytes, cluster);
+        let mut out = vec![0u8; ciphertext.len()];
+        match key.open_separate_gather(
+            Nonce::assume_unique_for_key(header.nonce),
+            aead::Aad::from(aad.as_bytes()),
+            ciphertext,
+            tag,
+            &mut out,
+        ) {
+            Ok(()) => Ok(out),
+            Err(_) => {
+                // Unauthenticated output may hold plaintext-like bytes: wipe it.
+                out.zeroize();
+                Err(OpenError::AuthenticationFailed { key_id })
+            }
+        }
+    }
+}
