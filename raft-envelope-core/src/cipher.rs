@@ -53,7 +53,12 @@ impl EnvelopeCipher {
     ///
     /// # Errors
     /// [`SealError::NoActiveKey`], [`SealError::BudgetExhausted`] or [`SealError::Cipher`].
-    pub fn seal_for(&self, purpose: Purpose, proposal: ProposalId, payload: &[u8]) -> Result<Vec<u8>, SealError> {
+    pub fn seal_for(
+        &self,
+        purpose: Purpose,
+        proposal: ProposalId,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, SealError> {
         self.keyring.seal(purpose, &self.cluster, proposal, payload)
     }
 

@@ -210,7 +210,12 @@ impl ApplyGate {
     ///
     /// # Errors
     /// A [`FatalApplyError`]: the replica must halt at `index`.
-    pub fn decide<'a>(&self, index: u64, kind: EntryKind, bytes: &'a [u8]) -> Result<Decision<'a>, FatalApplyError> {
+    pub fn decide<'a>(
+        &self,
+        index: u64,
+        kind: EntryKind,
+        bytes: &'a [u8],
+    ) -> Result<Decision<'a>, FatalApplyError> {
         let result = decide(index, kind, bytes, self.cutover.cutover(), self.unwrapper.as_deref());
         let counter = match &result {
             Ok(Decision::PassThrough(_)) => &self.passed_through,

@@ -125,6 +125,9 @@ impl EnvelopeLayer {
 
 impl fmt::Debug for EnvelopeLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EnvelopeLayer").field("sealing", &self.is_sealing()).field("gate", &self.gate).finish()
+        f.debug_struct("EnvelopeLayer")
+            .field("sealing", &self.is_sealing())
+            .field("gate", &self.gate)
+            .finish()
     }
 }

@@ -58,7 +58,9 @@ mod traits;
 pub use cipher::EnvelopeCipher;
 pub use decision::{decide, ApplyGate, ApplyStats, Decision, EntryKind};
 pub use envelope::{EnvelopeHeader, FORMAT_VERSION, HEADER_LEN, NONCE_LEN, OVERHEAD, TAG_LEN};
-pub use error::{BoxedError, ConfigError, FailureReason, FatalApplyError, Malformation, OpenError, SealError};
+pub use error::{
+    BoxedError, ConfigError, FailureReason, FatalApplyError, Malformation, OpenError, SealError,
+};
 pub use ids::{Algorithm, ClusterId, KeyId, ProposalId, Purpose};
 pub use keyring::{KeyState, KeyStats, Keyring, SealBudget, SecretKey, KEY_LEN};
 pub use layer::{EnvelopeLayer, Proposal};

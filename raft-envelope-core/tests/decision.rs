@@ -1,0 +1,216 @@
+//! The apply-side decision (SPEC R2, R3) at the cutover boundary for every entry kind.
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+mod common;
+
+use std::sync::Arc;
+
+use common::cipher;
+use raft_envelope_core::*;
+
+const C: u64 = 100;
+
+/// What the decision should be, written out independently of the implementation.
+#[derive(Debug, PartialEq, Eq)]
+enum Expect {
+    Pass,
+    Opened,
+    Halt(FailureReason),
+}
+
+fn outcome(r: Result<Decision<'_>, FatalApplyError>) -> Expect {
+    match r {
+        Ok(Decision::PassThrough(_)) => Expect::Pass,
+        Ok(Decision::Opened(_)) => Expect::Opened,
+        Err(e) => Expect::Halt(e.reason),
+    }
+}
+
+fn check(index: u64, cutover: Option<u64>, kind: EntryKind, with_unwrapper: bool, expect: Expect) {
+    let c = cipher();
+    let bytes = match kind {
+        EntryKind::Envelope => c.seal(ProposalId(1), b"payload").unwrap(),
+        _ => b"payload".to_vec(),
+    };
+    let unwrapper: Option<&dyn PayloadUnwrapper> = if with_unwrapper { Some(&c) } else { None };
+    let got = outcome(decide(index, kind, &bytes, cutover, unwrapper));
+    assert_eq!(got, expect, "index {index}, cutover {cutover:?}, {kind}, unwrapper {with_unwrapper}");
+}
+
+#[test]
+fn cleartext_is_allowed_at_and_below_the_cutover_and_halts_above() {
+    check(C - 1, Some(C), EntryKind::Cleartext, true, Expect::Pass);
+    check(C, Some(C), EntryKind::Cleartext, true, Expect::Pass);
+    check(C + 1, Some(C), EntryKind::Cleartext, true, Expect::Halt(FailureReason::CleartextAboveCutover));
+    check(C + 1, Some(C), EntryKind::Cleartext, false, Expect::Halt(FailureReason::CleartextAboveCutover));
+}
+
+#[test]
+fn cleartext_passes_everywhere_without_a_cutover() {
+    for index in [0, 1, C - 1, C, C + 1, u64::MAX] {
+        check(index, None, EntryKind::Cleartext, false, Expect::Pass);
+        check(index, Some(u64::MAX), EntryKind::Cleartext, false, Expect::Pass);
+    }
+}
+
+#[test]
+fn envelopes_are_opened_at_every_index() {
+    for cutover in [None, Some(C), Some(u64::MAX), Some(0)] {
+        for index in [0, C - 1, C, C + 1, u64::MAX] {
+            check(index, cutover, EntryKind::Envelope, true, Expect::Opened);
+        }
+    }
+}
+
+#[test]
+fn envelopes_halt_without_an_unwrapper_at_every_index() {
+    for cutover in [None, Some(C), Some(u64::MAX)] {
+        for index in [C - 1, C, C + 1] {
+            check(index, cutover, EntryKind::Envelope, false, Expect::Halt(FailureReason::NoUnwrapper));
+        }
+    }
+}
+
+#[test]
+fn control_entries_pass_untouched_at_every_index() {
+    for cutover in [None, Some(C), Some(u64::MAX), Some(0)] {
+        for index in [0, C - 1, C, C + 1, u64::MAX] {
+            for unwrapper in [true, false] {
+                check(index, cutover, EntryKind::Control, unwrapper, Expect::Pass);
+            }
+        }
+    }
+}
+
+#[test]
+fn cutover_max_behaves_like_none() {
+    for kind in [EntryKind::Cleartext, EntryKind::Envelope, EntryKind::Control] {
+        for unwrapper in [true, false] {
+            let c = cipher();
+            let bytes = c.seal(ProposalId(1), b"p").unwrap();
+            let u: Option<&dyn PayloadUnwrapper> = if unwrapper { Some(&c) } else { None };
+            let a = outcome(decide(C + 1, kind, &bytes, None, u));
+            let b = outcome(decide(C + 1, kind, &bytes, Some(u64::MAX), u));
+            assert_eq!(a, b, "{kind} unwrapper {unwrapper}");
+        }
+    }
+}
+
+#[test]
+fn pass_through_hands_over_the_exact_bytes() {
+    let bytes = b"\x00\x01 exact bytes \xff";
+    let d = decide(5, EntryKind::Cleartext, bytes, None, None).unwrap();
+    assert_eq!(d, Decision::PassThrough(bytes));
+}
+
+#[test]
+fn opened_entry_hands_over_the_plaintext_never_the_envelope() {
+    let c = cipher();
+    let env = c.seal(ProposalId(1), b"plain").unwrap();
+    let d = decide(C + 1, EntryKind::Envelope, &env, Some(C), Some(&c)).unwrap();
+    assert_eq!(d.into_owned(), b"plain");
+}
+
+#[test]
+fn halt_error_names_index_key_reason_and_cutover() {
+    let c = cipher();
+    let mut env = c.seal(ProposalId(1), b"plain").unwrap();
+    env[HEADER_LEN] ^= 0x10;
+    let err = decide(C + 7, EntryKind::Envelope, &env, Some(C), Some(&c)).unwrap_err();
+    assert_eq!(err.index, C + 7);
+    assert_eq!(err.key_id, Some(KeyId(1)));
+    assert_eq!(err.reason, FailureReason::AuthenticationFailed);
+    assert_eq!(err.cutover, Some(C));
+    assert_eq!(
+        err.to_string(),
+        "apply halted at log index 107 (key#1): authentication_failed (authentication failed under key#1)"
+    );
+}
+
+#[test]
+fn missing_unwrapper_error_still_names_the_key() {
+    let env = cipher().seal(ProposalId(1), b"plain").unwrap();
+    let err = decide(3, EntryKind::Envelope, &env, Some(1), None).unwrap_err();
+    assert_eq!((err.reason, err.key_id), (FailureReason::NoUnwrapper, Some(KeyId(1))));
+}
+
+#[test]
+fn every_failure_reason_of_the_unwrapper_halts() {
+    let c = cipher();
+    let good = c.seal(ProposalId(1), b"plain").unwrap();
+    let mut unknown = good.clone();
+    unknown[7] = 9;
+    let snapshot = c.seal_for(Purpose::Snapshot, ProposalId(1), b"s").unwrap();
+    let cases: [(&[u8], FailureReason); 4] = [
+        (&good[..10], FailureReason::Malformed),
+        (&unknown, FailureReason::UnknownKey),
+        (&snapshot, FailureReason::WrongPurpose),
+        (&[2u8; 60], FailureReason::UnsupportedVersion),
+    ];
+    for (bytes, reason) in cases {
+        for index in [C - 1, C, C + 1] {
+            let err = decide(index, EntryKind::Envelope, bytes, Some(C), Some(&c)).unwrap_err();
+            assert_eq!(err.reason, reason);
+        }
+    }
+}
+
+#[test]
+fn gate_reads_the_cutover_on_every_decision() {
+    let cutover = Arc::new(Cutover::inert());
+    let gate = ApplyGate::new(cutover.clone());
+    assert!(gate.decide(C + 1, EntryKind::Cleartext, b"x").is_ok());
+    cutover.set(Some(C));
+    assert_eq!(
+        gate.decide(C + 1, EntryKind::Cleartext, b"x").unwrap_err().reason,
+        FailureReason::CleartextAboveCutover
+    );
+    cutover.set(None);
+    assert!(gate.decide(C + 1, EntryKind::Cleartext, b"x").is_ok());
+}
+
+#[test]
+fn gate_counts_outcomes_by_reason() {
+    let c = Arc::new(cipher());
+    let gate = ApplyGate::new(Arc::new(Some(C))).with_unwrapper(c.clone());
+    let env = c.seal(ProposalId(1), b"x").unwrap();
+    gate.decide(C, EntryKind::Cleartext, b"x").unwrap();
+    gate.decide(C, EntryKind::Control, b"").unwrap();
+    gate.decide(C + 1, EntryKind::Envelope, &env).unwrap();
+    gate.decide(C + 1, EntryKind::Cleartext, b"x").unwrap_err();
+    gate.decide(C + 1, EntryKind::Envelope, &env[..5]).unwrap_err();
+    let stats = gate.stats();
+    assert_eq!((stats.passed_through, stats.opened), (2, 1));
+    assert_eq!(stats.halts.get(&FailureReason::CleartextAboveCutover), Some(&1));
+    assert_eq!(stats.halts.get(&FailureReason::Malformed), Some(&1));
+}
+
+#[test]
+fn inert_layer_passes_proposals_through_without_sealing() {
+    let layer = EnvelopeLayer::inert();
+    let p = layer.prepare(b"as proposed".to_vec()).unwrap();
+    assert_eq!(p.kind, EntryKind::Cleartext);
+    assert_eq!(p.bytes, b"as proposed");
+    assert_eq!(layer.gate().decide(p.id.0, p.kind, &p.bytes).unwrap().as_bytes(), b"as proposed");
+}
+
+#[test]
+fn sealing_layer_binds_the_proposal_id_and_opens_through_its_gate() {
+    let c = Arc::new(cipher());
+    let layer =
+        EnvelopeLayer::new(ApplyGate::new(Arc::new(Some(0))).with_unwrapper(c.clone())).with_wrapper(c);
+    let a = layer.prepare(b"one".to_vec()).unwrap();
+    let b = layer.prepare(b"two".to_vec()).unwrap();
+    assert_ne!(a.id, b.id);
+    assert_eq!(EnvelopeHeader::parse(&a.bytes).unwrap().proposal_id, a.id);
+    assert_eq!(layer.gate().decide(1, a.kind, &a.bytes).unwrap().as_bytes(), b"one");
+    assert!(!format!("{a:?}").contains("one"));
+}
+
+#[test]
+fn seal_failure_is_returned_to_the_proposer() {
+    let ring = Arc::new(Keyring::new()); // no active key
+    let c = Arc::new(EnvelopeCipher::new(common::cluster("c"), ring));
+    let layer = EnvelopeLayer::inert().with_wrapper(c);
+    assert!(matches!(layer.prepare(b"x".to_vec()), Err(SealError::NoActiveKey)));
+}
