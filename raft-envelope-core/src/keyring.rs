@@ -454,18 +454,18 @@ impl Keyring {
     ) -> Result<Vec<u8>, SealError> {
         let header = EnvelopeHeader::new(algorithm, purpose, key_id, proposal_id, nonce).to_bytes();
         let aad = Aad::new(&header, cluster);
-        let mut out = vec![0u8; HEADER_LEN + payload.len() + TAG_LEN];
-        out[..HEADER_LEN].copy_from_slice(&header);
-        let (ciphertext, tag) = out[HEADER_LEN..].split_at_mut(payload.len());
-        key.seal_out_of_place_scatter(
-            Nonce::assume_unique_for_key(nonce),
-            aead::Aad::from(aad.as_bytes()),
-            payload,
-            ciphertext,
-            &[],
-            tag,
-        )
-        .map_err(|_| SealError::Cipher { key_id, algorithm, len: payload.len() })?;
+        // One allocation, one copy of the payload, sealed in place.
+        let mut out = Vec::with_capacity(HEADER_LEN + payload.len() + TAG_LEN);
+        out.extend_from_slice(&header);
+        out.extend_from_slice(payload);
+        let tag = key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(aad.as_bytes()),
+                &mut out[HEADER_LEN..],
+            )
+            .map_err(|_| SealError::Cipher { key_id, algorithm, len: payload.len() })?;
+        out.extend_from_slice(tag.as_ref());
         Ok(out)
     }
 

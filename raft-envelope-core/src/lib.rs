@@ -46,6 +46,11 @@
 
 #![forbid(unsafe_code)]
 
+/// The workspace README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
+
 mod cipher;
 mod decision;
 mod envelope;
