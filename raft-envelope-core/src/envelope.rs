@@ -119,7 +119,7 @@ impl Aad {
         let id = cluster.as_bytes();
         let mut buf = [0u8; MAX_AAD_LEN];
         buf[..HEADER_LEN].copy_from_slice(header);
-        // ClusterId guarantees id.len() <= 255.
+        // ClusterId guarantees id.len() <= 64.
         buf[HEADER_LEN] = id.len() as u8;
         buf[HEADER_LEN + 1..HEADER_LEN + 1 + id.len()].copy_from_slice(id);
         Self { buf, len: HEADER_LEN + 1 + id.len() }

@@ -275,7 +275,7 @@ impl FatalApplyError {
 #[non_exhaustive]
 pub enum ConfigError {
     /// A cluster identity longer than [`ClusterId::MAX_LEN`](crate::ClusterId::MAX_LEN).
-    #[error("cluster id of {len} bytes is longer than 255")]
+    #[error("cluster id of {len} bytes is longer than 64")]
     ClusterIdTooLong {
         /// The length given.
         len: usize,

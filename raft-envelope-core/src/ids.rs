@@ -45,7 +45,7 @@ pub struct ClusterId {
 
 impl ClusterId {
     /// The longest identity accepted, in bytes.
-    pub const MAX_LEN: usize = 255;
+    pub const MAX_LEN: usize = 64;
 
     /// Makes a cluster identity from up to [`ClusterId::MAX_LEN`] bytes.
     ///
@@ -53,7 +53,10 @@ impl ClusterId {
     /// [`ConfigError::ClusterIdTooLong`] for a longer input.
     pub fn new(id: impl AsRef<[u8]>) -> Result<Self, ConfigError> {
         let id = id.as_ref();
-        let len = u8::try_from(id.len()).map_err(|_| ConfigError::ClusterIdTooLong { len: id.len() })?;
+        if id.len() > Self::MAX_LEN {
+            return Err(ConfigError::ClusterIdTooLong { len: id.len() });
+        }
+        let len = id.len() as u8; // <= 64
         let mut bytes = [0u8; Self::MAX_LEN];
         bytes[..id.len()].copy_from_slice(id);
         Ok(Self { len, bytes })
