@@ -1,0 +1,353 @@
+//! The harness an engine implements to run the suite: a [`ClusterBuilder`] and its [`Cluster`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use raft_envelope_core::{EntryKind, EnvelopeLayer, FatalApplyError, SealError};
+
+/// Identifies one replica of a test cluster, as the harness numbers them.
+pub type NodeId = u64;
+
+/// What a harness can do beyond the required operations.
+///
+/// A case that needs a capability the harness lacks is reported as skipped, with the reason,
+/// instead of passing silently. Build one with [`Capabilities::ALL`] or [`Capabilities::NONE`]
+/// and struct update syntax:
+///
+/// ```
+/// use raft_envelope_conformance::Capabilities;
+///
+/// let caps = Capabilities { leader_change: false, ..Capabilities::ALL };
+/// assert!(caps.restart && !caps.leader_change);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// [`Cluster::read_entry`] and [`Cluster::write_entry`] work: the harness can read and
+    /// overwrite one replica's stored entries (tampering with its log).
+    pub raw_log: bool,
+    /// [`Cluster::restart`] works: a replica can be restarted, keeping its log and its state
+    /// machine, with a new [`EnvelopeLayer`].
+    pub restart: bool,
+    /// [`Cluster::change_leader`] works.
+    pub leader_change: bool,
+    /// [`Cluster::append_unchecked`] works: an entry can be appended through the engine without
+    /// the layer (a faulty or outdated proposer).
+    pub unchecked_append: bool,
+}
+
+impl Capabilities {
+    /// Every capability.
+    pub const ALL: Capabilities =
+        Capabilities { raw_log: true, restart: true, leader_change: true, unchecked_append: true };
+    /// Only the required operations.
+    pub const NONE: Capabilities =
+        Capabilities { raw_log: false, restart: false, leader_change: false, unchecked_append: false };
+}
+
+/// One entry as a replica stores it: what its framing says it is, and its payload bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredEntry {
+    /// The kind the adapter's framing tells, without any key.
+    pub kind: EntryKind,
+    /// The stored payload bytes: the envelope, the cleartext payload, or a control entry's bytes
+    /// (empty when the engine stores none).
+    pub bytes: Vec<u8>,
+}
+
+impl StoredEntry {
+    /// A cleartext payload entry.
+    pub fn cleartext(bytes: impl Into<Vec<u8>>) -> Self {
+        Self { kind: EntryKind::Cleartext, bytes: bytes.into() }
+    }
+
+    /// An envelope entry.
+    pub fn envelope(bytes: impl Into<Vec<u8>>) -> Self {
+        Self { kind: EntryKind::Envelope, bytes: bytes.into() }
+    }
+}
+
+/// Shows only kind and length: the bytes may be plaintext.
+impl fmt::Debug for StoredEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredEntry").field("kind", &self.kind).field("len", &self.bytes.len()).finish()
+    }
+}
+
+/// What a client receives for a committed and applied proposal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    /// The log index the proposal landed at, as the engine reports it.
+    pub index: u64,
+    /// The state machine's response, as produced by [`RecordingStateMachine::apply`].
+    pub data: Vec<u8>,
+}
+
+/// One payload as a replica's state machine received it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AppliedPayload {
+    /// The log index of the entry.
+    pub index: u64,
+    /// The bytes handed to the state machine.
+    pub bytes: Vec<u8>,
+}
+
+/// Shows only index and length: the bytes are plaintext.
+impl fmt::Debug for AppliedPayload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AppliedPayload(index {}, {} bytes)", self.index, self.bytes.len())
+    }
+}
+
+/// The application state machine every harness puts behind the layer: it records each payload it
+/// is handed and answers with a response derived from the payload and the count so far.
+///
+/// Using it (or something observably identical) lets the suite compare state across replicas and
+/// responses across clusters without knowing the engine.
+///
+/// ```
+/// use raft_envelope_conformance::RecordingStateMachine;
+///
+/// let mut sm = RecordingStateMachine::default();
+/// let response = sm.apply(3, b"x");
+/// assert_eq!(response, RecordingStateMachine::response_for(1, b"x"));
+/// assert_eq!(sm.payloads()[0].index, 3);
+/// ```
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RecordingStateMachine {
+    payloads: Vec<AppliedPayload>,
+}
+
+impl RecordingStateMachine {
+    /// Records `payload`, applied from log index `index`, and returns the client response.
+    pub fn apply(&mut self, index: u64, payload: &[u8]) -> Vec<u8> {
+        self.payloads.push(AppliedPayload { index, bytes: payload.to_vec() });
+        Self::response_for(self.payloads.len() as u64, payload)
+    }
+
+    /// Every payload applied so far, in order.
+    pub fn payloads(&self) -> &[AppliedPayload] {
+        &self.payloads
+    }
+
+    /// The response for the `count`-th applied payload: `count` (8 bytes, big-endian) followed by
+    /// [`digest`](Self::digest) of the payload (8 bytes, big-endian). It never contains payload
+    /// bytes.
+    pub fn response_for(count: u64, payload: &[u8]) -> Vec<u8> {
+        let mut out = count.to_be_bytes().to_vec();
+        out.extend_from_slice(&Self::digest(payload).to_be_bytes());
+        out
+    }
+
+    /// FNV-1a 64 of `bytes`: identifies a payload in responses without revealing it.
+    pub fn digest(bytes: &[u8]) -> u64 {
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    }
+}
+
+/// Shows only how many payloads were applied.
+impl fmt::Debug for RecordingStateMachine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RecordingStateMachine({} payloads)", self.payloads.len())
+    }
+}
+
+/// A proposal was not applied.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProposeError {
+    /// The layer refused to seal the proposal; it was not appended. Retryable.
+    #[error("proposal refused before appending: {0}")]
+    Refused(#[source] SealError),
+    /// The engine failed the proposal (no leader, leader halted, timeout, ...). Must never carry
+    /// payload bytes.
+    #[error("engine error: {0}")]
+    Engine(String),
+}
+
+/// A harness operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HarnessError {
+    /// The harness does not offer this operation (it should also clear the matching
+    /// [`Capabilities`] flag).
+    #[error("not supported by this harness: {0}")]
+    Unsupported(&'static str),
+    /// A replica did not reach an applied index in time.
+    #[error("node {node} did not apply index {index} within {timeout:?} (applied {applied})")]
+    Timeout {
+        /// The replica.
+        node: NodeId,
+        /// The index waited for.
+        index: u64,
+        /// Its applied index when the wait gave up.
+        applied: u64,
+        /// How long it waited.
+        timeout: Duration,
+    },
+    /// No replica with this id.
+    #[error("no node {0}")]
+    NoSuchNode(NodeId),
+    /// Anything else the engine reports. Must never carry payload or key bytes.
+    #[error("{0}")]
+    Engine(String),
+}
+
+/// Makes a fresh cluster for each case, like `openraft::testing::log::StoreBuilder`.
+///
+/// The suite builds every replica's [`EnvelopeLayer`] itself (keys, cutover source, unwrapper,
+/// wrapper) and hands them over: the harness installs `layers[k]` on its `k`-th replica, on both
+/// the proposing side (every proposal goes through [`EnvelopeLayer::prepare`]) and the apply side
+/// (every committed entry goes through `layer.gate().decide(..)`, in log order).
+///
+/// Each gate reads the cutover from a [`Cutover`](raft_envelope_core::Cutover) the suite owns and
+/// changes while the cluster runs, as an operator would on every node at once; the harness reads
+/// it only through the gate (never caches it). Wrappers are switched the same way, through
+/// [`EnvelopeLayer::set_wrapper`].
+pub trait ClusterBuilder {
+    /// The cluster this builder makes.
+    type Cluster: Cluster;
+    /// Dropped at the end of the case, after the cluster: temporary directories, runtimes, ...
+    type Guard;
+
+    /// What the clusters this builder makes can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// How long the suite waits for a replica to apply an index or to halt. Default: 10 s.
+    fn wait_timeout(&self) -> Duration {
+        Duration::from_secs(10)
+    }
+
+    /// Starts a cluster of `layers.len()` replicas (the suite asks for 3), with a leader elected
+    /// and every entry the engine wrote while starting committed and applied on every replica.
+    /// The replica's state machine must be a [`RecordingStateMachine`].
+    ///
+    /// # Errors
+    /// Any [`HarnessError`]: the case fails.
+    fn build(&self, layers: Vec<Arc<EnvelopeLayer>>) -> Result<(Self::Cluster, Self::Guard), HarnessError>;
+}
+
+/// A running test cluster. Every method is synchronous; an async engine blocks on its runtime
+/// inside each method. `Sync`: concurrent-load cases call [`propose`](Self::propose) from several
+/// threads while the case thread calls other methods.
+pub trait Cluster: Sync {
+    /// The replicas, in the order of the layers given to [`ClusterBuilder::build`].
+    fn nodes(&self) -> Vec<NodeId>;
+
+    /// The current leader, if one is known.
+    fn leader(&self) -> Option<NodeId>;
+
+    /// Proposes `payload` through the leader's layer ([`EnvelopeLayer::prepare`], then the
+    /// engine), waits until it is committed and applied on the leader, and returns the client's
+    /// response.
+    ///
+    /// # Errors
+    /// [`ProposeError::Refused`] when `prepare` failed (nothing may be appended then), otherwise
+    /// [`ProposeError::Engine`].
+    fn propose(&self, payload: Vec<u8>) -> Result<Response, ProposeError>;
+
+    /// The leader's last log index (appended, not necessarily committed).
+    ///
+    /// # Errors
+    /// Any [`HarnessError`].
+    fn last_index(&self) -> Result<u64, HarnessError>;
+
+    /// An index at which the cutover may be set once every layer seals: at or above every log
+    /// index a cleartext proposal prepared before sealing started can land at.
+    ///
+    /// The default, [`last_index`](Self::last_index), is right only when preparing and appending
+    /// a proposal are atomic with respect to this call; an engine with proposals in flight
+    /// between the layer and the log must wait for them here.
+    ///
+    /// # Errors
+    /// Any [`HarnessError`].
+    fn safe_cutover(&self) -> Result<u64, HarnessError> {
+        self.last_index()
+    }
+
+    /// Waits until `node` has applied `index` (or more), at most `timeout`.
+    ///
+    /// # Errors
+    /// [`HarnessError::Timeout`], or another error.
+    fn wait_applied(&self, node: NodeId, index: u64, timeout: Duration) -> Result<(), HarnessError>;
+
+    /// The last log index `node` applied, control entries included, as its state machine
+    /// records it (on openraft the inner state machine's applied state: the metrics lag behind
+    /// after a fatal error).
+    ///
+    /// # Errors
+    /// Any [`HarnessError`].
+    fn applied_index(&self, node: NodeId) -> Result<u64, HarnessError>;
+
+    /// Every payload `node`'s state machine received, in order
+    /// ([`RecordingStateMachine::payloads`]).
+    ///
+    /// # Errors
+    /// Any [`HarnessError`].
+    fn applied_payloads(&self, node: NodeId) -> Result<Vec<AppliedPayload>, HarnessError>;
+
+    /// The error `node` halted with, or `None` while it applies normally.
+    ///
+    /// # Errors
+    /// Any [`HarnessError`].
+    fn halted(&self, node: NodeId) -> Result<Option<FatalApplyError>, HarnessError>;
+
+    /// The entry `node` stores at `index`, or `None` when it has none there.
+    /// Capability [`Capabilities::raw_log`].
+    ///
+    /// # Errors
+    /// Any [`HarnessError`].
+    fn read_entry(&self, node: NodeId, index: u64) -> Result<Option<StoredEntry>, HarnessError> {
+        let _ = (node, index);
+        Err(HarnessError::Unsupported("read_entry"))
+    }
+
+    /// Overwrites the entry `node` stores at `index` (kind [`EntryKind::Cleartext`] or
+    /// [`EntryKind::Envelope`]), as an attacker with access to its disk would. The suite calls it
+    /// only on a halted replica, then [`restart`](Self::restart)s it.
+    /// Capability [`Capabilities::raw_log`].
+    ///
+    /// # Errors
+    /// Any [`HarnessError`].
+    fn write_entry(&self, node: NodeId, index: u64, entry: StoredEntry) -> Result<(), HarnessError> {
+        let _ = (node, index, entry);
+        Err(HarnessError::Unsupported("write_entry"))
+    }
+
+    /// Restarts `node` with `layer`, keeping its log and its state machine (and so its applied
+    /// index): it applies again from its applied index + 1, catching up with the leader.
+    /// A halted replica must halt again on the same entry unless `layer` repairs the cause.
+    ///
+    /// A replica that halts while restarting is not an error of `restart` (openraft's
+    /// `Raft::new` re-applies committed entries and returns the fatal error itself): return `Ok`
+    /// and report the halt through [`halted`](Self::halted).
+    /// Capability [`Capabilities::restart`].
+    ///
+    /// # Errors
+    /// Any [`HarnessError`].
+    fn restart(&self, node: NodeId, layer: Arc<EnvelopeLayer>) -> Result<(), HarnessError> {
+        let _ = (node, layer);
+        Err(HarnessError::Unsupported("restart"))
+    }
+
+    /// Makes another replica that is not halted the leader and returns it once it leads (the
+    /// engine appends its usual control entry for the new term).
+    /// Capability [`Capabilities::leader_change`].
+    ///
+    /// # Errors
+    /// Any [`HarnessError`].
+    fn change_leader(&self) -> Result<NodeId, HarnessError> {
+        Err(HarnessError::Unsupported("change_leader"))
+    }
+
+    /// Appends `entry` through the leader without its layer, as a faulty or outdated proposer
+    /// would, and returns its log index once committed (whether or not it could be applied).
+    /// Capability [`Capabilities::unchecked_append`].
+    ///
+    /// # Errors
+    /// Any [`HarnessError`].
+    fn append_unchecked(&self, entry: StoredEntry) -> Result<u64, HarnessError> {
+        let _ = entry;
+        Err(HarnessError::Unsupported("append_unchecked"))
+    }
+}

@@ -1,0 +1,195 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+use std::any::Any;
+use std::io::Write as _;
+use std::panic::{self, AssertUnwindSafe};
+
+pub mod cases;
+pub mod double;
+mod harness;
+mod trace;
+
+pub use harness::{
+    AppliedPayload, Capabilities, Cluster, ClusterBuilder, HarnessError, NodeId, ProposeError,
+    RecordingStateMachine, Response, StoredEntry,
+};
+
+/// How a case ended when it did not fail (a failing case panics).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every check of the case passed.
+    Passed,
+    /// The case could not run: the harness lacks a capability (the reason says which). Checks that
+    /// need no engine may already have passed.
+    Skipped(String),
+}
+
+/// A case: takes the builder, panics on a violation.
+pub type Case<B> = fn(&B) -> Outcome;
+
+/// How one case ended in [`run_all`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaseResult {
+    /// The case passed.
+    Passed,
+    /// The case was skipped, with the reason.
+    Skipped(String),
+    /// The case failed, with its panic message.
+    Failed(String),
+}
+
+/// The outcome of every case run by [`run_all`] or [`run_named`].
+#[derive(Clone, Debug, Default)]
+pub struct SuiteReport {
+    /// Each case's name and result, in suite order.
+    pub results: Vec<(&'static str, CaseResult)>,
+}
+
+impl SuiteReport {
+    /// The names of the cases that failed.
+    pub fn failed(&self) -> Vec<&'static str> {
+        self.results.iter().filter(|(_, r)| matches!(r, CaseResult::Failed(_))).map(|(n, _)| *n).collect()
+    }
+
+    /// The names of the cases that were skipped.
+    pub fn skipped(&self) -> Vec<&'static str> {
+        self.results.iter().filter(|(_, r)| matches!(r, CaseResult::Skipped(_))).map(|(n, _)| *n).collect()
+    }
+}
+
+/// Every case of the suite with its name, in suite order.
+pub fn all_cases<B: ClusterBuilder>() -> Vec<(&'static str, Case<B>)> {
+    __cases!(@list table [B])
+}
+
+/// Runs one case as a test: announces it, runs it, and prints `SKIPPED <case>: <reason>` to the
+/// process's stderr (not captured by the test harness) when it was skipped. A failing case
+/// panics, failing the test. Used by [`conformance_suite!`].
+pub fn run_case<B: ClusterBuilder>(name: &str, builder: &B, case: Case<B>) {
+    trace::install();
+    tracing::info!("=== case {name}");
+    match case(builder) {
+        Outcome::Passed => tracing::info!("=== case {name} passed"),
+        Outcome::Skipped(why) => {
+            tracing::warn!("=== case {name} SKIPPED: {why}");
+            // Straight to the process's stderr, past the test harness's capture: a skip must show.
+            let _ = writeln!(std::io::stderr(), "SKIPPED {name}: {why}");
+        }
+    }
+}
+
+fn panic_text(payload: Box<dyn Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(payload) => payload.downcast::<&str>().map_or_else(|_| "panic".to_owned(), |s| (*s).to_owned()),
+    }
+}
+
+/// Runs the named cases (every case when `names` is empty), catching failures, and reports each.
+/// Unknown names are ignored.
+pub fn run_named<B: ClusterBuilder>(builder: &B, names: &[&str]) -> SuiteReport {
+    trace::install();
+    let results = all_cases::<B>()
+        .into_iter()
+        .filter(|(name, _)| names.is_empty() || names.contains(name))
+        .map(|(name, case)| {
+            tracing::info!("=== case {name}");
+            let result = match panic::catch_unwind(AssertUnwindSafe(|| case(builder))) {
+                Ok(Outcome::Passed) => CaseResult::Passed,
+                Ok(Outcome::Skipped(why)) => CaseResult::Skipped(why),
+                Err(payload) => CaseResult::Failed(panic_text(payload)),
+            };
+            (name, result)
+        })
+        .collect();
+    SuiteReport { results }
+}
+
+/// Runs every case, catching failures, and reports each.
+pub fn run_all<B: ClusterBuilder>(builder: &B) -> SuiteReport {
+    run_named(builder, &[])
+}
+
+/// Expands one `#[test]` function per case, named after the case, running it against the
+/// [`ClusterBuilder`] the expression evaluates to (evaluated once per case).
+///
+/// Invoke it at the top of an integration test file (or in a module of its own, since it defines
+/// functions named after the cases):
+///
+/// ```
+/// raft_envelope_conformance::conformance_suite!(raft_envelope_conformance::double::DoubleBuilder::default());
+/// # fn main() {}
+/// ```
+#[macro_export]
+macro_rules! conformance_suite {
+    ($builder:expr) => {
+        $crate::__cases!(@list tests [$builder]);
+    };
+}
+
+/// The one list of cases, in suite order; used by [`conformance_suite!`] and [`all_cases`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cases {
+    (@list $mode:ident [$($arg:tt)*]) => {
+        $crate::__cases! { @$mode [$($arg)*]
+            // R1
+            inert_passthrough,
+            inert_stored_log_unchanged,
+            // R2
+            cutover_boundary_minus_one,
+            cutover_boundary_equal,
+            cutover_boundary_plus_one,
+            sealed_below_cutover_is_opened,
+            cutover_max_is_inert,
+            control_entries_untouched_above_cutover,
+            cleartext_lookalike_passes_unchanged,
+            envelope_without_unwrapper_halts_at_any_index,
+            // R3
+            tamper_each_bit_halts,
+            truncated_envelope_halts,
+            unknown_key_halts,
+            destroyed_key_halts,
+            wrong_purpose_halts,
+            wrong_cluster_halts,
+            cleartext_above_cutover_halts,
+            envelope_rewritten_as_cleartext_halts,
+            cutover_without_unwrapper_halts,
+            halt_does_not_advance_applied,
+            halt_is_sticky_across_restart,
+            repaired_replica_resumes_and_converges,
+            one_replica_halt_others_continue,
+            // R4
+            no_plaintext_in_stored_log,
+            seal_failure_refused_not_appended,
+            cutover_under_concurrent_load_never_halts,
+            leader_change_during_cutover_never_halts,
+            responses_identical_with_and_without_layer,
+            // R5
+            known_answer_vectors,
+            decoder_total_on_arbitrary_input,
+            purpose_confusion_rejected,
+            cluster_confusion_rejected,
+            // R6
+            retired_key_opens_never_seals,
+            no_key_bytes_in_debug_or_errors,
+            nonce_unique_across_replicas_and_restarts,
+            seal_budget_enforced,
+            // R8
+            halt_emits_error_event,
+            counters_track_seals_opens_failures,
+        }
+    };
+    (@tests [$builder:expr] $($case:ident,)+) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::run_case(stringify!($case), &$builder, $crate::cases::$case);
+            }
+        )+
+    };
+    (@table [$b:ty] $($case:ident,)+) => {
+        vec![$((stringify!($case), $crate::cases::$case::<$b> as $crate::Case<$b>)),+]
+    };
+}
