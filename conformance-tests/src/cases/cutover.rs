@@ -3,7 +3,7 @@
 use raft_envelope_core::{EntryKind, FailureReason};
 
 use super::support::{payload, require, Env};
-use crate::harness::{Cluster, ClusterBuilder};
+use crate::harness::{Cluster, ClusterBuilder, ProposeError, StoredEntry};
 use crate::Outcome;
 
 /// Lands a cleartext proposal at `C + offset` and checks the outcome the table in SPEC R2 gives.
@@ -33,17 +33,37 @@ fn boundary<B: ClusterBuilder>(builder: &B, offset: i8) -> Outcome {
             );
             assert!(env.halted(*node).is_none(), "node {node} must not halt on cleartext at C{offset:+}");
         }
+    } else if env.caps.unchecked_append {
+        // A correct proposer cannot put cleartext above the cutover (an adapter may refuse it):
+        // append it the way a faulty or outdated proposer would.
+        let index =
+            env.cluster.append_unchecked(StoredEntry::cleartext(p.clone())).expect("append_unchecked");
+        assert_eq!(index, next, "the engine appended an unexpected entry before the cleartext entry");
+        env.assert_fails_closed_everywhere(
+            &before,
+            next,
+            Some(FailureReason::CleartextAboveCutover),
+            Some(&p),
+        );
     } else {
-        let result = env.cluster.propose(p.clone());
-        assert!(result.is_err(), "a cleartext entry above the cutover must not produce a response");
-        for (node, view) in &before {
-            env.assert_halted_unchanged(
-                *node,
-                view,
-                next,
-                Some(FailureReason::CleartextAboveCutover),
-                Some(&p),
-            );
+        // Without a way around the layer: the proposal must be refused, or land and halt.
+        match env.cluster.propose(p.clone()) {
+            Ok(response) => {
+                panic!("a cleartext entry above the cutover produced a response at {}", response.index)
+            }
+            Err(ProposeError::Refused(_)) => {
+                for (node, view) in &before {
+                    assert_eq!(&env.view(*node), view, "node {node}: a refused proposal must change nothing");
+                }
+            }
+            Err(ProposeError::Engine(_)) => {
+                env.assert_fails_closed_everywhere(
+                    &before,
+                    next,
+                    Some(FailureReason::CleartextAboveCutover),
+                    Some(&p),
+                );
+            }
         }
     }
     Outcome::Passed

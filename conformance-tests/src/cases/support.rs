@@ -445,15 +445,61 @@ impl<B: ClusterBuilder> Env<B> {
         }
     }
 
-    /// Asserts every replica named by `inj` halted on it, with nothing changed.
+    /// Asserts the replicas named by `inj` failed closed on it: see
+    /// [`assert_fails_closed_everywhere`](Self::assert_fails_closed_everywhere).
     pub(crate) fn assert_injection_halts(
         &self,
         inj: &Injection,
         reason: Option<FailureReason>,
     ) -> Vec<FatalApplyError> {
-        inj.nodes
-            .iter()
-            .map(|(node, before)| self.assert_halted_unchanged(*node, before, inj.index, reason, None))
-            .collect()
+        self.assert_fails_closed_everywhere(&inj.nodes, inj.index, reason, None)
+    }
+
+    /// Asserts an entry at `index` that fails on every replica (a deterministic failure) is
+    /// handled fail-closed by all of them: at least one replica halts on it, and every replica
+    /// either halts on it with nothing changed ([`assert_halted_unchanged`]
+    /// (Self::assert_halted_unchanged)), or never applies it nor anything after it.
+    ///
+    /// The second form is real engine behaviour, not a loophole: once a quorum has halted, a
+    /// replica that had not yet learned the entry is committed can never learn it, so it neither
+    /// applies nor halts. Such a replica is watched for a grace period and must stay unchanged.
+    pub(crate) fn assert_fails_closed_everywhere(
+        &self,
+        nodes: &[(NodeId, View)],
+        index: u64,
+        reason: Option<FailureReason>,
+        secret: Option<&[u8]>,
+    ) -> Vec<FatalApplyError> {
+        let deadline = Instant::now() + self.timeout;
+        while nodes.iter().all(|(node, _)| self.halted(*node).is_none()) {
+            assert!(
+                Instant::now() < deadline,
+                "no replica halted on the failing entry {index} within {:?}",
+                self.timeout
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+        let grace = Instant::now() + self.timeout.min(Duration::from_millis(500));
+        let mut halts = Vec::new();
+        for (node, before) in nodes {
+            while self.halted(*node).is_none() && Instant::now() < grace {
+                thread::sleep(Duration::from_millis(5));
+            }
+            if self.halted(*node).is_some() {
+                halts.push(self.assert_halted_unchanged(*node, before, index, reason, secret));
+            } else {
+                let now = self.view(*node);
+                tracing::info!(node, applied = now.applied, "--- node {node} never learned entry {index}");
+                assert!(
+                    now.applied < index,
+                    "node {node} applied past the failing entry {index} without halting"
+                );
+                assert_eq!(
+                    now.payloads, before.payloads,
+                    "node {node}: its state machine must receive nothing"
+                );
+            }
+        }
+        halts
     }
 }
