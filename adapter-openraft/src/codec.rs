@@ -1,0 +1,94 @@
+//! How the application's request type becomes the bytes that are sealed, and back.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Turns the application's request (`C::D`) into bytes before sealing, and the opened bytes back
+/// into a request before the application's state machine sees it.
+///
+/// Called on the proposer (encode) and on every replica's apply path (decode). It must be
+/// deterministic: every replica decodes the same bytes to the same request.
+pub trait PayloadCodec<D>: Send + Sync + 'static {
+    /// Encodes a request.
+    ///
+    /// # Errors
+    /// A [`CodecError`]; the proposal is refused and not appended.
+    fn encode(&self, request: &D) -> Result<Vec<u8>, CodecError>;
+
+    /// Decodes the bytes of a committed entry.
+    ///
+    /// # Errors
+    /// A [`CodecError`]; on the apply path this halts the replica at that entry.
+    fn decode(&self, bytes: &[u8]) -> Result<D, CodecError>;
+}
+
+/// A codec failed. Deliberately carries no detail from the underlying codec, whose messages may
+/// quote payload bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the {direction} codec failed on a payload of {len} bytes")]
+pub struct CodecError {
+    direction: &'static str,
+    len: usize,
+}
+
+impl CodecError {
+    /// Encoding a request failed.
+    pub fn encode() -> Self {
+        Self { direction: "encode", len: 0 }
+    }
+
+    /// Decoding `len` bytes failed.
+    pub fn decode(len: usize) -> Self {
+        Self { direction: "decode", len }
+    }
+}
+
+/// The default codec: `serde_json`, for any serde request type (every `C::D` is one with
+/// openraft's `serde` feature).
+pub struct JsonCodec<D>(PhantomData<fn() -> D>);
+
+impl<D> JsonCodec<D> {
+    /// The JSON codec.
+    pub fn new() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<D> Default for JsonCodec<D> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<D> fmt::Debug for JsonCodec<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JsonCodec")
+    }
+}
+
+impl<D: Serialize + DeserializeOwned + 'static> PayloadCodec<D> for JsonCodec<D> {
+    fn encode(&self, request: &D) -> Result<Vec<u8>, CodecError> {
+        serde_json::to_vec(request).map_err(|_| CodecError::encode())
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<D, CodecError> {
+        serde_json::from_slice(bytes).map_err(|_| CodecError::decode(bytes.len()))
+    }
+}
+
+/// The identity codec for applications whose request type is already `Vec<u8>`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BytesCodec;
+
+impl PayloadCodec<Vec<u8>> for BytesCodec {
+    fn encode(&self, request: &Vec<u8>) -> Result<Vec<u8>, CodecError> {
+        Ok(request.clone())
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<Vec<u8>, CodecError> {
+        Ok(bytes.to_vec())
+    }
+}

@@ -1,0 +1,353 @@
+//! The proposer side: a decorator of `openraft::Raft<Sealed<C>>` that seals each request before
+//! it is proposed.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, Fatal, ForwardToLeader, RaftError};
+use openraft::raft::ClientWriteResponse;
+use openraft::{Entry, LogId, RaftTypeConfig};
+use raft_envelope_core::{EntryKind, EnvelopeLayer, PayloadWrapper, ProposalId, SealError};
+
+use crate::codec::{CodecError, JsonCodec, PayloadCodec};
+use crate::config::{Sealed, SealedRaft};
+use crate::payload::EnvelopePayload;
+
+/// The error `Raft::client_write` returns, for node id `NID` and node `N`.
+pub type ClientWriteRaftError<NID, N> = RaftError<NID, ClientWriteError<NID, N>>;
+
+/// A write through [`EnvelopeRaft`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError<NID: openraft::NodeId, N: openraft::Node> {
+    /// Sealing was refused (no active key, budget spent, ...). Nothing was appended: retry once
+    /// the operator has fixed the cause (for example rotated the key).
+    #[error("proposal refused before it was appended: {0}")]
+    Seal(#[source] SealError),
+    /// The request could not be encoded. Nothing was appended.
+    #[error("proposal refused before it was appended: {0}")]
+    Encode(#[source] CodecError),
+    /// This node's layer is not sealing while its cutover is in force, so the proposal could
+    /// only land above the cutover in the clear and halt every replica: it was refused and not
+    /// appended. Retryable once the node's layer seals again (a configuration error).
+    #[error(
+        "proposal refused before it was appended: the layer is not sealing but the cutover is {cutover}"
+    )]
+    NotSealing {
+        /// The cutover in force.
+        cutover: u64,
+    },
+    /// openraft's own error, exactly as `Raft::client_write` returns it without the layer
+    /// (`ForwardToLeader`, membership errors, or `Fatal` when the node has stopped).
+    #[error(transparent)]
+    Raft(ClientWriteRaftError<NID, N>),
+}
+
+impl<NID: openraft::NodeId, N: openraft::Node> WriteError<NID, N> {
+    /// True when the layer refused the proposal before it reached Raft ([`WriteError::Seal`],
+    /// [`WriteError::NotSealing`]): nothing was appended, and it may be retried as is once the
+    /// cause is fixed.
+    pub fn is_seal_refusal(&self) -> bool {
+        matches!(self, WriteError::Seal(_) | WriteError::NotSealing { .. })
+    }
+
+    /// The leader to retry on, when this node is not the leader.
+    pub fn forward_to_leader(&self) -> Option<&ForwardToLeader<NID, N>> {
+        match self {
+            WriteError::Raft(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// openraft's error, when the failure came from Raft.
+    pub fn raft_error(&self) -> Option<&ClientWriteRaftError<NID, N>> {
+        match self {
+            WriteError::Raft(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Counts cleartext proposals between the moment they were prepared and the moment Raft has
+/// answered for them: switch-on waits until none is left (see [`EnvelopeRaft::seal_new_proposals`]).
+#[derive(Default)]
+struct Drain {
+    /// Readers: proposers while they prepare. Writer: switch-on, to order itself after every
+    /// prepare that may have read the old (cleartext) setting.
+    switch: RwLock<()>,
+    cleartext_in_flight: AtomicUsize,
+    /// True when the cleartext-above-cutover guard is switched off (`Default`: on).
+    cleartext_guard_off: AtomicBool,
+}
+
+/// Held by a cleartext proposal until Raft has answered for it (or it is dropped unsubmitted).
+struct InFlight(Arc<Drain>);
+
+impl InFlight {
+    fn new(drain: &Arc<Drain>) -> Arc<Self> {
+        drain.cleartext_in_flight.fetch_add(1, Ordering::SeqCst);
+        Arc::new(Self(drain.clone()))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.cleartext_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A request prepared for proposing: encoded and (when the layer seals) sealed, with its
+/// [`ProposalId`].
+///
+/// Submitting the same `PreparedWrite` again (after a timeout or on the new leader after
+/// `ForwardToLeader`) proposes byte-identical data with the same id: no new nonce is used, and a
+/// state machine that records proposal ids (or the application's own request ids) can drop the
+/// duplicate.
+pub struct PreparedWrite {
+    id: ProposalId,
+    payload: EnvelopePayload,
+    in_flight: Option<Arc<InFlight>>,
+}
+
+impl PreparedWrite {
+    /// The proposal's identity (inside the envelope's authenticated header when sealed).
+    pub fn id(&self) -> ProposalId {
+        self.id
+    }
+
+    /// Whether it is sealed ([`EntryKind::Envelope`]) or cleartext.
+    pub fn kind(&self) -> EntryKind {
+        self.payload.kind()
+    }
+}
+
+impl fmt::Debug for PreparedWrite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreparedWrite").field("id", &self.id).field("payload", &self.payload).finish()
+    }
+}
+
+/// The switch-on drain did not finish in time: cleartext proposals prepared before sealing was
+/// switched on are still waiting for Raft's answer. Sealing stays on; retry the drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{in_flight} cleartext proposals still in flight after {waited:?}")]
+pub struct DrainTimeout {
+    /// Cleartext proposals still waiting.
+    pub in_flight: usize,
+    /// How long the drain waited.
+    pub waited: Duration,
+}
+
+/// The proposer decorator: the application's write path with the envelope layer in front of
+/// `openraft::Raft<Sealed<C>>`.
+///
+/// [`client_write`](Self::client_write) takes the application's own request type and returns
+/// the same `ClientWriteResponse<C>` and `RaftError` a plain `Raft<C>` returns; only sealing
+/// failures add a variant. Make one per node and clone it (clones share the switch-on drain).
+///
+/// Management calls (`initialize`, membership changes, metrics, `wait`, `shutdown`) go to
+/// [`raft`](Self::raft) directly. Writes must not: `EnvelopePayload` cannot be built outside
+/// this crate, so every application write goes through the layer.
+pub struct EnvelopeRaft<C: RaftTypeConfig<Entry = Entry<C>>> {
+    raft: SealedRaft<C>,
+    layer: Arc<EnvelopeLayer>,
+    codec: Arc<dyn PayloadCodec<C::D>>,
+    drain: Arc<Drain>,
+}
+
+impl<C: RaftTypeConfig<Entry = Entry<C>>> Clone for EnvelopeRaft<C> {
+    fn clone(&self) -> Self {
+        Self {
+            raft: self.raft.clone(),
+            layer: self.layer.clone(),
+            codec: self.codec.clone(),
+            drain: self.drain.clone(),
+        }
+    }
+}
+
+impl<C: RaftTypeConfig<Entry = Entry<C>>> fmt::Debug for EnvelopeRaft<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnvelopeRaft")
+            .field("layer", &self.layer)
+            .field("cleartext_in_flight", &self.drain.cleartext_in_flight.load(Ordering::SeqCst))
+            .finish()
+    }
+}
+
+// Reason: the error mirrors `Raft::client_write`'s own `RaftError`, unboxed, so callers handle it as
+// they did without the layer.
+#[allow(clippy::result_large_err)]
+impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
+    /// Decorates `raft` with `layer` (the same `Arc` given to the node's
+    /// [`EnvelopeStateMachine`](crate::EnvelopeStateMachine)), encoding requests with
+    /// [`JsonCodec`].
+    pub fn new(raft: SealedRaft<C>, layer: Arc<EnvelopeLayer>) -> Self {
+        Self::with_codec(raft, layer, Arc::new(JsonCodec::<C::D>::new()))
+    }
+
+    /// Decorates `raft` with `layer`, encoding requests with `codec`.
+    pub fn with_codec(
+        raft: SealedRaft<C>,
+        layer: Arc<EnvelopeLayer>,
+        codec: Arc<dyn PayloadCodec<C::D>>,
+    ) -> Self {
+        Self { raft, layer, codec, drain: Arc::default() }
+    }
+
+    /// The engine, for management calls.
+    pub fn raft(&self) -> &SealedRaft<C> {
+        &self.raft
+    }
+
+    /// The layer.
+    pub fn layer(&self) -> &Arc<EnvelopeLayer> {
+        &self.layer
+    }
+
+    /// Encodes `request` and seals it when the layer is sealing.
+    ///
+    /// # Errors
+    /// [`WriteError::Encode`], [`WriteError::Seal`] or [`WriteError::NotSealing`]; nothing is
+    /// proposed.
+    pub fn prepare(&self, request: &C::D) -> Result<PreparedWrite, WriteError<C::NodeId, C::Node>> {
+        let bytes = self.codec.encode(request).map_err(WriteError::Encode)?;
+        // Held while the layer reads its wrapper, so that switch-on either sees this proposal
+        // counted as cleartext in flight, or this proposal sees the wrapper and seals.
+        let _preparing = self.drain.switch.read().unwrap_or_else(PoisonError::into_inner);
+        let proposal = self.layer.prepare(bytes).map_err(WriteError::Seal)?;
+        let (payload, in_flight) = match proposal.kind {
+            EntryKind::Envelope => (EnvelopePayload::envelope(proposal.bytes), None),
+            _ => {
+                if let Some(cutover) = self.cleartext_would_land_above_cutover() {
+                    return Err(WriteError::NotSealing { cutover });
+                }
+                (EnvelopePayload::cleartext(proposal.bytes), Some(InFlight::new(&self.drain)))
+            }
+        };
+        Ok(PreparedWrite { id: proposal.id, payload, in_flight })
+    }
+
+    /// Refuse (`true`, the default) or let through (`false`) a cleartext proposal that can only
+    /// land above the cutover: this node's last log index already reached the cutover, so the
+    /// entry would halt every replica that applies it. Shared by clones.
+    ///
+    /// Turning it off exists for tests that need such an entry in the log through the normal
+    /// write path.
+    pub fn set_refuse_cleartext_above_cutover(&self, refuse: bool) {
+        self.drain.cleartext_guard_off.store(!refuse, Ordering::SeqCst);
+    }
+
+    /// The cutover when a cleartext proposal made now could only land above it.
+    fn cleartext_would_land_above_cutover(&self) -> Option<u64> {
+        if self.drain.cleartext_guard_off.load(Ordering::SeqCst) {
+            return None;
+        }
+        let cutover = self.layer.gate().cutover().filter(|c| *c != u64::MAX)?;
+        // The metric only lags behind the log: if it reached the cutover, the log did.
+        let last = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
+        (last >= cutover).then_some(cutover)
+    }
+
+    /// Proposes a prepared write and waits for its response.
+    ///
+    /// # Errors
+    /// [`WriteError::Raft`]: openraft's error, unchanged.
+    pub async fn submit(
+        &self,
+        prepared: &PreparedWrite,
+    ) -> Result<ClientWriteResponse<C>, WriteError<C::NodeId, C::Node>> {
+        let payload = prepared.payload.clone();
+        let result = match &prepared.in_flight {
+            None => self.raft.client_write(payload).await,
+            Some(token) => {
+                // A cleartext proposal is handed to a task that keeps it counted until Raft has
+                // answered, even when the caller stops waiting: a dropped caller must not let the
+                // drain finish while its proposal still sits in RaftCore's queue.
+                let token = token.clone();
+                let raft = self.raft.clone();
+                let task = tokio::spawn(async move {
+                    let result = raft.client_write(payload).await;
+                    drop(token);
+                    result
+                });
+                task.await.unwrap_or(Err(RaftError::Fatal(Fatal::Panicked)))
+            }
+        };
+        result.map(unseal_response).map_err(WriteError::Raft)
+    }
+
+    /// Proposes the application's `request` through the layer: encode, seal (when sealing),
+    /// `Raft::client_write`. The response is the one the application's state machine returned
+    /// for it, exactly as without the layer.
+    ///
+    /// # Errors
+    /// [`WriteError::Seal`], [`WriteError::NotSealing`], [`WriteError::Encode`] (nothing
+    /// appended) or [`WriteError::Raft`].
+    pub async fn client_write(
+        &self,
+        request: C::D,
+    ) -> Result<ClientWriteResponse<C>, WriteError<C::NodeId, C::Node>> {
+        let prepared = self.prepare(&request)?;
+        self.submit(&prepared).await
+    }
+
+    /// Switch-on step 1, on this node: every proposal prepared from now on is sealed with
+    /// `wrapper`; then waits until every cleartext proposal prepared before has been answered by
+    /// Raft (appended and applied, or refused), so none of them can be appended later.
+    ///
+    /// # Errors
+    /// [`DrainTimeout`] when cleartext proposals are still in flight after `timeout`. Sealing
+    /// stays switched on; call [`drain_cleartext`](Self::drain_cleartext) again.
+    pub async fn seal_new_proposals(
+        &self,
+        wrapper: Arc<dyn PayloadWrapper>,
+        timeout: Duration,
+    ) -> Result<(), DrainTimeout> {
+        {
+            let _switching = self.drain.switch.write().unwrap_or_else(PoisonError::into_inner);
+            self.layer.set_wrapper(Some(wrapper));
+        }
+        self.drain_cleartext(timeout).await
+    }
+
+    /// Waits until no cleartext proposal prepared on this node is still waiting for Raft.
+    ///
+    /// # Errors
+    /// [`DrainTimeout`] after `timeout`.
+    pub async fn drain_cleartext(&self, timeout: Duration) -> Result<(), DrainTimeout> {
+        // Orders this wait after every prepare that read the wrapper before it changed.
+        drop(self.drain.switch.write().unwrap_or_else(PoisonError::into_inner));
+        let start = tokio::time::Instant::now();
+        loop {
+            let in_flight = self.drain.cleartext_in_flight.load(Ordering::SeqCst);
+            if in_flight == 0 {
+                return Ok(());
+            }
+            if start.elapsed() >= timeout {
+                return Err(DrainTimeout { in_flight, waited: start.elapsed() });
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Switch-on step 2, on the leader: commits a barrier entry (a layer-owned control entry the
+    /// application's state machine sees as `Blank`) and returns its log id. Its index is the
+    /// cutover.
+    ///
+    /// # Errors
+    /// [`WriteError::Raft`], typically `ForwardToLeader`: retry on the leader.
+    pub async fn commit_barrier(&self) -> Result<LogId<C::NodeId>, WriteError<C::NodeId, C::Node>> {
+        let response = self.raft.client_write(EnvelopePayload::barrier()).await.map_err(WriteError::Raft)?;
+        Ok(response.log_id)
+    }
+}
+
+/// `ClientWriteResponse<Sealed<C>>` and `ClientWriteResponse<C>` hold the same types.
+fn unseal_response<C: RaftTypeConfig<Entry = Entry<C>>>(
+    r: ClientWriteResponse<Sealed<C>>,
+) -> ClientWriteResponse<C> {
+    ClientWriteResponse { log_id: r.log_id, data: r.data, membership: r.membership }
+}

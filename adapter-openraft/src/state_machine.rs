@@ -1,0 +1,240 @@
+//! The apply side: a `RaftStateMachine<Sealed<C>>` around the application's `RaftStateMachine<C>`.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    AnyError, Entry, EntryPayload, LogId, RaftSnapshotBuilder, RaftTypeConfig, Snapshot, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership,
+};
+use raft_envelope_core::{EntryKind, EnvelopeLayer, FailureReason, FatalApplyError};
+
+use crate::codec::{JsonCodec, PayloadCodec};
+use crate::config::Sealed;
+use crate::payload::Repr;
+
+/// Where an [`EnvelopeStateMachine`] records the entry it halted on, readable from outside the
+/// Raft task (by an operator endpoint, a test or a demo).
+///
+/// openraft reports the halt as `Fatal::StorageError` whose message names the index and reason,
+/// but as a string; this keeps the typed [`FatalApplyError`].
+#[derive(Clone, Default)]
+pub struct HaltRecord(Arc<Mutex<Option<FatalApplyError>>>);
+
+impl HaltRecord {
+    /// The error the state machine halted with, if it has halted.
+    pub fn get(&self) -> Option<FatalApplyError> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn set(&self, error: FatalApplyError) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+    }
+}
+
+impl fmt::Debug for HaltRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("HaltRecord").field(&self.get()).finish()
+    }
+}
+
+/// Decorates the application's state machine: every committed normal entry goes through the
+/// layer's [`ApplyGate`](raft_envelope_core::ApplyGate) before the application sees it.
+///
+/// For each entry of a batch, in log order:
+/// - `Blank` and `Membership` entries (and the layer's own barrier, which the application sees as
+///   `Blank`) pass through untouched;
+/// - a normal entry is decided by `layer.gate().decide(index, kind, bytes)`; what may be applied
+///   is decoded by the codec into the application's request and handed on.
+///
+/// The good prefix of the batch is applied to the inner state machine. On the first entry that
+/// must not be applied, `apply` returns `Err(StorageError)` whose message names the index, key id
+/// and reason: openraft then stops the node (`Fatal::StorageError`), does not advance its applied
+/// index past the good prefix, and on restart `Raft::new` re-applies from the inner state
+/// machine's `applied_state()` and fails on the same entry until the cause is repaired. No byte of
+/// the failing entry reaches the inner state machine.
+pub struct EnvelopeStateMachine<C: RaftTypeConfig, SM> {
+    inner: SM,
+    layer: Arc<EnvelopeLayer>,
+    codec: Arc<dyn PayloadCodec<C::D>>,
+    halt: HaltRecord,
+}
+
+impl<C: RaftTypeConfig, SM> EnvelopeStateMachine<C, SM> {
+    /// Decorates `inner` with `layer`, decoding requests with [`JsonCodec`].
+    pub fn new(inner: SM, layer: Arc<EnvelopeLayer>) -> Self {
+        Self::with_codec(inner, layer, Arc::new(JsonCodec::<C::D>::new()))
+    }
+
+    /// Decorates `inner` with `layer`, decoding requests with `codec` (the same codec the
+    /// proposers encode with).
+    pub fn with_codec(inner: SM, layer: Arc<EnvelopeLayer>, codec: Arc<dyn PayloadCodec<C::D>>) -> Self {
+        Self { inner, layer, codec, halt: HaltRecord::default() }
+    }
+
+    /// Where this state machine records the entry it halts on.
+    pub fn halt_record(&self) -> HaltRecord {
+        self.halt.clone()
+    }
+
+    /// The layer.
+    pub fn layer(&self) -> &Arc<EnvelopeLayer> {
+        &self.layer
+    }
+
+    /// The application's state machine.
+    pub fn get_ref(&self) -> &SM {
+        &self.inner
+    }
+
+    /// The application's state machine, mutable.
+    pub fn get_mut(&mut self) -> &mut SM {
+        &mut self.inner
+    }
+
+    /// The application's state machine.
+    pub fn into_inner(self) -> SM {
+        self.inner
+    }
+
+    /// Maps one committed entry to what the application's state machine sees, or the reason the
+    /// replica must halt on it.
+    fn open_entry(&self, entry: Entry<Sealed<C>>) -> Result<Entry<C>, (LogId<C::NodeId>, FatalApplyError)>
+    where
+        C: RaftTypeConfig<Entry = Entry<C>>,
+    {
+        let Entry { log_id, payload } = entry;
+        let index = log_id.index;
+        let gate = self.layer.gate();
+        let payload = match payload {
+            EntryPayload::Blank => {
+                let _ = gate.decide(index, EntryKind::Control, &[]);
+                EntryPayload::Blank
+            }
+            EntryPayload::Membership(m) => {
+                let _ = gate.decide(index, EntryKind::Control, &[]);
+                EntryPayload::Membership(m)
+            }
+            EntryPayload::Normal(p) => match &p.0 {
+                Repr::Barrier => {
+                    let _ = gate.decide(index, EntryKind::Control, &[]);
+                    EntryPayload::Blank
+                }
+                Repr::Cleartext(bytes) | Repr::Envelope(bytes) => {
+                    let decision = gate.decide(index, p.kind(), bytes).map_err(|e| (log_id.clone(), e))?;
+                    match self.codec.decode(decision.as_bytes()) {
+                        Ok(request) => EntryPayload::Normal(request),
+                        Err(codec) => {
+                            let mut error =
+                                FatalApplyError::new(index, FailureReason::Malformed, gate.cutover());
+                            error.key_id = p.key_id();
+                            tracing::error!(
+                                index,
+                                key_id = error.key_id.map(|k| k.0),
+                                reason = error.reason.as_str(),
+                                "envelope layer halted apply: the payload does not decode as a request ({codec})"
+                            );
+                            return Err((log_id, error));
+                        }
+                    }
+                }
+            },
+        };
+        Ok(Entry { log_id, payload })
+    }
+}
+
+impl<C: RaftTypeConfig, SM> fmt::Debug for EnvelopeStateMachine<C, SM> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnvelopeStateMachine").field("layer", &self.layer).field("halt", &self.halt).finish()
+    }
+}
+
+fn halt_error<NID: openraft::NodeId>(log_id: LogId<NID>, error: &FatalApplyError) -> StorageError<NID> {
+    StorageIOError::apply(log_id, AnyError::new(error)).into()
+}
+
+impl<C, SM> RaftStateMachine<Sealed<C>> for EnvelopeStateMachine<C, SM>
+where
+    C: RaftTypeConfig<Entry = Entry<C>>,
+    SM: RaftStateMachine<C>,
+{
+    type SnapshotBuilder = EnvelopeSnapshotBuilder<SM::SnapshotBuilder>;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<C::NodeId>>, StoredMembership<C::NodeId, C::Node>), StorageError<C::NodeId>>
+    {
+        self.inner.applied_state().await
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<C::R>, StorageError<C::NodeId>>
+    where
+        I: IntoIterator<Item = Entry<Sealed<C>>> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let mut good: Vec<Entry<C>> = Vec::new();
+        let mut failure = None;
+        for entry in entries {
+            match self.open_entry(entry) {
+                Ok(e) => good.push(e),
+                Err(f) => {
+                    failure = Some(f);
+                    break;
+                }
+            }
+        }
+        let responses = if good.is_empty() { Vec::new() } else { self.inner.apply(good).await? };
+        match failure {
+            None => Ok(responses),
+            Some((log_id, error)) => {
+                self.halt.set(error.clone());
+                Err(halt_error(log_id, &error))
+            }
+        }
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        EnvelopeSnapshotBuilder(self.inner.get_snapshot_builder().await)
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<C::SnapshotData>, StorageError<C::NodeId>> {
+        self.inner.begin_receiving_snapshot().await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<C::NodeId, C::Node>,
+        snapshot: Box<C::SnapshotData>,
+    ) -> Result<(), StorageError<C::NodeId>> {
+        self.inner.install_snapshot(meta, snapshot).await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<Sealed<C>>>, StorageError<C::NodeId>> {
+        Ok(self.inner.get_current_snapshot().await?.map(seal_snapshot_type))
+    }
+}
+
+/// Snapshots are passed through unchanged for now (snapshot sealing is a later issue); only the
+/// type config parameter changes.
+fn seal_snapshot_type<C>(s: Snapshot<C>) -> Snapshot<Sealed<C>>
+where
+    C: RaftTypeConfig<Entry = Entry<C>>,
+{
+    Snapshot { meta: s.meta, snapshot: s.snapshot }
+}
+
+/// The snapshot builder of an [`EnvelopeStateMachine`]: the application's builder, unchanged.
+#[derive(Debug)]
+pub struct EnvelopeSnapshotBuilder<B>(B);
+
+impl<C, B> RaftSnapshotBuilder<Sealed<C>> for EnvelopeSnapshotBuilder<B>
+where
+    C: RaftTypeConfig<Entry = Entry<C>>,
+    B: RaftSnapshotBuilder<C>,
+{
+    async fn build_snapshot(&mut self) -> Result<Snapshot<Sealed<C>>, StorageError<C::NodeId>> {
+        Ok(seal_snapshot_type(self.0.build_snapshot().await?))
+    }
+}

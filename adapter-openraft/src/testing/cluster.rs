@@ -1,0 +1,691 @@
+//! A real multi-node openraft cluster in one process, with the envelope layer on every node and
+//! fault hooks (tamper, restart, leader change).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use openraft::raft::ClientWriteResponse;
+use openraft::{BasicNode, Config, EntryPayload, Raft, ServerState, SnapshotPolicy};
+use raft_envelope_core::{Cutover, EntryKind, EnvelopeLayer, FatalApplyError, KeyId, PayloadWrapper};
+
+use super::log_store::MemLogStore;
+use super::network::Router;
+use super::state_machine::{Application, MemStateMachine, TestConfig};
+use crate::codec::{BytesCodec, PayloadCodec};
+use crate::config::Sealed;
+use crate::payload::EnvelopePayload;
+use crate::raft::{EnvelopeRaft, WriteError};
+use crate::state_machine::{EnvelopeStateMachine, HaltRecord};
+use crate::switch_on::{switch_on, SwitchOnError, SwitchOnNode};
+
+/// The engine's type config in the test cluster.
+pub type SealedTestConfig = Sealed<TestConfig>;
+
+/// A test-cluster operation failed. Never carries payload or key bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ClusterError(pub String);
+
+impl ClusterError {
+    fn new(message: impl fmt::Display) -> Self {
+        Self(message.to_string())
+    }
+}
+
+/// One node of a [`TestCluster`]: its engine (while running), layer, retained log and
+/// application state machine.
+pub struct TestNode<A> {
+    /// Node id (1-based).
+    pub id: u64,
+    /// The proposer; `None` while the node is down (its last start failed).
+    pub raft: Option<EnvelopeRaft<TestConfig>>,
+    /// The layer installed by the last (re)start.
+    pub layer: Arc<EnvelopeLayer>,
+    /// The node's log, kept across restarts.
+    pub log: MemLogStore<SealedTestConfig>,
+    /// The application's state machine, kept across restarts.
+    pub sm: MemStateMachine<A>,
+    /// Where the current incarnation records its halt.
+    pub halt: HaltRecord,
+    /// Why the last (re)start failed, if it did.
+    pub start_error: Option<String>,
+}
+
+impl<A> Clone for TestNode<A> {
+    fn clone(&self) -> Self {
+        Self {
+            id: self.id,
+            raft: self.raft.clone(),
+            layer: self.layer.clone(),
+            log: self.log.clone(),
+            sm: self.sm.clone(),
+            halt: self.halt.clone(),
+            start_error: self.start_error.clone(),
+        }
+    }
+}
+
+impl<A> fmt::Debug for TestNode<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TestNode")
+            .field("id", &self.id)
+            .field("running", &self.raft.is_some())
+            .field("applied", &self.sm.last_applied())
+            .field("halt", &self.halt)
+            .finish()
+    }
+}
+
+impl<A> TestNode<A> {
+    /// True when this node stopped on an entry it must not apply (or could not start).
+    pub fn is_halted(&self) -> bool {
+        self.halt.get().is_some() || self.start_error.is_some()
+    }
+
+    /// The running engine, if the node is up.
+    pub fn running_raft(&self) -> Option<&Raft<SealedTestConfig>> {
+        self.raft.as_ref().map(|r| r.raft())
+    }
+}
+
+/// One stored entry, as the demo's table shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredEntryView {
+    /// Log index.
+    pub index: u64,
+    /// Term of the leader that created it.
+    pub term: u64,
+    /// `Blank`/`Membership` (control), barrier (control), cleartext or envelope.
+    pub kind: EntryKind,
+    /// A short label: `blank`, `membership`, `barrier`, `cleartext`, `envelope`.
+    pub label: &'static str,
+    /// The key id in the envelope header, for envelopes.
+    pub key_id: Option<KeyId>,
+    /// The stored payload bytes (empty for control entries).
+    pub bytes: Vec<u8>,
+}
+
+/// Shows lengths only.
+impl fmt::Debug for StoredEntryView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoredEntryView({} {} {} bytes)", self.index, self.label, self.bytes.len())
+    }
+}
+
+/// The engine configuration of the test cluster: short timers, no snapshots.
+pub fn test_config() -> Result<Arc<Config>, ClusterError> {
+    let config = Config {
+        cluster_name: "raft-envelope-test".to_string(),
+        heartbeat_interval: 50,
+        election_timeout_min: 150,
+        election_timeout_max: 300,
+        snapshot_policy: SnapshotPolicy::Never,
+        ..Default::default()
+    };
+    config.validate().map(Arc::new).map_err(ClusterError::new)
+}
+
+/// A cluster of `n` openraft nodes in this process, each with its envelope layer, an in-memory
+/// [`MemLogStore`] and a [`MemStateMachine`] running application `A`, connected by a [`Router`].
+/// Requests and responses are bytes ([`BytesCodec`]), so the stored log holds payload bytes
+/// verbatim when they are not sealed.
+///
+/// Async: call it from a multi-thread tokio runtime.
+pub struct TestCluster<A> {
+    router: Router<SealedTestConfig>,
+    config: Arc<Config>,
+    codec: Arc<dyn PayloadCodec<Vec<u8>>>,
+    nodes: Arc<Mutex<BTreeMap<u64, TestNode<A>>>>,
+    refuse_cleartext: AtomicBool,
+}
+
+impl<A> fmt::Debug for TestCluster<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+        f.debug_struct("TestCluster").field("nodes", &*nodes).finish()
+    }
+}
+
+impl<A: Application> TestCluster<A> {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, TestNode<A>>> {
+        self.nodes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts one node per `(layer, application)` pair (ids 1, 2, ...), initializes them as one
+    /// cluster, waits for a leader and for every node to apply the start-up entries.
+    ///
+    /// # Errors
+    /// A [`ClusterError`] when a node does not start or the cluster does not form in time.
+    pub async fn start(nodes: Vec<(Arc<EnvelopeLayer>, A)>) -> Result<Self, ClusterError> {
+        let cluster = Self {
+            router: Router::default(),
+            config: test_config()?,
+            codec: Arc::new(BytesCodec),
+            nodes: Arc::new(Mutex::new(BTreeMap::new())),
+            refuse_cleartext: AtomicBool::new(true),
+        };
+        for (i, (layer, app)) in nodes.into_iter().enumerate() {
+            let id = i as u64 + 1;
+            let node = TestNode {
+                id,
+                raft: None,
+                layer: layer.clone(),
+                log: MemLogStore::new(),
+                sm: MemStateMachine::new(app),
+                halt: HaltRecord::default(),
+                start_error: None,
+            };
+            cluster.lock().insert(id, node);
+            cluster.boot(id, layer).await?;
+        }
+        let ids = cluster.ids();
+        let first = cluster.raft_of(ids[0])?;
+        let members: BTreeMap<u64, BasicNode> = ids.iter().map(|id| (*id, BasicNode::default())).collect();
+        first.raft().initialize(members).await.map_err(ClusterError::new)?;
+        let leader = cluster.wait_leader(Duration::from_secs(5)).await?;
+        let last = cluster.last_index_of(leader)?;
+        for id in ids {
+            cluster.wait_applied(id, last, Duration::from_secs(5)).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// (Re)starts node `id` from its retained log and state machine with `layer`.
+    async fn boot(&self, id: u64, layer: Arc<EnvelopeLayer>) -> Result<(), ClusterError> {
+        let (log, sm) = {
+            let nodes = self.lock();
+            let node = nodes.get(&id).ok_or_else(|| ClusterError::new(format!("no node {id}")))?;
+            (node.log.clone(), node.sm.clone())
+        };
+        let esm = EnvelopeStateMachine::with_codec(sm, layer.clone(), self.codec.clone());
+        let halt = esm.halt_record();
+        let started = Raft::new(id, self.config.clone(), self.router.network_for(id), log, esm).await;
+        let mut nodes = self.lock();
+        let node = nodes.get_mut(&id).ok_or_else(|| ClusterError::new(format!("no node {id}")))?;
+        node.layer = layer.clone();
+        node.halt = halt;
+        match started {
+            Ok(raft) => {
+                self.router.register(id, raft.clone());
+                let raft = EnvelopeRaft::with_codec(raft, layer, self.codec.clone());
+                raft.set_refuse_cleartext_above_cutover(self.refuse_cleartext.load(Ordering::SeqCst));
+                node.raft = Some(raft);
+                node.start_error = None;
+            }
+            Err(fatal) => {
+                node.raft = None;
+                node.start_error = Some(fatal.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets [`EnvelopeRaft::set_refuse_cleartext_above_cutover`] on every node, now and after
+    /// restarts (default: refuse).
+    pub fn set_refuse_cleartext_above_cutover(&self, refuse: bool) {
+        self.refuse_cleartext.store(refuse, Ordering::SeqCst);
+        for (_, raft) in self.running() {
+            raft.set_refuse_cleartext_above_cutover(refuse);
+        }
+    }
+
+    /// The node ids, ascending.
+    pub fn ids(&self) -> Vec<u64> {
+        self.lock().keys().copied().collect()
+    }
+
+    /// A snapshot of node `id`'s handles.
+    ///
+    /// # Errors
+    /// No such node.
+    pub fn node(&self, id: u64) -> Result<TestNode<A>, ClusterError> {
+        self.lock().get(&id).cloned().ok_or_else(|| ClusterError::new(format!("no node {id}")))
+    }
+
+    fn raft_of(&self, id: u64) -> Result<EnvelopeRaft<TestConfig>, ClusterError> {
+        self.node(id)?.raft.ok_or_else(|| ClusterError::new(format!("node {id} is down")))
+    }
+
+    /// The proposer of every running node.
+    pub fn running(&self) -> Vec<(u64, EnvelopeRaft<TestConfig>)> {
+        self.lock().values().filter_map(|n| n.raft.clone().map(|r| (n.id, r))).collect()
+    }
+
+    /// The node that is leader now (a running, not halted node in state Leader), if any.
+    pub fn leader(&self) -> Option<u64> {
+        let nodes = self.lock();
+        nodes.values().find_map(|n| {
+            let raft = n.raft.as_ref()?;
+            let m = raft.raft().metrics().borrow().clone();
+            (m.running_state.is_ok() && m.state == ServerState::Leader && !n.is_halted()).then_some(n.id)
+        })
+    }
+
+    /// Waits until a leader is known.
+    ///
+    /// # Errors
+    /// None within `timeout`.
+    pub async fn wait_leader(&self, timeout: Duration) -> Result<u64, ClusterError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(id) = self.leader() {
+                return Ok(id);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClusterError::new(format!("no leader within {timeout:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn last_index_of(&self, id: u64) -> Result<u64, ClusterError> {
+        let raft = self.raft_of(id)?;
+        let last = raft.raft().metrics().borrow().last_log_index;
+        Ok(last.unwrap_or(0))
+    }
+
+    /// The leader's last log index.
+    ///
+    /// # Errors
+    /// No leader.
+    pub fn last_index(&self) -> Result<u64, ClusterError> {
+        let leader = self.leader().ok_or_else(|| ClusterError::new("no leader"))?;
+        self.last_index_of(leader)
+    }
+
+    /// Proposes `payload` through the leader's layer (following `ForwardToLeader` and waiting
+    /// out elections for up to 5 s) and returns the application's response.
+    ///
+    /// # Errors
+    /// The last [`WriteError`] (a seal refusal is returned at once), or no leader.
+    pub async fn write(&self, payload: Vec<u8>) -> Result<ClientWriteResponse<TestConfig>, WriteFailure> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let leader = match self.leader() {
+                Some(id) => self.raft_of(id).ok(),
+                None => None,
+            };
+            if let Some(raft) = leader {
+                match raft.client_write(payload.clone()).await {
+                    Ok(r) => return Ok(r),
+                    Err(e) if e.is_seal_refusal() => return Err(WriteFailure::Write(e)),
+                    Err(e) if e.forward_to_leader().is_none() || tokio::time::Instant::now() >= deadline => {
+                        return Err(WriteFailure::Write(e))
+                    }
+                    Err(_) => {}
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(WriteFailure::NoLeader);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The index of the last entry node `id`'s application state machine applied (control
+    /// entries included): the truth about how far the replica got.
+    ///
+    /// # Errors
+    /// No such node.
+    pub fn applied_index(&self, id: u64) -> Result<u64, ClusterError> {
+        Ok(self.node(id)?.sm.last_applied().unwrap_or(0))
+    }
+
+    /// Waits until node `id` has applied `index`.
+    ///
+    /// # Errors
+    /// Timeout, or the node halted first (the error names its halt).
+    pub async fn wait_applied(&self, id: u64, index: u64, timeout: Duration) -> Result<(), ClusterError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let node = self.node(id)?;
+            let applied = node.sm.last_applied().unwrap_or(0);
+            if applied >= index {
+                return Ok(());
+            }
+            if let Some(halt) = node.halt.get() {
+                return Err(ClusterError::new(format!("node {id} halted before applying {index}: {halt}")));
+            }
+            if let Some(e) = node.start_error {
+                return Err(ClusterError::new(format!("node {id} is down: {e}")));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClusterError::new(format!(
+                    "node {id} did not apply index {index} within {timeout:?} (applied {applied})"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The error node `id` halted with, if it halted.
+    ///
+    /// # Errors
+    /// No such node.
+    pub fn halted(&self, id: u64) -> Result<Option<FatalApplyError>, ClusterError> {
+        Ok(self.node(id)?.halt.get())
+    }
+
+    /// Waits until node `id` halts, and returns its error.
+    ///
+    /// # Errors
+    /// It did not halt within `timeout`.
+    pub async fn wait_halted(&self, id: u64, timeout: Duration) -> Result<FatalApplyError, ClusterError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(halt) = self.halted(id)? {
+                return Ok(halt);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClusterError::new(format!("node {id} did not halt within {timeout:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Restarts node `id` with `layer`, keeping its log and state machine. A halted node's
+    /// restart replays from its applied index + 1 inside `Raft::new`: when the cause is not
+    /// repaired the start fails ([`TestNode::start_error`], [`TestNode::halt`]).
+    ///
+    /// # Errors
+    /// No such node.
+    pub async fn restart(&self, id: u64, layer: Arc<EnvelopeLayer>) -> Result<(), ClusterError> {
+        let old = self.node(id)?.raft;
+        self.router.remove(&id);
+        if let Some(raft) = old {
+            let _ = raft.raft().shutdown().await;
+        }
+        self.boot(id, layer).await
+    }
+
+    /// Makes another running, non-halted node the leader: the current leader is cut off from the
+    /// network until the chosen node wins an election, then reconnected. Returns the new leader
+    /// once it has applied its first entry of the new term.
+    ///
+    /// # Errors
+    /// No leader change within 5 s.
+    pub async fn change_leader(&self) -> Result<u64, ClusterError> {
+        let old = self.wait_leader(Duration::from_secs(5)).await?;
+        let old_term = self.raft_of(old)?.raft().metrics().borrow().current_term;
+        // The candidate with the longest log can win (the others would refuse it their vote).
+        let mut candidates: Vec<(u64, EnvelopeRaft<TestConfig>)> = self
+            .running()
+            .into_iter()
+            .filter(|(id, _)| *id != old && !self.node(*id).map(|n| n.is_halted()).unwrap_or(true))
+            .collect();
+        candidates.sort_by_key(|(_, r)| std::cmp::Reverse(r.raft().metrics().borrow().last_log_index));
+        if candidates.is_empty() {
+            return Err(ClusterError::new("no other node can lead"));
+        }
+        self.router.set_isolated(old, true);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut attempt = 0usize;
+        let result = 'elect: loop {
+            let (_, raft) = &candidates[attempt % candidates.len()];
+            attempt += 1;
+            let _ = raft.raft().trigger().elect().await;
+            // One election round: the candidate wins, or another node does on its own timer.
+            let round_end = tokio::time::Instant::now() + Duration::from_millis(400);
+            while tokio::time::Instant::now() < round_end {
+                let new = self.running().into_iter().find_map(|(id, r)| {
+                    let m = r.raft().metrics().borrow().clone();
+                    (id != old && m.state == ServerState::Leader && m.current_term > old_term).then_some(id)
+                });
+                if let Some(id) = new {
+                    break 'elect Ok(id);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break Err(ClusterError::new("no new leader within 5 s"));
+            }
+        };
+        self.router.set_isolated(old, false);
+        let new = result?;
+        let last = self.last_index_of(new)?;
+        self.wait_applied(new, last, Duration::from_secs(5)).await?;
+        // The old leader learns the new term from the next heartbeat.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.leader() != Some(new) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(new)
+    }
+
+    /// Cuts node `id` off the network, or reconnects it.
+    pub fn set_isolated(&self, id: u64, isolated: bool) {
+        self.router.set_isolated(id, isolated);
+    }
+
+    /// Holds back commit progress sent to node `id` (`true`): it keeps storing new entries but
+    /// does not learn they are committed, so it does not apply them; `false` releases it. Lets a
+    /// test tamper with an entry a replica stores but has not applied yet.
+    ///
+    /// # Errors
+    /// No such node.
+    pub fn hold_commit(&self, id: u64, hold: bool) -> Result<(), ClusterError> {
+        let known = self.node(id)?.log.committed();
+        self.router.hold_commit(id, hold.then_some(known));
+        Ok(())
+    }
+
+    /// Waits until node `id` stores an entry at `index`.
+    ///
+    /// # Errors
+    /// Timeout.
+    pub async fn wait_stored(&self, id: u64, index: u64, timeout: Duration) -> Result<(), ClusterError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.node(id)?.log.entry(index).map_err(ClusterError::new)?.is_some() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClusterError::new(format!(
+                    "node {id} did not store index {index} within {timeout:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Switch-on over every running node: see [`switch_on`]. `cutovers[k]` is the cutover source
+    /// of node `k + 1`'s gate. Returns the cutover index.
+    ///
+    /// # Errors
+    /// [`SwitchOnError`].
+    pub async fn switch_on(
+        &self,
+        wrapper: Arc<dyn PayloadWrapper>,
+        cutovers: &[Arc<Cutover>],
+        timeout: Duration,
+    ) -> Result<u64, SwitchOnError<u64, BasicNode>> {
+        let running = self.running();
+        let nodes: Vec<SwitchOnNode<'_, TestConfig>> = running
+            .iter()
+            .filter_map(|(id, raft)| {
+                let cutover = cutovers.get(usize::try_from(*id).ok()?.checked_sub(1)?)?;
+                Some(SwitchOnNode { raft, cutover })
+            })
+            .collect();
+        switch_on(&nodes, wrapper, timeout).await
+    }
+
+    /// An index at which the cutover may be set once every layer seals: drains every running
+    /// node's cleartext proposals, then commits a barrier and returns its index (switch-on steps
+    /// 1 and 2 without touching any layer).
+    ///
+    /// # Errors
+    /// Drain timeout, or no barrier committed within `timeout`.
+    pub async fn safe_cutover(&self, timeout: Duration) -> Result<u64, ClusterError> {
+        for (_, raft) in self.running() {
+            raft.drain_cleartext(timeout).await.map_err(ClusterError::new)?;
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(leader) = self.leader() {
+                match self.raft_of(leader)?.commit_barrier().await {
+                    Ok(log_id) => return Ok(log_id.index),
+                    Err(e) if tokio::time::Instant::now() >= deadline => return Err(ClusterError::new(e)),
+                    Err(_) => {}
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClusterError::new("no leader to commit the barrier"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Fault injection: appends a payload through the leader's engine *without* its layer, as a
+    /// faulty or outdated proposer would, and returns its index once it is committed (whether or
+    /// not it could be applied).
+    ///
+    /// # Errors
+    /// No leader, or the entry was not committed in time.
+    pub async fn append_unchecked(&self, kind: EntryKind, bytes: Vec<u8>) -> Result<u64, ClusterError> {
+        let leader = self.wait_leader(Duration::from_secs(5)).await?;
+        let raft = self.raft_of(leader)?;
+        let payload = match kind {
+            EntryKind::Envelope => EnvelopePayload::envelope(bytes),
+            EntryKind::Cleartext => EnvelopePayload::cleartext(bytes),
+            _ => EnvelopePayload::barrier(),
+        };
+        let rx = raft.raft().client_write_ff(payload).await.map_err(ClusterError::new)?;
+        match tokio::time::timeout(Duration::from_secs(5), rx).await {
+            Ok(Ok(Ok(response))) => Ok(response.log_id.index),
+            _ => {
+                // The leader halted on it (or lost leadership): its halt names the index.
+                let halt = self.wait_halted(leader, Duration::from_secs(5)).await?;
+                Ok(halt.index)
+            }
+        }
+    }
+
+    /// Every stored entry of node `id`, decoded, for display.
+    ///
+    /// # Errors
+    /// No such node, or an entry does not decode.
+    pub fn stored_entries(&self, id: u64) -> Result<Vec<StoredEntryView>, ClusterError> {
+        let node = self.node(id)?;
+        let mut out = Vec::new();
+        for (index, _) in node.log.raw_entries() {
+            let Some(entry) = node.log.entry(index).map_err(ClusterError::new)? else { continue };
+            let (kind, label, key_id, bytes) = match &entry.payload {
+                EntryPayload::Blank => (EntryKind::Control, "blank", None, Vec::new()),
+                EntryPayload::Membership(_) => (EntryKind::Control, "membership", None, Vec::new()),
+                EntryPayload::Normal(p) => {
+                    let label = match p.kind() {
+                        EntryKind::Cleartext => "cleartext",
+                        EntryKind::Envelope => "envelope",
+                        _ => "barrier",
+                    };
+                    (p.kind(), label, p.key_id(), p.as_bytes().to_vec())
+                }
+            };
+            out.push(StoredEntryView {
+                index,
+                term: entry.log_id.leader_id.term,
+                kind,
+                label,
+                key_id,
+                bytes,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The stored payload of node `id` at `index`: its kind and bytes (control entries: empty).
+    ///
+    /// # Errors
+    /// No such node, or the entry does not decode.
+    pub fn read_entry(&self, id: u64, index: u64) -> Result<Option<(EntryKind, Vec<u8>)>, ClusterError> {
+        let node = self.node(id)?;
+        let entry = node.log.entry(index).map_err(ClusterError::new)?;
+        Ok(entry.map(|e| match e.payload {
+            EntryPayload::Normal(p) => (p.kind(), p.as_bytes().to_vec()),
+            _ => (EntryKind::Control, Vec::new()),
+        }))
+    }
+
+    /// Fault injection: overwrites the payload node `id` stores at `index` with `bytes` framed as
+    /// `kind` (cleartext or envelope), keeping its log id, as an attacker with access to the
+    /// replica's disk would.
+    ///
+    /// # Errors
+    /// No such node or entry.
+    pub fn write_entry(
+        &self,
+        id: u64,
+        index: u64,
+        kind: EntryKind,
+        bytes: Vec<u8>,
+    ) -> Result<(), ClusterError> {
+        let node = self.node(id)?;
+        let payload = match kind {
+            EntryKind::Envelope => EnvelopePayload::envelope(bytes),
+            _ => EnvelopePayload::cleartext(bytes),
+        };
+        let found = node
+            .log
+            .modify(index, |e| e.payload = EntryPayload::Normal(payload))
+            .map_err(ClusterError::new)?;
+        found.then_some(()).ok_or_else(|| ClusterError::new(format!("node {id} has no entry {index}")))
+    }
+
+    /// Fault injection: lets `change` modify the payload bytes node `id` stores at `index`
+    /// (for example flip one bit of an envelope).
+    ///
+    /// # Errors
+    /// No such node or payload entry.
+    pub fn tamper(&self, id: u64, index: u64, change: impl FnOnce(&mut Vec<u8>)) -> Result<(), ClusterError> {
+        let node = self.node(id)?;
+        let mut changed = false;
+        node.log
+            .modify(index, |e| {
+                if let EntryPayload::Normal(p) = &mut e.payload {
+                    if let Some(bytes) = p.bytes_mut() {
+                        change(bytes);
+                        changed = true;
+                    }
+                }
+            })
+            .map_err(ClusterError::new)?;
+        changed
+            .then_some(())
+            .ok_or_else(|| ClusterError::new(format!("node {id} has no payload entry {index}")))
+    }
+
+    /// True when `needle` occurs in any byte node `id`'s log store holds.
+    ///
+    /// # Errors
+    /// No such node.
+    pub fn log_contains(&self, id: u64, needle: &[u8]) -> Result<bool, ClusterError> {
+        let node = self.node(id)?;
+        Ok(node.log.raw_entries().iter().any(|(_, bytes)| bytes.windows(needle.len()).any(|w| w == needle)))
+    }
+
+    /// Stops every running node.
+    pub async fn shutdown(&self) {
+        for (id, raft) in self.running() {
+            self.router.remove(&id);
+            let _ = raft.raft().shutdown().await;
+        }
+    }
+}
+
+/// [`TestCluster::write`] failed.
+// Reason: a test-only error, built rarely; keeping `WriteError` inline keeps matching simple.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteFailure {
+    /// The layer or the engine refused the write.
+    #[error(transparent)]
+    Write(WriteError<u64, BasicNode>),
+    /// No leader was found in time.
+    #[error("no leader")]
+    NoLeader,
+}
