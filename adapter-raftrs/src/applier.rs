@@ -1,0 +1,186 @@
+//! The apply side: every committed entry goes through the layer's gate before the state machine.
+
+use std::fmt;
+use std::sync::Arc;
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType};
+use raft::{RawNode, Storage};
+use raft_envelope_core::{EntryKind, EnvelopeHeader, EnvelopeLayer, FatalApplyError, ProposalId};
+
+use crate::error::NodeError;
+use crate::framing::{classify, marker_proposal_id};
+use crate::state_machine::StateMachine;
+
+/// One entry the applier handed on, for response routing.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AppliedEntry<R> {
+    /// Its log index.
+    pub index: u64,
+    /// Its term.
+    pub term: u64,
+    /// What it was.
+    pub kind: EntryKind,
+    /// The proposal it carried: the authenticated header id of an opened envelope, or the marker
+    /// id of a barrier. `None` for cleartext and engine control entries.
+    pub proposal: Option<ProposalId>,
+    /// The state machine's response, for payload entries.
+    pub response: Option<R>,
+}
+
+impl<R> fmt::Debug for AppliedEntry<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppliedEntry")
+            .field("index", &self.index)
+            .field("term", &self.term)
+            .field("kind", &self.kind)
+            .field("proposal", &self.proposal)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Decorates the application's [`StateMachine`]: each committed entry, in log order, is decided
+/// by `layer.gate().decide(index, kind, data)` (the core's decision, never re-implemented here)
+/// and only what may be applied is handed on.
+///
+/// On the first entry that must not be applied the applier halts: it records the
+/// [`FatalApplyError`], hands nothing of that entry (or any later one) to the state machine and
+/// keeps [`applied`](Self::applied) at the last good index. It stays halted: every later call
+/// returns the same error. The driver must then stop driving the `RawNode` and never call
+/// `advance_apply*` past [`applied`](Self::applied) (`advance()` would mark the failing entry
+/// applied): [`EnvelopeNode`](crate::EnvelopeNode) does exactly that.
+pub struct EnvelopeApplier<SM> {
+    layer: Arc<EnvelopeLayer>,
+    sm: SM,
+    applied: u64,
+    halt: Option<FatalApplyError>,
+}
+
+impl<SM: StateMachine> EnvelopeApplier<SM> {
+    /// An applier in front of `sm`, starting after `sm.applied_index()`.
+    pub fn new(sm: SM, layer: Arc<EnvelopeLayer>) -> Self {
+        let applied = sm.applied_index();
+        Self { layer, sm, applied, halt: None }
+    }
+
+    /// The layer.
+    pub fn layer(&self) -> &Arc<EnvelopeLayer> {
+        &self.layer
+    }
+
+    /// The last index handed to the state machine (payload or control): the value for
+    /// `advance_apply_to` and, after a restart, for `Config.applied`.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// The error this applier halted with, if it halted.
+    pub fn halted(&self) -> Option<&FatalApplyError> {
+        self.halt.as_ref()
+    }
+
+    /// The application's state machine.
+    pub fn get_ref(&self) -> &SM {
+        &self.sm
+    }
+
+    /// The application's state machine, mutable (for snapshot restore; never apply through it).
+    pub fn get_mut(&mut self) -> &mut SM {
+        &mut self.sm
+    }
+
+    /// The application's state machine.
+    pub fn into_inner(self) -> SM {
+        self.sm
+    }
+
+    /// Applies committed `entries` in order. Conf changes are decoded and applied to `node`
+    /// (`apply_conf_change`), and the resulting configuration is passed to `persist_conf`.
+    /// Every entry handed on is pushed to `out`.
+    ///
+    /// # Errors
+    /// [`NodeError::Halted`] on the first entry that must not be applied (and on every call
+    /// after that); [`NodeError::Stopped`] when a conf change cannot be decoded or applied.
+    pub fn apply_committed<T: Storage>(
+        &mut self,
+        node: &mut RawNode<T>,
+        entries: Vec<Entry>,
+        mut persist_conf: impl FnMut(ConfState) -> Result<(), String>,
+        out: &mut Vec<AppliedEntry<SM::Response>>,
+    ) -> Result<(), NodeError> {
+        if let Some(halt) = &self.halt {
+            return Err(NodeError::Halted(halt.clone()));
+        }
+        for entry in entries {
+            if entry.index <= self.applied {
+                continue;
+            }
+            let kind = classify(&entry);
+            let decision = match self.layer.gate().decide(entry.index, kind, entry.get_data()) {
+                Ok(decision) => decision,
+                Err(halt) => {
+                    self.halt = Some(halt.clone());
+                    return Err(NodeError::Halted(halt));
+                }
+            };
+            let (index, term) = (entry.index, entry.term);
+            let applied = match kind {
+                EntryKind::Control => {
+                    let conf = match entry.get_entry_type() {
+                        EntryType::EntryNormal => None,
+                        EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                            let cs = apply_conf_change(node, &entry)?;
+                            persist_conf(cs.clone()).map_err(NodeError::Stopped)?;
+                            Some(cs)
+                        }
+                    };
+                    self.sm.apply_control(index, term, conf.as_ref());
+                    AppliedEntry { index, term, kind, proposal: marker_proposal_id(&entry), response: None }
+                }
+                _ => {
+                    let proposal = match kind {
+                        EntryKind::Envelope => {
+                            EnvelopeHeader::parse(entry.get_data()).ok().map(|h| h.proposal_id)
+                        }
+                        _ => None,
+                    };
+                    let response = self.sm.apply(index, term, decision.as_bytes());
+                    AppliedEntry { index, term, kind, proposal, response: Some(response) }
+                }
+            };
+            self.applied = index;
+            out.push(applied);
+        }
+        Ok(())
+    }
+
+    /// Records that a snapshot up to `index` replaced the state.
+    pub(crate) fn restored_to(&mut self, index: u64) {
+        self.applied = self.applied.max(index);
+    }
+}
+
+fn apply_conf_change<T: Storage>(node: &mut RawNode<T>, entry: &Entry) -> Result<ConfState, NodeError> {
+    let stopped = |what: &str, e: &dyn fmt::Display| {
+        NodeError::Stopped(format!("conf change at index {}: {what}: {e}", entry.index))
+    };
+    if entry.get_entry_type() == EntryType::EntryConfChange {
+        let mut cc = ConfChange::default();
+        cc.merge_from_bytes(entry.get_data()).map_err(|e| stopped("decode", &e))?;
+        node.apply_conf_change(&cc).map_err(|e| stopped("apply", &e))
+    } else {
+        let mut cc = ConfChangeV2::default();
+        cc.merge_from_bytes(entry.get_data()).map_err(|e| stopped("decode", &e))?;
+        node.apply_conf_change(&cc).map_err(|e| stopped("apply", &e))
+    }
+}
+
+impl<SM> fmt::Debug for EnvelopeApplier<SM> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnvelopeApplier")
+            .field("applied", &self.applied)
+            .field("halt", &self.halt)
+            .field("layer", &self.layer)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,114 @@
+//! The adapter's errors. None of them ever holds key material or payload bytes.
+
+use raft_envelope_core::{FailureReason, FatalApplyError, SealError};
+
+/// A proposal was not applied, or its outcome could not be established.
+///
+/// Returned by the proposer (refusals, before anything is appended) and delivered later through
+/// a [`Completion`](crate::Completion) (dropped, superseded, timed out, halted).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProposeError {
+    /// The layer refused to seal the proposal; it was not appended. Retryable once the operator
+    /// fixes the cause (for example promotes a key).
+    #[error("proposal refused before appending: {0}")]
+    Refused(#[source] SealError),
+    /// A non-empty user context was given while the layer seals. A raft-rs context is stored and
+    /// replicated in the clear and is not authenticated, so it is refused rather than leaked.
+    /// Nothing was appended.
+    #[error("a user context cannot be proposed while the layer seals (it would be stored in the clear)")]
+    ContextWhileSealing,
+    /// The user context starts with the adapter's reserved marker magic. Nothing was appended.
+    #[error("the user context starts with the reserved raft-envelope marker")]
+    ReservedContext,
+    /// raft-rs dropped the proposal at once (no leader known, leadership transfer in progress,
+    /// uncommitted-size limit, ...). Nothing was appended; retry, possibly on another node.
+    #[error("raft-rs dropped the proposal (no leader, transfer in progress or size limit)")]
+    Dropped,
+    /// The entry was replaced at the index it had been appended at (another term there, or the log
+    /// truncated below it): a new leader truncated it. It will never be applied; retry.
+    #[error("proposal superseded: index {index} was committed with another entry (term {term})")]
+    Superseded {
+        /// The index the proposal had been appended at.
+        index: u64,
+        /// The term of the entry found there instead (0 when the log was truncated below it).
+        term: u64,
+    },
+    /// No outcome within the configured number of ticks (for example a proposal forwarded to a
+    /// leader that lost it). The proposal may still be applied later: make requests idempotent.
+    #[error("no outcome for the proposal after {ticks} ticks")]
+    TimedOut {
+        /// Ticks waited.
+        ticks: u64,
+    },
+    /// This node halted (fail closed) before the proposal was applied here.
+    #[error("the node halted at index {index} ({reason}) before the proposal was applied")]
+    Halted {
+        /// The index the node halted at.
+        index: u64,
+        /// Why it halted.
+        reason: FailureReason,
+    },
+    /// The node stopped for a reason outside the envelope layer (storage, snapshot, conf change).
+    #[error("the node stopped: {0}")]
+    Stopped(String),
+    /// Any other raft-rs error.
+    #[error("raft-rs error: {0}")]
+    Raft(#[source] raft::Error),
+}
+
+impl ProposeError {
+    /// True when nothing was appended and the same proposal may simply be retried.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ProposeError::Refused(_) | ProposeError::Dropped | ProposeError::Superseded { .. })
+    }
+
+    pub(crate) fn halted(error: &FatalApplyError) -> Self {
+        ProposeError::Halted { index: error.index, reason: error.reason }
+    }
+}
+
+/// Driving an [`EnvelopeNode`](crate::EnvelopeNode) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The node halted (fail closed): it must not be driven any more. Rebuild it from the same
+    /// storage and state machine once the cause is repaired; it re-applies from the failing
+    /// entry.
+    #[error(transparent)]
+    Halted(FatalApplyError),
+    /// The node stopped for a reason outside the envelope layer (storage, conf change, snapshot).
+    /// It must not be driven any more.
+    #[error("node stopped: {0}")]
+    Stopped(String),
+    /// raft-rs returned an error.
+    #[error("raft-rs error: {0}")]
+    Raft(#[source] raft::Error),
+}
+
+/// A message was not stepped into the node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StepError {
+    /// A forwarded proposal carried a cleartext payload while this node's layer seals: refused,
+    /// so no cleartext proposal can be appended above the cutover (SPEC R4).
+    #[error("forwarded cleartext proposal from node {from} refused: this node seals")]
+    CleartextProposalRefused {
+        /// The node the message came from.
+        from: u64,
+    },
+    /// The node halted and takes no more messages.
+    #[error("the node halted at index {index} ({reason})")]
+    Halted {
+        /// The index the node halted at.
+        index: u64,
+        /// Why it halted.
+        reason: FailureReason,
+    },
+    /// The node stopped for a reason outside the envelope layer and takes no more messages.
+    #[error("the node stopped: {0}")]
+    Stopped(String),
+    /// raft-rs refused the message.
+    #[error("raft-rs error: {0}")]
+    Raft(#[source] raft::Error),
+}

@@ -1,0 +1,425 @@
+//! A raft-rs node driver with the envelope layer on both sides, failing closed the raft-rs way.
+
+use std::fmt;
+use std::sync::Arc;
+
+use raft::eraftpb::{Message, MessageType};
+use raft::{Config, RawNode, ReadState, SnapshotStatus, StateRole};
+use raft_envelope_core::{EntryKind, EnvelopeLayer, FatalApplyError};
+use raft_proto::ConfChangeI;
+
+use slog::Logger;
+
+use crate::applier::{AppliedEntry, EnvelopeApplier};
+use crate::error::{NodeError, ProposeError, StepError};
+use crate::framing::classify;
+use crate::proposer::{EnvelopeProposer, Ticket};
+use crate::state_machine::{LogStore, StateMachine};
+use crate::tracker::{Completion, ProposalTracker};
+
+/// Default number of ticks after which a proposal without an outcome is reported
+/// [`ProposeError::TimedOut`].
+pub const DEFAULT_PROPOSAL_TIMEOUT_TICKS: u64 = 100;
+
+/// One raft-rs node with the envelope layer installed: an [`EnvelopeProposer`] in front of
+/// `propose`, an [`EnvelopeApplier`] in front of the state machine, a [`ProposalTracker`] for
+/// responses, and the Ready loop that persists into a [`LogStore`].
+///
+/// Fail closed, the raft-rs way (`advance()` would mark every handed-out committed entry
+/// applied, so it is never called):
+/// - [`on_ready`](Self::on_ready) persists the Ready's entries and hard state, applies its
+///   committed entries through the applier, calls `advance_append`, and then
+///   `advance_apply_to(last good index)`;
+/// - on a halting entry it stops at once: no `advance_*`, no messages sent, every pending
+///   proposal fails with [`ProposeError::Halted`], and from then on every driving method returns
+///   the halt ([`NodeError::Halted`]);
+/// - recovery is a rebuild: [`into_parts`](Self::into_parts), repair the cause, then
+///   [`new`](Self::new) with the same storage and state machine. `Config.applied` is set to the
+///   state machine's applied index, so raft-rs hands the failing entry out again.
+///
+/// Order: a proposal is prepared (sealed) first, then appended by raft-rs; a committed entry is
+/// decided by the gate first, then handed to the state machine.
+pub struct EnvelopeNode<S: LogStore, SM: StateMachine> {
+    raw: RawNode<S>,
+    proposer: EnvelopeProposer,
+    applier: EnvelopeApplier<SM>,
+    tracker: ProposalTracker<SM::Response>,
+    stopped: Option<String>,
+    last_messages: Vec<Message>,
+    read_states: Vec<ReadState>,
+}
+
+impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
+    /// Starts (or restarts) a node on `storage`, in front of `sm`, with `layer`.
+    /// `config.applied` is overridden with `sm.applied_index()`.
+    ///
+    /// # Errors
+    /// [`NodeError::Raft`] when raft-rs refuses the configuration or storage.
+    pub fn new(
+        config: &Config,
+        storage: S,
+        sm: SM,
+        layer: Arc<EnvelopeLayer>,
+        logger: &Logger,
+    ) -> Result<Self, NodeError> {
+        let mut config = config.clone();
+        config.applied = sm.applied_index();
+        let raw = RawNode::new(&config, storage, logger).map_err(NodeError::Raft)?;
+        Ok(Self {
+            raw,
+            proposer: EnvelopeProposer::new(layer.clone()),
+            applier: EnvelopeApplier::new(sm, layer),
+            tracker: ProposalTracker::new(DEFAULT_PROPOSAL_TIMEOUT_TICKS),
+            stopped: None,
+            last_messages: Vec::new(),
+            read_states: Vec::new(),
+        })
+    }
+
+    /// Sets after how many ticks a proposal without an outcome times out.
+    pub fn with_proposal_timeout(mut self, ticks: u64) -> Self {
+        self.tracker = ProposalTracker::new(ticks.max(1));
+        self
+    }
+
+    fn check_running(&self) -> Result<(), NodeError> {
+        if let Some(halt) = self.applier.halted() {
+            return Err(NodeError::Halted(halt.clone()));
+        }
+        match &self.stopped {
+            Some(why) => Err(NodeError::Stopped(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn propose_check(&self) -> Result<(), ProposeError> {
+        match self.check_running() {
+            Ok(()) => Ok(()),
+            Err(NodeError::Halted(h)) => Err(ProposeError::halted(&h)),
+            Err(e) => Err(ProposeError::Stopped(e.to_string())),
+        }
+    }
+
+    /// Proposes `payload` (sealed when the layer seals) and tracks it; the outcome arrives in
+    /// [`take_completions`](Self::take_completions) under the ticket's id.
+    ///
+    /// # Errors
+    /// See [`EnvelopeProposer::propose_with_context`]; [`ProposeError::Halted`] once halted.
+    pub fn propose(&mut self, payload: Vec<u8>) -> Result<Ticket, ProposeError> {
+        self.propose_with_context(Vec::new(), payload)
+    }
+
+    /// Proposes `payload` with a user `context` (refused while the layer seals).
+    ///
+    /// # Errors
+    /// See [`EnvelopeProposer::propose_with_context`]; [`ProposeError::Halted`] once halted.
+    pub fn propose_with_context(
+        &mut self,
+        context: Vec<u8>,
+        payload: Vec<u8>,
+    ) -> Result<Ticket, ProposeError> {
+        self.propose_check()?;
+        let ticket = self.proposer.propose_with_context(&mut self.raw, context, payload)?;
+        self.tracker.track(&ticket);
+        Ok(ticket)
+    }
+
+    /// Proposes a switch-on barrier (a control entry) and tracks it.
+    ///
+    /// # Errors
+    /// raft-rs errors; [`ProposeError::Halted`] once halted.
+    pub fn propose_barrier(&mut self) -> Result<Ticket, ProposeError> {
+        self.propose_check()?;
+        let ticket = self.proposer.propose_barrier(&mut self.raw)?;
+        self.tracker.track(&ticket);
+        Ok(ticket)
+    }
+
+    /// Proposes a conf change, untouched by the layer.
+    ///
+    /// # Errors
+    /// raft-rs errors; [`ProposeError::Halted`] once halted.
+    pub fn propose_conf_change(
+        &mut self,
+        context: Vec<u8>,
+        change: impl ConfChangeI,
+    ) -> Result<(), ProposeError> {
+        self.propose_check()?;
+        self.proposer.propose_conf_change(&mut self.raw, context, change)
+    }
+
+    /// Steps a message from a peer into raft-rs.
+    ///
+    /// A forwarded proposal (`MsgPropose`) carrying a cleartext payload is refused while this
+    /// node's layer seals: together with the barrier this guarantees that no cleartext proposal
+    /// is appended above the cutover (see [`Cluster::switch_on`](crate::testing::Cluster::switch_on)).
+    ///
+    /// # Errors
+    /// [`StepError`]; the message is dropped.
+    pub fn step(&mut self, message: Message) -> Result<(), StepError> {
+        if let Some(h) = self.applier.halted() {
+            return Err(StepError::Halted { index: h.index, reason: h.reason });
+        }
+        if let Some(why) = &self.stopped {
+            return Err(StepError::Stopped(why.clone()));
+        }
+        if message.get_msg_type() == MessageType::MsgPropose
+            && self.proposer.layer().is_sealing()
+            && message.get_entries().iter().any(|e| classify(e) == EntryKind::Cleartext)
+        {
+            tracing::warn!(from = message.from, "refused a forwarded cleartext proposal: this node seals");
+            return Err(StepError::CleartextProposalRefused { from: message.from });
+        }
+        self.raw.step(message).map_err(StepError::Raft)
+    }
+
+    /// Advances the logical clock by one tick (elections, heartbeats, proposal timeouts).
+    /// Does nothing once halted or stopped.
+    pub fn tick(&mut self) -> bool {
+        if self.check_running().is_err() {
+            return false;
+        }
+        self.tracker.on_tick();
+        self.raw.tick()
+    }
+
+    /// Starts an election on this node.
+    ///
+    /// # Errors
+    /// raft-rs errors, or the halt.
+    pub fn campaign(&mut self) -> Result<(), NodeError> {
+        self.check_running()?;
+        self.raw.campaign().map_err(NodeError::Raft)
+    }
+
+    /// Asks this node (the leader) to hand leadership to `to`.
+    ///
+    /// # Errors
+    /// The halt.
+    pub fn transfer_leader(&mut self, to: u64) -> Result<(), NodeError> {
+        self.check_running()?;
+        self.raw.transfer_leader(to);
+        Ok(())
+    }
+
+    /// Requests a linearizable read (`RawNode::read_index`); the result arrives in
+    /// [`take_read_states`](Self::take_read_states).
+    ///
+    /// # Errors
+    /// The halt.
+    pub fn read_index(&mut self, context: Vec<u8>) -> Result<(), NodeError> {
+        self.check_running()?;
+        self.raw.read_index(context);
+        Ok(())
+    }
+
+    /// The read states (`ReadIndex` results) reached since the last call.
+    pub fn take_read_states(&mut self) -> Vec<ReadState> {
+        std::mem::take(&mut self.read_states)
+    }
+
+    /// Tells raft-rs that `id` could not be reached (`RawNode::report_unreachable`).
+    pub fn report_unreachable(&mut self, id: u64) {
+        if self.check_running().is_ok() {
+            self.raw.report_unreachable(id);
+        }
+    }
+
+    /// Tells raft-rs how sending a snapshot to `id` went (`RawNode::report_snapshot`).
+    pub fn report_snapshot(&mut self, id: u64, status: SnapshotStatus) {
+        if self.check_running().is_ok() {
+            self.raw.report_snapshot(id, status);
+        }
+    }
+
+    /// Handles one Ready, if any, and returns the messages to send to peers.
+    ///
+    /// Order: leader messages; snapshot; persist entries and hard state; persisted messages;
+    /// apply the committed entries through the applier; `advance_append`; persist the commit
+    /// index; apply the light Ready's committed entries; `advance_apply_to(applied)`.
+    ///
+    /// # Errors
+    /// [`NodeError::Halted`] when an entry halts the node: nothing is advanced, then or later,
+    /// and the messages produced before the failing entry wait in
+    /// [`take_last_messages`](Self::take_last_messages). [`NodeError::Stopped`] /
+    /// [`NodeError::Raft`] for storage, snapshot or conf-change failures.
+    pub fn on_ready(&mut self) -> Result<Vec<Message>, NodeError> {
+        self.check_running()?;
+        let result = self.ready_inner();
+        if let Err(e) = &result {
+            match e {
+                NodeError::Halted(h) => self.tracker.on_halt(h),
+                other => {
+                    let why = other.to_string();
+                    self.tracker.fail_all(|| ProposeError::Stopped(why.clone()));
+                    self.stopped = Some(why);
+                }
+            }
+        }
+        result
+    }
+
+    fn ready_inner(&mut self) -> Result<Vec<Message>, NodeError> {
+        if !self.raw.has_ready() {
+            return Ok(Vec::new());
+        }
+        let mut rd = self.raw.ready();
+        let mut out = rd.take_messages();
+        self.read_states.extend(rd.take_read_states());
+        let store = self.raw.store().clone();
+        if !rd.snapshot().is_empty() {
+            let snapshot = rd.snapshot().clone();
+            let index = snapshot.get_metadata().index;
+            self.applier.get_mut().restore_snapshot(&snapshot).map_err(NodeError::Stopped)?;
+            store.apply_snapshot(snapshot).map_err(NodeError::Raft)?;
+            self.applier.restored_to(index);
+        }
+        store.append(rd.entries()).map_err(NodeError::Raft)?;
+        if let Some(hs) = rd.hs() {
+            store.set_hard_state(hs).map_err(NodeError::Raft)?;
+        }
+        out.extend(rd.take_persisted_messages());
+        let committed = rd.take_committed_entries();
+        if let Err(e) = self.apply(committed) {
+            self.last_messages = out;
+            return Err(e);
+        }
+        let mut light = self.raw.advance_append(rd);
+        if let Some(commit) = light.commit_index() {
+            store.set_commit(commit).map_err(NodeError::Raft)?;
+        }
+        out.extend(light.take_messages());
+        let committed = light.take_committed_entries();
+        if let Err(e) = self.apply(committed) {
+            self.last_messages = out;
+            return Err(e);
+        }
+        self.raw.advance_apply_to(self.applier.applied());
+        self.tracker.on_log_changed(&self.raw);
+        Ok(out)
+    }
+
+    /// The messages of the Ready that halted the node, produced before the failing entry was
+    /// reached (taken: a second call returns nothing).
+    ///
+    /// Send them: they carry only replication state persisted before the halt (appends, commit
+    /// index, responses), never anything of the failing entry's outcome, and they let the peers
+    /// learn the commit index and reach their own decision on the entry, as they would have
+    /// had this node halted a moment later.
+    pub fn take_last_messages(&mut self) -> Vec<Message> {
+        std::mem::take(&mut self.last_messages)
+    }
+
+    fn apply(&mut self, entries: Vec<raft::eraftpb::Entry>) -> Result<(), NodeError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let store = self.raw.store().clone();
+        let mut applied: Vec<AppliedEntry<SM::Response>> = Vec::new();
+        let result = self.applier.apply_committed(
+            &mut self.raw,
+            entries,
+            |cs| store.set_conf_state(cs).map_err(|e| e.to_string()),
+            &mut applied,
+        );
+        for entry in applied {
+            self.tracker.on_applied(entry);
+        }
+        result
+    }
+
+    /// The outcomes of tracked proposals reached since the last call.
+    pub fn take_completions(&mut self) -> Vec<Completion<SM::Response>> {
+        self.tracker.take_completions()
+    }
+
+    /// The error this node halted with, if it halted.
+    pub fn halted(&self) -> Option<&FatalApplyError> {
+        self.applier.halted()
+    }
+
+    /// Why the node stopped outside the envelope layer, if it did.
+    pub fn stopped(&self) -> Option<&str> {
+        self.stopped.as_deref()
+    }
+
+    /// The last index handed to the state machine.
+    pub fn applied(&self) -> u64 {
+        self.applier.applied()
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.raw.raft.id
+    }
+
+    /// True while this node is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The leader this node knows of (0 when none).
+    pub fn leader_id(&self) -> u64 {
+        self.raw.raft.leader_id
+    }
+
+    /// The current term.
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    /// The last index of this node's log.
+    pub fn last_index(&self) -> u64 {
+        self.raw.raft.raft_log.last_index()
+    }
+
+    /// This node's commit index.
+    pub fn commit_index(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
+    /// The raft-rs node, read only (driving it directly would bypass the fail-closed rules).
+    pub fn raw_node(&self) -> &RawNode<S> {
+        &self.raw
+    }
+
+    /// The storage.
+    pub fn store(&self) -> &S {
+        self.raw.store()
+    }
+
+    /// The application's state machine.
+    pub fn state_machine(&self) -> &SM {
+        self.applier.get_ref()
+    }
+
+    /// The layer.
+    pub fn layer(&self) -> &Arc<EnvelopeLayer> {
+        self.applier.layer()
+    }
+
+    /// The raft-rs node, mutable, bypassing the layer: for fault injection in tests only.
+    pub(crate) fn raw_node_mut(&mut self) -> &mut RawNode<S> {
+        &mut self.raw
+    }
+
+    /// Takes the node apart for a restart: the storage and the state machine (whose applied
+    /// index is the last good one).
+    pub fn into_parts(self) -> (S, SM) {
+        let storage = self.raw.store().clone();
+        (storage, self.applier.into_inner())
+    }
+}
+
+impl<S: LogStore, SM: StateMachine> fmt::Debug for EnvelopeNode<S, SM> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnvelopeNode")
+            .field("id", &self.raw.raft.id)
+            .field("term", &self.raw.raft.term)
+            .field("leader", &self.is_leader())
+            .field("applied", &self.applier.applied())
+            .field("halted", &self.applier.halted())
+            .field("stopped", &self.stopped)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,150 @@
+//! The proposing side: a decorator around `RawNode::propose`.
+
+use std::fmt;
+use std::sync::Arc;
+
+use raft::{RawNode, StateRole, Storage};
+use raft_envelope_core::{EntryKind, EnvelopeLayer, ProposalId};
+use raft_proto::ConfChangeI;
+
+use crate::error::ProposeError;
+use crate::framing::{starts_with_magic, ContextMarker};
+
+/// What the proposer knows about a proposal it handed to raft-rs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ticket {
+    /// The proposal's identity: in the envelope header (authenticated) and the context marker
+    /// when sealed.
+    pub id: ProposalId,
+    /// What was proposed: [`EntryKind::Envelope`], [`EntryKind::Cleartext`], or
+    /// [`EntryKind::Control`] for a barrier.
+    pub kind: EntryKind,
+    /// `(index, term)` the entry was appended at, when proposed on the leader. `None` when the
+    /// proposal was forwarded to the leader by a follower.
+    pub appended_at: Option<(u64, u64)>,
+}
+
+/// Decorates `RawNode::propose`: every payload goes through [`EnvelopeLayer::prepare`] first.
+///
+/// Framing (see [`framing`](crate::framing)):
+/// - layer inert: `data` = the payload and `context` = the user's context, both byte for byte,
+///   so the stored entry is exactly what raft-rs would have stored without the layer;
+/// - layer sealing: `data` = the envelope, `context` = the envelope marker with the proposal id.
+///   A non-empty user context is refused ([`ProposeError::ContextWhileSealing`]).
+///
+/// Conf changes go to raft-rs untouched (raft-rs parses their data itself).
+///
+/// Sealing and appending happen in one `&mut RawNode` call, so no other operation on the node
+/// (in particular a switch-on barrier) can come between them.
+#[derive(Clone)]
+pub struct EnvelopeProposer {
+    layer: Arc<EnvelopeLayer>,
+}
+
+impl EnvelopeProposer {
+    /// A proposer sealing through `layer`.
+    pub fn new(layer: Arc<EnvelopeLayer>) -> Self {
+        Self { layer }
+    }
+
+    /// The layer.
+    pub fn layer(&self) -> &Arc<EnvelopeLayer> {
+        &self.layer
+    }
+
+    /// Proposes `payload` with an empty context.
+    ///
+    /// # Errors
+    /// See [`propose_with_context`](Self::propose_with_context).
+    pub fn propose<T: Storage>(
+        &self,
+        node: &mut RawNode<T>,
+        payload: Vec<u8>,
+    ) -> Result<Ticket, ProposeError> {
+        self.propose_with_context(node, Vec::new(), payload)
+    }
+
+    /// Prepares `payload` through the layer and proposes it to `node` with `context`.
+    ///
+    /// # Errors
+    /// [`ProposeError::Refused`] when sealing failed, [`ProposeError::ContextWhileSealing`] /
+    /// [`ProposeError::ReservedContext`] for a context that cannot be stored, and
+    /// [`ProposeError::Dropped`] / [`ProposeError::Raft`] from raft-rs. Nothing is appended in
+    /// any of these cases.
+    pub fn propose_with_context<T: Storage>(
+        &self,
+        node: &mut RawNode<T>,
+        context: Vec<u8>,
+        payload: Vec<u8>,
+    ) -> Result<Ticket, ProposeError> {
+        if starts_with_magic(&context) {
+            return Err(ProposeError::ReservedContext);
+        }
+        if !context.is_empty() && self.layer.is_sealing() {
+            return Err(ProposeError::ContextWhileSealing);
+        }
+        let proposal = self.layer.prepare(payload).map_err(ProposeError::Refused)?;
+        let context = match proposal.kind {
+            EntryKind::Envelope if !context.is_empty() => return Err(ProposeError::ContextWhileSealing),
+            EntryKind::Envelope => ContextMarker::envelope(proposal.id).encode(),
+            _ => context,
+        };
+        append(node, proposal.id, proposal.kind, context, proposal.bytes)
+    }
+
+    /// Proposes a switch-on barrier: a control entry (empty data, barrier marker) that the state
+    /// machine never sees. Its committed index is a safe cutover once every layer seals.
+    ///
+    /// # Errors
+    /// [`ProposeError::Dropped`] / [`ProposeError::Raft`] from raft-rs.
+    pub fn propose_barrier<T: Storage>(&self, node: &mut RawNode<T>) -> Result<Ticket, ProposeError> {
+        let id = self.layer.next_proposal_id();
+        append(node, id, EntryKind::Control, ContextMarker::barrier(id).encode(), Vec::new())
+    }
+
+    /// Proposes a conf change, untouched by the layer.
+    ///
+    /// # Errors
+    /// [`ProposeError::ReservedContext`], or raft-rs errors.
+    pub fn propose_conf_change<T: Storage>(
+        &self,
+        node: &mut RawNode<T>,
+        context: Vec<u8>,
+        change: impl ConfChangeI,
+    ) -> Result<(), ProposeError> {
+        if starts_with_magic(&context) {
+            return Err(ProposeError::ReservedContext);
+        }
+        node.propose_conf_change(context, change).map_err(raft_error)
+    }
+}
+
+fn append<T: Storage>(
+    node: &mut RawNode<T>,
+    id: ProposalId,
+    kind: EntryKind,
+    context: Vec<u8>,
+    data: Vec<u8>,
+) -> Result<Ticket, ProposeError> {
+    let leader = node.raft.state == StateRole::Leader;
+    let before = node.raft.raft_log.last_index();
+    let term = node.raft.term;
+    node.propose(context, data).map_err(raft_error)?;
+    let after = node.raft.raft_log.last_index();
+    let appended_at = (leader && after == before + 1).then_some((after, term));
+    tracing::trace!(proposal = id.0, %kind, ?appended_at, "proposed");
+    Ok(Ticket { id, kind, appended_at })
+}
+
+pub(crate) fn raft_error(e: raft::Error) -> ProposeError {
+    match e {
+        raft::Error::ProposalDropped => ProposeError::Dropped,
+        e => ProposeError::Raft(e),
+    }
+}
+
+impl fmt::Debug for EnvelopeProposer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnvelopeProposer").field("layer", &self.layer).finish()
+    }
+}

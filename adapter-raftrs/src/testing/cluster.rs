@@ -1,0 +1,642 @@
+//! The in-process cluster and its deterministic message pump.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+
+use raft::eraftpb::{Entry, Message, MessageType};
+use raft::storage::MemStorage;
+use raft::{Config, GetEntriesContext, Storage};
+use raft_envelope_core::{EnvelopeLayer, FatalApplyError, PayloadWrapper, ProposalId};
+use slog::Logger;
+
+use crate::error::{NodeError, ProposeError};
+use crate::node::EnvelopeNode;
+use crate::proposer::raft_error;
+use crate::state_machine::StateMachine;
+use crate::tracker::Applied;
+
+/// Timing of a test [`Cluster`], in logical ticks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// raft-rs `election_tick`.
+    pub election_tick: usize,
+    /// raft-rs `heartbeat_tick`.
+    pub heartbeat_tick: usize,
+    /// Ticks after which a proposal without an outcome is reported timed out.
+    pub proposal_timeout_ticks: u64,
+    /// Most ticks any wait of the cluster runs before giving up.
+    pub max_wait_ticks: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self { election_tick: 10, heartbeat_tick: 2, proposal_timeout_ticks: 60, max_wait_ticks: 400 }
+    }
+}
+
+/// A cluster operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// No node with this id.
+    #[error("no node {0}")]
+    NoSuchNode(u64),
+    /// No leader could be found or elected in time.
+    #[error("no leader")]
+    NoLeader,
+    /// A wait gave up.
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    /// A node failed.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// A proposal failed.
+    #[error(transparent)]
+    Propose(#[from] ProposeError),
+    /// The storage refused an operation.
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+struct Slot<SM: StateMachine> {
+    storage: MemStorage,
+    node: Option<EnvelopeNode<MemStorage, SM>>,
+}
+
+/// A raft-rs cluster of [`EnvelopeNode`]s over [`MemStorage`] in one process.
+///
+/// Messages go through one queue, delivered in order on the caller's thread
+/// ([`settle`](Self::settle)); time advances only through [`tick`](Self::tick). A halted node is
+/// not driven any more (messages to it are dropped), exactly as a production driver would stop
+/// it; the others keep going.
+///
+/// Index layout: index 1 is the first leader's empty entry (the configuration lives in
+/// `MemStorage`, outside the log); every new term appends another empty entry.
+pub struct Cluster<SM: StateMachine> {
+    cfg: ClusterConfig,
+    logger: Logger,
+    slots: BTreeMap<u64, Slot<SM>>,
+    queue: VecDeque<Message>,
+    held: Vec<Message>,
+    hold_proposals: bool,
+    isolated: Vec<u64>,
+    commit_caps: HashMap<u64, u64>,
+    done: HashMap<ProposalId, Result<Applied<SM::Response>, ProposeError>>,
+    refused_steps: u64,
+}
+
+impl<SM: StateMachine> Cluster<SM> {
+    /// Starts one node per layer (ids 1..=n), all voters, elects node 1 and waits until every
+    /// node applied the leader's first entry.
+    ///
+    /// # Errors
+    /// [`ClusterError`] when a node cannot start or no leader is elected.
+    pub fn new(
+        layers: Vec<Arc<EnvelopeLayer>>,
+        make_sm: impl FnMut(u64) -> SM,
+    ) -> Result<Self, ClusterError> {
+        Self::with_config(ClusterConfig::default(), layers, make_sm)
+    }
+
+    /// [`new`](Self::new) with explicit timing.
+    ///
+    /// # Errors
+    /// [`ClusterError`] when a node cannot start or no leader is elected.
+    pub fn with_config(
+        cfg: ClusterConfig,
+        layers: Vec<Arc<EnvelopeLayer>>,
+        mut make_sm: impl FnMut(u64) -> SM,
+    ) -> Result<Self, ClusterError> {
+        let logger = Logger::root(slog::Discard, slog::o!());
+        let ids: Vec<u64> = (1..=layers.len() as u64).collect();
+        let mut cluster = Self {
+            cfg,
+            logger,
+            slots: BTreeMap::new(),
+            queue: VecDeque::new(),
+            held: Vec::new(),
+            hold_proposals: false,
+            isolated: Vec::new(),
+            commit_caps: HashMap::new(),
+            done: HashMap::new(),
+            refused_steps: 0,
+        };
+        for (id, layer) in ids.iter().zip(layers) {
+            let storage = MemStorage::new_with_conf_state((ids.clone(), vec![]));
+            let node = cluster.start_node(*id, storage.clone(), make_sm(*id), layer)?;
+            cluster.slots.insert(*id, Slot { storage, node: Some(node) });
+        }
+        if let Some(first) = ids.first() {
+            cluster.node_mut(*first)?.campaign()?;
+        }
+        cluster.settle();
+        let leader = cluster.wait_leader()?;
+        cluster.wait_converged(leader)?;
+        Ok(cluster)
+    }
+
+    fn start_node(
+        &self,
+        id: u64,
+        storage: MemStorage,
+        sm: SM,
+        layer: Arc<EnvelopeLayer>,
+    ) -> Result<EnvelopeNode<MemStorage, SM>, ClusterError> {
+        let config = Config {
+            id,
+            election_tick: self.cfg.election_tick,
+            heartbeat_tick: self.cfg.heartbeat_tick,
+            ..Config::default()
+        };
+        Ok(EnvelopeNode::new(&config, storage, sm, layer, &self.logger)?
+            .with_proposal_timeout(self.cfg.proposal_timeout_ticks))
+    }
+
+    /// The node ids.
+    pub fn ids(&self) -> Vec<u64> {
+        self.slots.keys().copied().collect()
+    }
+
+    /// The node `id`.
+    ///
+    /// # Errors
+    /// [`ClusterError::NoSuchNode`].
+    pub fn node(&self, id: u64) -> Result<&EnvelopeNode<MemStorage, SM>, ClusterError> {
+        self.slots.get(&id).and_then(|s| s.node.as_ref()).ok_or(ClusterError::NoSuchNode(id))
+    }
+
+    /// The node `id`, mutable: drive it directly (propose, transfer leadership, ...).
+    ///
+    /// # Errors
+    /// [`ClusterError::NoSuchNode`].
+    pub fn node_mut(&mut self, id: u64) -> Result<&mut EnvelopeNode<MemStorage, SM>, ClusterError> {
+        self.slots.get_mut(&id).and_then(|s| s.node.as_mut()).ok_or(ClusterError::NoSuchNode(id))
+    }
+
+    fn running(&self, id: u64) -> bool {
+        self.node(id).map(|n| n.halted().is_none() && n.stopped().is_none()).unwrap_or(false)
+    }
+
+    /// The state machine of node `id`.
+    ///
+    /// # Errors
+    /// [`ClusterError::NoSuchNode`].
+    pub fn state_machine(&self, id: u64) -> Result<&SM, ClusterError> {
+        Ok(self.node(id)?.state_machine())
+    }
+
+    /// The last index node `id` applied.
+    ///
+    /// # Errors
+    /// [`ClusterError::NoSuchNode`].
+    pub fn applied(&self, id: u64) -> Result<u64, ClusterError> {
+        Ok(self.node(id)?.applied())
+    }
+
+    /// The error node `id` halted with, if it halted.
+    ///
+    /// # Errors
+    /// [`ClusterError::NoSuchNode`].
+    pub fn halted(&self, id: u64) -> Result<Option<FatalApplyError>, ClusterError> {
+        Ok(self.node(id)?.halted().cloned())
+    }
+
+    /// The running leader with the highest term, if any.
+    pub fn leader(&self) -> Option<u64> {
+        self.slots
+            .iter()
+            .filter_map(|(id, s)| s.node.as_ref().map(|n| (*id, n)))
+            .filter(|(id, n)| n.is_leader() && self.running(*id))
+            .max_by_key(|(_, n)| n.term())
+            .map(|(id, _)| id)
+    }
+
+    /// How many forwarded cleartext proposals (or other messages) nodes refused to step.
+    pub fn refused_steps(&self) -> u64 {
+        self.refused_steps
+    }
+
+    /// Delivers messages and handles Readies until nothing moves. Deterministic: nodes in id
+    /// order, messages in the order they were produced. No time passes.
+    pub fn settle(&mut self) {
+        for _ in 0..100_000 {
+            let mut moved = false;
+            let ids = self.ids();
+            for id in &ids {
+                if !self.running(*id) {
+                    continue;
+                }
+                let Some(node) = self.slots.get_mut(id).and_then(|s| s.node.as_mut()) else { continue };
+                match node.on_ready() {
+                    Ok(messages) => {
+                        moved |= !messages.is_empty();
+                        self.queue.extend(messages);
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = id, "node stopped: {e}");
+                        let last = node.take_last_messages();
+                        moved |= !last.is_empty();
+                        self.queue.extend(last);
+                    }
+                }
+                for c in node.take_completions() {
+                    self.done.insert(c.id, c.result);
+                }
+            }
+            while let Some(m) = self.queue.pop_front() {
+                moved = true;
+                self.deliver(m);
+            }
+            let pending = ids.iter().any(|id| {
+                self.running(*id) && self.node(*id).map(|n| n.raw_node().has_ready()).unwrap_or(false)
+            });
+            if !moved && !pending {
+                return;
+            }
+        }
+        tracing::warn!("settle: gave up after 100000 rounds");
+    }
+
+    fn deliver(&mut self, mut m: Message) {
+        if let Some(cap) = self.commit_caps.get(&m.to) {
+            m.commit = m.commit.min(*cap);
+        }
+        if self.hold_proposals && m.get_msg_type() == MessageType::MsgPropose {
+            self.held.push(m);
+            return;
+        }
+        let to = m.to;
+        if self.isolated.contains(&to) || self.isolated.contains(&m.from) {
+            return;
+        }
+        if !self.running(to) {
+            return;
+        }
+        if let Some(node) = self.slots.get_mut(&to).and_then(|s| s.node.as_mut()) {
+            if let Err(e) = node.step(m) {
+                self.refused_steps += 1;
+                tracing::debug!(node = to, "step refused: {e}");
+            }
+        }
+    }
+
+    /// Advances every running node by `ticks` ticks, settling after each.
+    pub fn tick(&mut self, ticks: u64) {
+        for _ in 0..ticks {
+            for id in self.ids() {
+                if self.running(id) {
+                    if let Some(node) = self.slots.get_mut(&id).and_then(|s| s.node.as_mut()) {
+                        node.tick();
+                    }
+                }
+            }
+            self.settle();
+        }
+    }
+
+    /// Settles, then ticks until `done(self)` holds, at most `max_wait_ticks`.
+    pub fn wait_until(&mut self, mut done: impl FnMut(&Self) -> bool) -> bool {
+        self.settle();
+        for _ in 0..self.cfg.max_wait_ticks {
+            if done(self) {
+                return true;
+            }
+            self.tick(1);
+        }
+        done(self)
+    }
+
+    /// Waits for a running leader.
+    ///
+    /// # Errors
+    /// [`ClusterError::NoLeader`].
+    pub fn wait_leader(&mut self) -> Result<u64, ClusterError> {
+        if self.wait_until(|c| c.leader().is_some()) {
+            self.leader().ok_or(ClusterError::NoLeader)
+        } else {
+            Err(ClusterError::NoLeader)
+        }
+    }
+
+    /// Waits until every running node applied the leader's commit index.
+    ///
+    /// # Errors
+    /// [`ClusterError::Timeout`].
+    pub fn wait_converged(&mut self, leader: u64) -> Result<(), ClusterError> {
+        let ok = self.wait_until(|c| {
+            let Ok(target) = c.node(leader).map(|n| n.commit_index()) else { return false };
+            c.ids().iter().all(|id| !c.running(*id) || c.applied(*id).map(|a| a >= target).unwrap_or(false))
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err(ClusterError::Timeout("convergence"))
+        }
+    }
+
+    /// Waits until node `id` applied `index` (or halted, or the wait gave up); returns its
+    /// applied index.
+    ///
+    /// # Errors
+    /// [`ClusterError::NoSuchNode`].
+    pub fn wait_applied(&mut self, id: u64, index: u64) -> Result<u64, ClusterError> {
+        self.node(id)?;
+        self.wait_until(|c| !c.running(id) || c.applied(id).map(|a| a >= index).unwrap_or(false));
+        self.applied(id)
+    }
+
+    fn wait_completion(&mut self, id: ProposalId) -> Result<Applied<SM::Response>, ProposeError> {
+        self.settle();
+        for _ in 0..=self.cfg.max_wait_ticks {
+            if let Some(result) = self.done.remove(&id) {
+                return result;
+            }
+            self.tick(1);
+        }
+        Err(ProposeError::TimedOut { ticks: self.cfg.max_wait_ticks })
+    }
+
+    /// Proposes `payload` on node `via` (the leader, or a follower that forwards it) and waits
+    /// for its outcome on that node.
+    ///
+    /// # Errors
+    /// The [`ProposeError`] of the proposal.
+    pub fn propose_via(&mut self, via: u64, payload: Vec<u8>) -> Result<Applied<SM::Response>, ProposeError> {
+        let ticket = match self.slots.get_mut(&via).and_then(|s| s.node.as_mut()) {
+            Some(node) => node.propose(payload)?,
+            None => return Err(ProposeError::Stopped(format!("no node {via}"))),
+        };
+        self.wait_completion(ticket.id)
+    }
+
+    /// Proposes `payload` on the leader and waits for its outcome.
+    ///
+    /// # Errors
+    /// The [`ProposeError`] of the proposal ([`ProposeError::Dropped`] when there is no leader).
+    pub fn propose(&mut self, payload: Vec<u8>) -> Result<Applied<SM::Response>, ProposeError> {
+        let Ok(leader) = self.wait_leader() else { return Err(ProposeError::Dropped) };
+        self.propose_via(leader, payload)
+    }
+
+    /// Proposes `payload` on node `via` without waiting; the outcome is collected later with
+    /// [`outcome`](Self::outcome).
+    ///
+    /// # Errors
+    /// The proposer's refusal.
+    pub fn propose_async(&mut self, via: u64, payload: Vec<u8>) -> Result<ProposalId, ProposeError> {
+        match self.slots.get_mut(&via).and_then(|s| s.node.as_mut()) {
+            Some(node) => Ok(node.propose(payload)?.id),
+            None => Err(ProposeError::Stopped(format!("no node {via}"))),
+        }
+    }
+
+    /// The outcome of proposal `id`, once reached (taken: a second call returns `None`).
+    pub fn outcome(&mut self, id: ProposalId) -> Option<Result<Applied<SM::Response>, ProposeError>> {
+        self.done.remove(&id)
+    }
+
+    /// Commits a switch-on barrier through the leader and returns its index.
+    ///
+    /// # Errors
+    /// The barrier's [`ProposeError`].
+    pub fn commit_barrier(&mut self) -> Result<u64, ProposeError> {
+        let Ok(leader) = self.wait_leader() else { return Err(ProposeError::Dropped) };
+        let ticket = match self.slots.get_mut(&leader).and_then(|s| s.node.as_mut()) {
+            Some(node) => node.propose_barrier()?,
+            None => return Err(ProposeError::Dropped),
+        };
+        Ok(self.wait_completion(ticket.id)?.index)
+    }
+
+    /// Switches encryption on and returns the cutover `C`:
+    ///
+    /// 1. **Seal**: every node's layer starts sealing with `wrapper_for(node)`.
+    /// 2. **Barrier**: a barrier entry is committed through the leader; its index is `C`.
+    /// 3. **Enforce**: `set_cutover(node, C)` for every node (the node's
+    ///    [`Cutover`](raft_envelope_core::Cutover) that its gate reads).
+    ///
+    /// Why no cleartext from a correct client can land above `C`, forwarding and leader changes
+    /// included: take an entry committed at `i > C`. Its term is at least the barrier's; by Log
+    /// Matching the leader that created it held the barrier at `C` in its log, so it created the
+    /// entry after the barrier existed, hence after step 1 finished on every node. A leader
+    /// creates an entry either from its own `propose` — where sealing and appending happen in one
+    /// `&mut RawNode` call, so a cleartext prepared before step 1 was appended before the
+    /// barrier reached that node — or by stepping a forwarded `MsgPropose`, which
+    /// [`EnvelopeNode::step`] refuses when it carries cleartext and the node seals (it does,
+    /// since step 1). So every entry above `C` is an envelope or a control entry. A follower
+    /// seals before forwarding (the proposal is prepared where `propose` is called), so
+    /// forwarding only ever carries envelopes after step 1; a cleartext proposal still in flight
+    /// from before is refused, and its proposer sees a timeout, never a halt.
+    ///
+    /// Across processes, run the same three steps through your own admin endpoints.
+    ///
+    /// # Errors
+    /// The barrier's [`ProposeError`]; nothing is enforced until step 3, so a failed attempt
+    /// never halts a node and can be retried.
+    pub fn switch_on(
+        &mut self,
+        mut wrapper_for: impl FnMut(u64) -> Arc<dyn PayloadWrapper>,
+        mut set_cutover: impl FnMut(u64, u64),
+    ) -> Result<u64, ProposeError> {
+        for (id, slot) in &self.slots {
+            if let Some(node) = &slot.node {
+                node.layer().set_wrapper(Some(wrapper_for(*id)));
+            }
+        }
+        let cutover = self.commit_barrier()?;
+        for id in self.ids() {
+            set_cutover(id, cutover);
+        }
+        tracing::info!(cutover, "envelope layer switched on");
+        Ok(cutover)
+    }
+
+    /// Restarts node `id` with `layer`: drops its `RawNode`, rebuilds it on the same storage and
+    /// state machine (`Config.applied` = its last good index), and lets it catch up (or halt).
+    ///
+    /// # Errors
+    /// [`ClusterError`] when the node cannot be rebuilt.
+    pub fn restart(&mut self, id: u64, layer: Arc<EnvelopeLayer>) -> Result<(), ClusterError> {
+        let slot = self.slots.get_mut(&id).ok_or(ClusterError::NoSuchNode(id))?;
+        let old = slot.node.take().ok_or(ClusterError::NoSuchNode(id))?;
+        let (storage, sm) = old.into_parts();
+        let node = self.start_node(id, storage, sm, layer)?;
+        if let Some(slot) = self.slots.get_mut(&id) {
+            slot.node = Some(node);
+        }
+        self.settle();
+        // Catch up: a heartbeat tells the leader where this node is.
+        let target = self.leader().and_then(|l| self.node(l).ok().map(|n| n.commit_index()));
+        self.wait_until(|c| {
+            !c.running(id) || target.map_or(true, |t| c.applied(id).map(|a| a >= t).unwrap_or(false))
+        });
+        Ok(())
+    }
+
+    /// Makes `to` the leader (leadership transfer, then an election on `to` if the transfer did
+    /// not happen) and waits until every running node applied the new term's entry.
+    ///
+    /// # Errors
+    /// [`ClusterError`] when `to` does not become leader.
+    pub fn transfer_leader(&mut self, to: u64) -> Result<(), ClusterError> {
+        if !self.running(to) {
+            return Err(ClusterError::NoSuchNode(to));
+        }
+        if let Some(leader) = self.leader() {
+            if leader == to {
+                return Ok(());
+            }
+            self.node_mut(leader)?.transfer_leader(to)?;
+            self.settle();
+        }
+        if !self.wait_until(|c| c.leader() == Some(to)) {
+            self.node_mut(to)?.campaign()?;
+            if !self.wait_until(|c| c.leader() == Some(to)) {
+                return Err(ClusterError::NoLeader);
+            }
+        }
+        self.wait_converged(to)
+    }
+
+    /// Makes the next running node after the leader (in id order) the leader; returns it.
+    ///
+    /// # Errors
+    /// [`ClusterError`] when no other node can lead.
+    pub fn change_leader(&mut self) -> Result<u64, ClusterError> {
+        let leader = self.wait_leader()?;
+        let ids = self.ids();
+        let pos = ids.iter().position(|i| *i == leader).unwrap_or(0);
+        let next = (1..ids.len())
+            .map(|k| ids[(pos + k) % ids.len()])
+            .find(|id| self.running(*id))
+            .ok_or(ClusterError::NoLeader)?;
+        self.transfer_leader(next)?;
+        Ok(next)
+    }
+
+    /// The entry node `id` stores at `index`, if any.
+    ///
+    /// # Errors
+    /// [`ClusterError::NoSuchNode`].
+    pub fn read_entry(&self, id: u64, index: u64) -> Result<Option<Entry>, ClusterError> {
+        let storage = &self.slots.get(&id).ok_or(ClusterError::NoSuchNode(id))?.storage;
+        if index == 0 || index > storage.last_index().unwrap_or(0) {
+            return Ok(None);
+        }
+        Ok(storage
+            .entries(index, index + 1, None, GetEntriesContext::empty(false))
+            .ok()
+            .and_then(|mut v| v.pop()))
+    }
+
+    /// The highest index node `id` stores.
+    ///
+    /// # Errors
+    /// [`ClusterError::NoSuchNode`].
+    pub fn stored_last_index(&self, id: u64) -> Result<u64, ClusterError> {
+        let storage = &self.slots.get(&id).ok_or(ClusterError::NoSuchNode(id))?.storage;
+        storage.last_index().map_err(|e| ClusterError::Storage(e.to_string()))
+    }
+
+    /// Overwrites `data` and `context` of the entry node `id` stores at `index` (index, term and
+    /// type kept), as an attacker with access to its disk would. Restart the node afterwards.
+    ///
+    /// # Errors
+    /// [`ClusterError`] when there is no such entry.
+    pub fn write_entry(
+        &mut self,
+        id: u64,
+        index: u64,
+        data: Vec<u8>,
+        context: Vec<u8>,
+    ) -> Result<(), ClusterError> {
+        let storage = self.slots.get(&id).ok_or(ClusterError::NoSuchNode(id))?.storage.clone();
+        let last = storage.last_index().map_err(|e| ClusterError::Storage(e.to_string()))?;
+        if index == 0 || index > last {
+            return Err(ClusterError::Storage(format!("node {id} stores no entry {index}")));
+        }
+        let mut entries = storage
+            .entries(index, last + 1, None, GetEntriesContext::empty(false))
+            .map_err(|e| ClusterError::Storage(e.to_string()))?;
+        if let Some(first) = entries.first_mut() {
+            first.data = data.into();
+            first.context = context.into();
+        }
+        let result = storage.wl().append(&entries);
+        result.map_err(|e| ClusterError::Storage(e.to_string()))
+    }
+
+    /// Appends an entry through the leader's raft-rs node without its layer (a faulty or outdated
+    /// proposer) and returns its index once committed on the leader (applied or not).
+    ///
+    /// # Errors
+    /// [`ClusterError`] when there is no leader or it does not commit.
+    pub fn append_unchecked(&mut self, context: Vec<u8>, data: Vec<u8>) -> Result<u64, ClusterError> {
+        let leader = self.wait_leader()?;
+        let node = self.node_mut(leader)?;
+        node.raw_node_mut().propose(context, data).map_err(raft_error)?;
+        let index = node.last_index();
+        let ok = self.wait_until(|c| c.node(leader).map(|n| n.commit_index() >= index).unwrap_or(false));
+        if ok {
+            Ok(index)
+        } else {
+            Err(ClusterError::Timeout("unchecked append to commit"))
+        }
+    }
+
+    /// Holds back (`true`) or lets through (`false`) forwarded proposals (`MsgPropose`) in the
+    /// network: held messages are delivered by [`release_held`](Self::release_held).
+    pub fn hold_forwarded_proposals(&mut self, hold: bool) {
+        self.hold_proposals = hold;
+    }
+
+    /// Cuts node `id` off the network: every message to or from it is lost until
+    /// [`heal`](Self::heal).
+    pub fn isolate(&mut self, id: u64) {
+        self.isolated.push(id);
+    }
+
+    /// Holds (`true`) or releases (`false`) node `id`'s view of the commit index: while held,
+    /// messages to it carry at most the commit index it has now, so it stores new entries
+    /// without applying them (a window to tamper with a stored, not yet applied entry).
+    ///
+    /// # Errors
+    /// [`ClusterError::NoSuchNode`].
+    pub fn hold_commit(&mut self, id: u64, hold: bool) -> Result<(), ClusterError> {
+        let commit = self.node(id)?.commit_index();
+        if hold {
+            self.commit_caps.insert(id, commit);
+        } else {
+            self.commit_caps.remove(&id);
+            self.settle();
+        }
+        Ok(())
+    }
+
+    /// Reconnects every isolated node.
+    pub fn heal(&mut self) {
+        self.isolated.clear();
+        self.settle();
+    }
+
+    /// Delivers every held message and settles.
+    pub fn release_held(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        for m in held {
+            self.deliver(m);
+        }
+        self.settle();
+    }
+}
+
+impl<SM: StateMachine> fmt::Debug for Cluster<SM> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cluster")
+            .field("nodes", &self.slots.keys().collect::<Vec<_>>())
+            .field("leader", &self.leader())
+            .field("queued", &self.queue.len())
+            .field("held", &self.held.len())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,9 @@
+//! A real multi-node raft-rs cluster in one process, for tests, demos and the conformance
+//! harness: a deterministic single-thread message pump, fault hooks (tamper, restart, leader
+//! change, held proposals, unchecked appends) and the switch-on procedure.
+
+mod cluster;
+mod kv;
+
+pub use cluster::{Cluster, ClusterConfig, ClusterError};
+pub use kv::KvStore;

@@ -1,0 +1,237 @@
+//! Response routing: matching a proposal to its applied result, without FIFO.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use raft::{RawNode, Storage};
+use raft_envelope_core::{FatalApplyError, ProposalId};
+
+use crate::applier::AppliedEntry;
+use crate::error::ProposeError;
+use crate::proposer::Ticket;
+
+/// A proposal's outcome.
+#[derive(Debug)]
+pub struct Completion<R> {
+    /// The proposal.
+    pub id: ProposalId,
+    /// Its result on this node.
+    pub result: Result<Applied<R>, ProposeError>,
+}
+
+/// Where and with what response a proposal was applied.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Applied<R> {
+    /// The log index it was applied at.
+    pub index: u64,
+    /// The term of that entry.
+    pub term: u64,
+    /// The state machine's response (`None` for a barrier, or for an empty cleartext payload,
+    /// which raft-rs stores like its own no-op entry and which is therefore never applied).
+    pub response: Option<R>,
+}
+
+impl<R> fmt::Debug for Applied<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Applied")
+            .field("index", &self.index)
+            .field("term", &self.term)
+            .field("has_response", &self.response.is_some())
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+struct Pending {
+    appended_at: Option<(u64, u64)>,
+    age: u64,
+}
+
+/// Matches proposals to their applied entries on one node.
+///
+/// - A proposal made on the leader is matched by `(index, term)`: by Log Matching, the entry
+///   committed at that index with that term is the one appended, whatever it carries (cleartext
+///   included). Another term at that index, or a log truncated below it, means a new leader
+///   replaced it: [`ProposeError::Superseded`].
+/// - A proposal forwarded by a follower has no index yet; an envelope (or barrier) is matched by
+///   its proposal id when the entry is applied on this node (the envelope header's id,
+///   authenticated by opening). A forwarded cleartext proposal carries no identity and can only
+///   time out.
+/// - Every proposal times out after `timeout_ticks` ticks ([`ProposeError::TimedOut`]), and a
+///   halt fails every pending proposal ([`ProposeError::Halted`]).
+pub struct ProposalTracker<R> {
+    pending: HashMap<ProposalId, Pending>,
+    by_index: BTreeMap<u64, ProposalId>,
+    timeout_ticks: u64,
+    done: Vec<Completion<R>>,
+}
+
+impl<R> ProposalTracker<R> {
+    /// A tracker timing proposals out after `timeout_ticks` ticks.
+    pub fn new(timeout_ticks: u64) -> Self {
+        Self { pending: HashMap::new(), by_index: BTreeMap::new(), timeout_ticks, done: Vec::new() }
+    }
+
+    /// Starts tracking `ticket`.
+    pub fn track(&mut self, ticket: &Ticket) {
+        if let Some((index, _)) = ticket.appended_at {
+            self.by_index.insert(index, ticket.id);
+        }
+        self.pending.insert(ticket.id, Pending { appended_at: ticket.appended_at, age: 0 });
+    }
+
+    /// Number of proposals without an outcome yet.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn finish(&mut self, id: ProposalId, result: Result<Applied<R>, ProposeError>) {
+        if let Some(p) = self.pending.remove(&id) {
+            if let Some((index, _)) = p.appended_at {
+                self.by_index.remove(&index);
+            }
+            self.done.push(Completion { id, result });
+        }
+    }
+
+    /// Routes one applied entry.
+    pub fn on_applied(&mut self, entry: AppliedEntry<R>) {
+        let AppliedEntry { index, term, proposal, response, .. } = entry;
+        if let Some(id) = self.by_index.get(&index).copied() {
+            let expected = self.pending.get(&id).and_then(|p| p.appended_at);
+            if expected.map(|(_, t)| t) == Some(term) {
+                self.finish(id, Ok(Applied { index, term, response }));
+                return;
+            }
+            self.finish(id, Err(ProposeError::Superseded { index, term }));
+        }
+        if let Some(id) = proposal {
+            if self.pending.contains_key(&id) {
+                self.finish(id, Ok(Applied { index, term, response }));
+            }
+        }
+    }
+
+    /// Ages every pending proposal by one tick and times out the expired ones.
+    pub fn on_tick(&mut self) {
+        let mut expired = Vec::new();
+        for (id, p) in &mut self.pending {
+            p.age += 1;
+            if p.age >= self.timeout_ticks {
+                expired.push(*id);
+            }
+        }
+        for id in expired {
+            let ticks = self.timeout_ticks;
+            self.finish(id, Err(ProposeError::TimedOut { ticks }));
+        }
+    }
+
+    /// Fails the proposals whose entry the local log no longer holds: a new leader truncated it
+    /// (the log is shorter than its index, or holds another term there). Cheap: it looks only
+    /// at proposals made on this node while it led.
+    pub fn on_log_changed<T: Storage>(&mut self, node: &RawNode<T>) {
+        if self.by_index.is_empty() {
+            return;
+        }
+        let log = &node.raft.raft_log;
+        let last = log.last_index();
+        let mut gone = Vec::new();
+        for (index, id) in &self.by_index {
+            let expected = self.pending.get(id).and_then(|p| p.appended_at).map(|(_, t)| t);
+            if *index > last {
+                gone.push((*id, *index, 0));
+            } else if let Ok(t) = log.term(*index) {
+                if Some(t) != expected {
+                    gone.push((*id, *index, t));
+                }
+            }
+        }
+        for (id, index, term) in gone {
+            self.finish(id, Err(ProposeError::Superseded { index, term }));
+        }
+    }
+
+    /// Fails every pending proposal: the node halted.
+    pub fn on_halt(&mut self, halt: &FatalApplyError) {
+        self.fail_all(|| ProposeError::halted(halt));
+    }
+
+    /// Fails every pending proposal with `error()`.
+    pub fn fail_all(&mut self, error: impl Fn() -> ProposeError) {
+        let ids: Vec<_> = self.pending.keys().copied().collect();
+        for id in ids {
+            self.finish(id, Err(error()));
+        }
+    }
+
+    /// The outcomes reached since the last call.
+    pub fn take_completions(&mut self) -> Vec<Completion<R>> {
+        std::mem::take(&mut self.done)
+    }
+}
+
+impl<R> fmt::Debug for ProposalTracker<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProposalTracker")
+            .field("pending", &self.pending.len())
+            .field("timeout_ticks", &self.timeout_ticks)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use raft_envelope_core::EntryKind;
+
+    use super::*;
+
+    fn ticket(id: u64, appended_at: Option<(u64, u64)>) -> Ticket {
+        Ticket { id: ProposalId(id), kind: EntryKind::Envelope, appended_at }
+    }
+
+    fn applied(index: u64, term: u64, proposal: Option<u64>) -> AppliedEntry<u8> {
+        AppliedEntry {
+            index,
+            term,
+            kind: EntryKind::Envelope,
+            proposal: proposal.map(ProposalId),
+            response: Some(7),
+        }
+    }
+
+    #[test]
+    fn routes_by_index_and_term_then_by_id_never_fifo() {
+        let mut t = ProposalTracker::<u8>::new(10);
+        t.track(&ticket(1, Some((5, 2))));
+        t.track(&ticket(2, None));
+        t.track(&ticket(3, Some((6, 2))));
+        // Forwarded proposal 2 lands first, at an index nobody expected.
+        t.on_applied(applied(4, 2, Some(2)));
+        // Index 5 was replaced by a new leader's entry: proposal 1 is superseded, not matched.
+        t.on_applied(applied(5, 3, None));
+        // Index 6 holds proposal 3 with its term.
+        t.on_applied(applied(6, 2, Some(3)));
+        let done: Vec<_> = t.take_completions().into_iter().map(|c| (c.id.0, c.result)).collect();
+        assert!(matches!(&done[0], (2, Ok(a)) if a.index == 4));
+        assert!(matches!(&done[1], (1, Err(ProposeError::Superseded { index: 5, term: 3 }))));
+        assert!(matches!(&done[2], (3, Ok(a)) if a.index == 6 && a.response == Some(7)));
+        assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn times_out_and_fails_on_halt() {
+        let mut t = ProposalTracker::<u8>::new(2);
+        t.track(&ticket(1, None));
+        t.on_tick();
+        t.track(&ticket(2, Some((3, 1))));
+        t.on_tick();
+        let done = t.take_completions();
+        assert_eq!(done.len(), 1);
+        assert!(matches!(done[0].result, Err(ProposeError::TimedOut { ticks: 2 })));
+        let halt = FatalApplyError::new(3, raft_envelope_core::FailureReason::UnknownKey, Some(1));
+        t.on_halt(&halt);
+        let done = t.take_completions();
+        assert!(matches!(done[0].result, Err(ProposeError::Halted { index: 3, .. })));
+    }
+}

@@ -1,0 +1,381 @@
+//! raft-rs specific behaviour beyond the conformance suite: byte-for-byte inert storage (context
+//! included), the context framing, the raft-rs fail-closed mechanics, response routing, and the
+//! switch-on under concurrent writers with forwarding and leader changes.
+#![allow(clippy::unwrap_used)] // reason: tests fail loudly on any unexpected error
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Instant;
+
+use raft::eraftpb::EntryType;
+use raft_envelope_core::{
+    Algorithm, ApplyGate, ClusterId, Cutover, EntryKind, EnvelopeCipher, EnvelopeHeader, EnvelopeLayer,
+    FailureReason, KeyId, Keyring, PayloadWrapper, SecretKey,
+};
+use raft_envelope_raftrs::framing::{classify, ContextMarker, CONTEXT_MAGIC};
+use raft_envelope_raftrs::testing::{Cluster, KvStore};
+use raft_envelope_raftrs::ProposeError;
+
+const KEY: KeyId = KeyId(1);
+
+/// Keys, ciphers, cutovers and layers of a 3-node test cluster (one keyring instance per node).
+struct Setup {
+    material: SecretKey,
+    ciphers: Vec<Arc<EnvelopeCipher>>,
+    cutovers: Vec<Arc<Cutover>>,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let material = SecretKey::generate().unwrap();
+        let mut s = Self { material, ciphers: Vec::new(), cutovers: Vec::new() };
+        for _ in 0..3 {
+            s.ciphers.push(s.cipher(true));
+            s.cutovers.push(Arc::new(Cutover::inert()));
+        }
+        s
+    }
+
+    fn cipher(&self, with_key: bool) -> Arc<EnvelopeCipher> {
+        let ring = Keyring::new();
+        if with_key {
+            ring.insert(KEY, Algorithm::Aes256Gcm, SecretKey::from_bytes(*self.material.expose_secret()))
+                .unwrap();
+            ring.promote(KEY).unwrap();
+        }
+        Arc::new(EnvelopeCipher::new(ClusterId::new("behaviour").unwrap(), Arc::new(ring)))
+    }
+
+    fn layer(&self, node: usize, cipher: Arc<EnvelopeCipher>) -> Arc<EnvelopeLayer> {
+        Arc::new(EnvelopeLayer::new(ApplyGate::new(self.cutovers[node].clone()).with_unwrapper(cipher)))
+    }
+
+    fn cluster(&self) -> Cluster<KvStore> {
+        let layers = (0..3).map(|k| self.layer(k, self.ciphers[k].clone())).collect();
+        Cluster::new(layers, |_| KvStore::default()).unwrap()
+    }
+
+    fn switch_on(&self, c: &mut Cluster<KvStore>) -> u64 {
+        let ciphers = self.ciphers.clone();
+        let cutovers = self.cutovers.clone();
+        c.switch_on(
+            |id| ciphers[(id - 1) as usize].clone() as Arc<dyn PayloadWrapper>,
+            |id, cut| cutovers[(id - 1) as usize].set(Some(cut)),
+        )
+        .unwrap()
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn inert_entries_are_stored_byte_for_byte_context_included() {
+    let s = Setup::new();
+    let mut c = s.cluster();
+    let leader = c.leader().unwrap();
+    let follower = c.ids().into_iter().find(|i| *i != leader).unwrap();
+    let mut sent = Vec::new();
+    for (via, ctx, data) in [
+        (leader, b"user-ctx".to_vec(), b"a=1".to_vec()),
+        (leader, Vec::new(), vec![0u8, 1, 2, 255]),
+        (follower, b"tikv-flags".to_vec(), b"b=2".to_vec()),
+    ] {
+        let ticket = c.node_mut(via).unwrap().propose_with_context(ctx.clone(), data.clone()).unwrap();
+        assert_eq!(ticket.kind, EntryKind::Cleartext);
+        c.settle();
+        sent.push((ctx, data));
+    }
+    let last = c.node(leader).unwrap().last_index();
+    c.wait_converged(leader).unwrap();
+    for id in c.ids() {
+        let stored: Vec<_> = (1..=last)
+            .filter_map(|i| c.read_entry(id, i).unwrap())
+            .filter(|e| classify(e) == EntryKind::Cleartext)
+            .map(|e| {
+                assert_eq!(e.get_entry_type(), EntryType::EntryNormal);
+                (e.context.to_vec(), e.data.to_vec())
+            })
+            .collect();
+        assert_eq!(stored, sent, "node {id}: inert entries must be stored exactly as proposed");
+        assert_eq!(c.state_machine(id).unwrap().get("b"), Some("2"));
+    }
+}
+
+#[test]
+fn sealed_entries_carry_the_marker_and_no_plaintext() {
+    let s = Setup::new();
+    let mut c = s.cluster();
+    let cutover = s.switch_on(&mut c);
+    let leader = c.leader().unwrap();
+    let follower = c.ids().into_iter().find(|i| *i != leader).unwrap();
+    let markers: Vec<Vec<u8>> =
+        (0..6).map(|k| format!("secret{k}=PLAINTEXT-MARKER-{k}").into_bytes()).collect();
+    for (k, m) in markers.iter().enumerate() {
+        let via = if k % 2 == 0 { leader } else { follower };
+        c.propose_via(via, m.clone()).unwrap();
+    }
+    c.wait_converged(leader).unwrap();
+    for id in c.ids() {
+        let last = c.stored_last_index(id).unwrap();
+        let mut envelopes = 0;
+        for i in cutover + 1..=last {
+            let e = c.read_entry(id, i).unwrap().unwrap();
+            for m in &markers {
+                assert!(!contains(&e.data, m) && !contains(&e.context, m), "node {id}: plaintext at {i}");
+            }
+            match classify(&e) {
+                EntryKind::Envelope => {
+                    envelopes += 1;
+                    let header = EnvelopeHeader::parse(&e.data).unwrap();
+                    let marker = ContextMarker::decode(&e.context).unwrap().unwrap();
+                    assert_eq!(marker, ContextMarker::envelope(header.proposal_id));
+                    assert_eq!(header.key_id, KEY);
+                }
+                EntryKind::Control => {}
+                other => panic!("node {id}: {other} entry above the cutover at {i}"),
+            }
+        }
+        assert_eq!(envelopes, markers.len());
+        assert_eq!(c.state_machine(id).unwrap().get("secret5"), Some("PLAINTEXT-MARKER-5"));
+    }
+}
+
+#[test]
+fn contexts_are_refused_rather_than_leaked_or_confused() {
+    let s = Setup::new();
+    let mut c = s.cluster();
+    let leader = c.leader().unwrap();
+    let last = c.node(leader).unwrap().last_index();
+    let mut reserved = CONTEXT_MAGIC.to_vec();
+    reserved.push(9);
+    let err = c.node_mut(leader).unwrap().propose_with_context(reserved, b"x=1".to_vec()).unwrap_err();
+    assert!(matches!(err, ProposeError::ReservedContext), "{err}");
+    s.switch_on(&mut c);
+    let last_on = c.node(leader).unwrap().last_index();
+    assert_eq!(last_on, last + 1, "only the barrier was appended");
+    let err = c.node_mut(leader).unwrap().propose_with_context(b"ctx".to_vec(), b"x=1".to_vec()).unwrap_err();
+    assert!(matches!(err, ProposeError::ContextWhileSealing), "{err}");
+    assert_eq!(c.node(leader).unwrap().last_index(), last_on, "refusals append nothing");
+}
+
+#[test]
+fn halt_is_sticky_never_advances_raft_applied_and_repair_resumes() {
+    let s = Setup::new();
+    let mut c = s.cluster();
+    s.switch_on(&mut c);
+    c.propose(b"k=v".to_vec()).unwrap();
+    let leader = c.leader().unwrap();
+    let victim = c.ids().into_iter().find(|i| *i != leader).unwrap();
+    let k = (victim - 1) as usize;
+    c.restart(victim, s.layer(k, s.cipher(false))).unwrap();
+    let index = c.propose(b"secret=1".to_vec()).unwrap().index;
+    c.wait_converged(leader).unwrap();
+    let halt = c.halted(victim).unwrap().expect("the node without the key halts");
+    assert_eq!((halt.index, halt.reason, halt.key_id), (index, FailureReason::UnknownKey, Some(KEY)));
+    let node = c.node(victim).unwrap();
+    assert_eq!(node.applied(), index - 1);
+    assert_eq!(
+        node.raw_node().raft.raft_log.applied,
+        index - 1,
+        "raft-rs applied never moved past last good"
+    );
+    assert!(node.raw_node().raft.raft_log.committed >= index, "the failing entry is committed");
+    assert_eq!(c.state_machine(victim).unwrap().get("secret"), None);
+
+    for round in 0..3 {
+        c.restart(victim, s.layer(k, s.cipher(false))).unwrap();
+        let again = c.halted(victim).unwrap().expect("still halted after restart");
+        assert_eq!((again.index, again.reason), (index, FailureReason::UnknownKey), "round {round}");
+        assert_eq!(c.applied(victim).unwrap(), index - 1);
+    }
+    // The others keep going.
+    let later = c.propose(b"other=2".to_vec()).unwrap().index;
+    c.restart(victim, s.layer(k, s.cipher(true))).unwrap();
+    assert_eq!(c.wait_applied(victim, later).unwrap(), later.max(c.node(leader).unwrap().commit_index()));
+    assert!(c.halted(victim).unwrap().is_none());
+    assert_eq!(c.state_machine(victim).unwrap(), c.state_machine(leader).unwrap(), "converged");
+}
+
+#[test]
+fn forwarded_cleartext_in_flight_across_switch_on_is_refused_not_appended() {
+    let s = Setup::new();
+    let mut c = s.cluster();
+    let leader = c.leader().unwrap();
+    let follower = c.ids().into_iter().find(|i| *i != leader).unwrap();
+    c.hold_forwarded_proposals(true);
+    let late = c.propose_async(follower, b"late=CLEARTEXT".to_vec()).unwrap();
+    c.settle();
+    c.hold_forwarded_proposals(false);
+    let cutover = s.switch_on(&mut c);
+    let refused_before = c.refused_steps();
+    c.release_held();
+    assert_eq!(c.refused_steps(), refused_before + 1, "the sealing leader refused the cleartext proposal");
+    c.tick(70); // past the proposal timeout
+    let outcome = c.outcome(late).expect("the late proposal has an outcome");
+    assert!(matches!(outcome, Err(ProposeError::TimedOut { .. })), "{outcome:?}");
+    for id in c.ids() {
+        assert!(c.halted(id).unwrap().is_none());
+        for i in cutover + 1..=c.stored_last_index(id).unwrap() {
+            let e = c.read_entry(id, i).unwrap().unwrap();
+            assert_ne!(classify(&e), EntryKind::Cleartext, "node {id}: cleartext at {i} > C");
+        }
+        assert_eq!(c.state_machine(id).unwrap().get("late"), None);
+    }
+    // The same client retries: sealed now, applied.
+    assert!(c.propose_via(follower, b"late=CLEARTEXT".to_vec()).is_ok());
+}
+
+#[test]
+fn response_routing_reports_superseded_and_dropped_proposals() {
+    let s = Setup::new();
+    let mut c = s.cluster();
+    s.switch_on(&mut c);
+    let old = c.leader().unwrap();
+    // The old leader appends a proposal nobody else sees, then loses leadership.
+    c.isolate(old);
+    let lost = c.propose_async(old, b"lost=1".to_vec()).unwrap();
+    let others: Vec<u64> = c.ids().into_iter().filter(|i| *i != old).collect();
+    c.node_mut(others[0]).unwrap().campaign().unwrap();
+    c.settle();
+    let new = c.wait_leader().unwrap();
+    assert_ne!(new, old);
+    let won = c.propose_via(new, b"won=1".to_vec()).unwrap();
+    c.heal();
+    c.tick(10);
+    match c.outcome(lost) {
+        Some(Err(ProposeError::Superseded { index, term })) => {
+            assert!(term > 0 || index > 0);
+        }
+        other => panic!("expected Superseded, got {other:?}"),
+    }
+    assert_eq!(c.state_machine(old).unwrap().get("lost"), None);
+    assert_eq!(c.state_machine(old).unwrap().get("won"), Some("1"));
+    assert!(won.index > 0);
+    // raft-rs drops proposals during a leadership transfer: reported at once.
+    let leader = c.wait_leader().unwrap();
+    let target = c.ids().into_iter().find(|i| *i != leader).unwrap();
+    c.node_mut(leader).unwrap().transfer_leader(target).unwrap();
+    let err = c.node_mut(leader).unwrap().propose(b"x=1".to_vec()).unwrap_err();
+    assert!(matches!(err, ProposeError::Dropped), "{err}");
+}
+
+/// 32 concurrent writers through every node (followers forward) while encryption is switched
+/// on, with a leader change in every other run; 20 runs. No node ever halts, every acknowledged
+/// write is applied exactly once at its index on every node, nothing cleartext above C.
+#[test]
+fn thirty_two_writers_during_switch_on_twenty_times_never_halt() {
+    let started = Instant::now();
+    let retries = AtomicUsize::new(0);
+    let mut refused = 0;
+    for run in 0..20 {
+        let s = Setup::new();
+        let cluster = Mutex::new(s.cluster());
+        let done = AtomicUsize::new(0);
+        let acked = Mutex::new(Vec::new());
+        const WRITERS: usize = 32;
+        const EACH: usize = 4;
+        let cutover = thread::scope(|scope| {
+            for w in 0..WRITERS {
+                let (cluster, done, acked, retries) = (&cluster, &done, &acked, &retries);
+                scope.spawn(move || {
+                    for k in 0..EACH {
+                        let payload = format!("w{w}k{k}=run{run}").into_bytes();
+                        for attempt in 0.. {
+                            assert!(attempt < 50, "run {run}: writer {w} gave up");
+                            let id = {
+                                let mut c = cluster.lock().unwrap();
+                                // While inert, propose on the leader: a forwarded cleartext
+                                // proposal carries no identity and could only time out. Once
+                                // sealing, go through every node (followers forward envelopes).
+                                let sealing = c.node(1).unwrap().layer().is_sealing();
+                                let via = match c.leader() {
+                                    Some(l) if !sealing => l,
+                                    _ => 1 + ((w + k) % 3) as u64,
+                                };
+                                c.propose_async(via, payload.clone())
+                            };
+                            let Ok(id) = id else {
+                                thread::yield_now();
+                                continue;
+                            };
+                            let outcome = loop {
+                                let mut c = cluster.lock().unwrap();
+                                c.settle();
+                                if let Some(o) = c.outcome(id) {
+                                    break o;
+                                }
+                                c.tick(1);
+                                drop(c);
+                                thread::yield_now();
+                            };
+                            match outcome {
+                                Ok(applied) => {
+                                    acked.lock().unwrap().push((payload.clone(), applied.index));
+                                    break;
+                                }
+                                Err(e) if !matches!(e, ProposeError::Halted { .. }) => {
+                                    retries.fetch_add(1, Ordering::Relaxed);
+                                    continue;
+                                }
+                                Err(e) => panic!("run {run}: a writer saw a halt: {e}"),
+                            }
+                        }
+                        done.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+            }
+            while done.load(Ordering::SeqCst) < WRITERS * EACH / 3 {
+                thread::yield_now();
+            }
+            // Cleartext proposals forwarded by followers just before the switch, still in the
+            // network when the barrier commits: the sealing leader must refuse them.
+            let cutover = {
+                let mut c = cluster.lock().unwrap();
+                c.hold_forwarded_proposals(true);
+                let leader = c.leader().unwrap();
+                for g in 0..8 {
+                    let via = c.ids().into_iter().filter(|i| *i != leader).nth(g % 2).unwrap();
+                    let _ = c.propose_async(via, format!("ghost{g}=run{run}").into_bytes());
+                }
+                c.settle();
+                let cutover = s.switch_on(&mut c);
+                c.hold_forwarded_proposals(false);
+                c.release_held();
+                cutover
+            };
+            if run % 2 == 1 {
+                cluster.lock().unwrap().change_leader().unwrap();
+            }
+            cutover
+        });
+        let mut c = cluster.into_inner().unwrap();
+        assert!(c.refused_steps() >= 8, "run {run}: the in-flight cleartext proposals were refused");
+        refused += c.refused_steps();
+        let leader = c.wait_leader().unwrap();
+        c.wait_converged(leader).unwrap();
+        let acked = acked.into_inner().unwrap();
+        assert_eq!(acked.len(), WRITERS * EACH);
+        for id in c.ids() {
+            assert!(c.halted(id).unwrap().is_none(), "run {run}: node {id} halted");
+            let payloads = c.state_machine(id).unwrap().payloads();
+            for (p, index) in &acked {
+                let at: Vec<_> = payloads.iter().filter(|(_, b)| b == p).map(|(i, _)| *i).collect();
+                assert_eq!(at, vec![*index], "run {run}: node {id}: applied exactly once at its index");
+            }
+            for i in cutover + 1..=c.stored_last_index(id).unwrap() {
+                let e = c.read_entry(id, i).unwrap().unwrap();
+                assert_ne!(classify(&e), EntryKind::Cleartext, "run {run}: node {id}: cleartext at {i} > C");
+            }
+            assert!(payloads.iter().all(|(_, b)| !b.starts_with(b"ghost")), "run {run}: a ghost was applied");
+        }
+    }
+    let elapsed = started.elapsed();
+    eprintln!(
+        "20 runs x 32 writers: {elapsed:?}, {} retries, {refused} refused steps",
+        retries.load(Ordering::Relaxed)
+    );
+    assert!(elapsed.as_secs() < 60, "took {elapsed:?}");
+}

@@ -1,0 +1,173 @@
+//! The conformance suite (every SPEC case) against a real 3-node raft-rs cluster in one process.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use raft::eraftpb::ConfState;
+use raft_envelope_conformance::{
+    AppliedPayload, Capabilities, ClusterBuilder, HarnessError, NodeId, ProposeError as SuiteProposeError,
+    RecordingStateMachine, Response, StoredEntry,
+};
+use raft_envelope_core::{EntryKind, EnvelopeHeader, EnvelopeLayer, FatalApplyError, ProposalId};
+use raft_envelope_raftrs::framing::{classify, ContextMarker};
+use raft_envelope_raftrs::testing::{Cluster, ClusterError};
+use raft_envelope_raftrs::{ProposeError, StateMachine};
+
+/// The suite's recording state machine, with the applied index the raft-rs node restarts from.
+#[derive(Debug, Default)]
+struct Recorder {
+    sm: RecordingStateMachine,
+    applied: u64,
+}
+
+impl StateMachine for Recorder {
+    type Response = Vec<u8>;
+
+    fn apply(&mut self, index: u64, _term: u64, payload: &[u8]) -> Vec<u8> {
+        self.applied = index;
+        self.sm.apply(index, payload)
+    }
+
+    fn apply_control(&mut self, index: u64, _term: u64, _conf_state: Option<&ConfState>) {
+        self.applied = index;
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.applied
+    }
+}
+
+/// Builds [`RaftRs`] clusters: every capability.
+#[derive(Debug, Default)]
+struct RaftRsBuilder;
+
+impl ClusterBuilder for RaftRsBuilder {
+    type Cluster = RaftRs;
+    type Guard = ();
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::ALL
+    }
+
+    fn build(&self, layers: Vec<Arc<EnvelopeLayer>>) -> Result<(RaftRs, ()), HarnessError> {
+        let cluster = Cluster::new(layers, |_| Recorder::default()).map_err(engine)?;
+        Ok((RaftRs(Mutex::new(cluster)), ()))
+    }
+}
+
+/// A [`Cluster`] behind a lock: proposals from several threads take turns on the pump.
+#[derive(Debug)]
+struct RaftRs(Mutex<Cluster<Recorder>>);
+
+fn engine(e: impl std::fmt::Display) -> HarnessError {
+    HarnessError::Engine(e.to_string())
+}
+
+impl RaftRs {
+    fn lock(&self) -> MutexGuard<'_, Cluster<Recorder>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Locked and settled: every message in flight delivered.
+    fn settled(&self) -> MutexGuard<'_, Cluster<Recorder>> {
+        let mut c = self.lock();
+        c.settle();
+        c
+    }
+}
+
+/// The raft-rs framing of a stored entry the suite writes.
+fn frame(entry: &StoredEntry) -> Vec<u8> {
+    match entry.kind {
+        EntryKind::Envelope => {
+            let id = EnvelopeHeader::parse(&entry.bytes).map(|h| h.proposal_id).unwrap_or(ProposalId(0));
+            ContextMarker::envelope(id).encode()
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn node_error(e: ClusterError) -> HarnessError {
+    match e {
+        ClusterError::NoSuchNode(n) => HarnessError::NoSuchNode(n),
+        e => engine(e),
+    }
+}
+
+impl raft_envelope_conformance::Cluster for RaftRs {
+    fn nodes(&self) -> Vec<NodeId> {
+        self.lock().ids()
+    }
+
+    fn leader(&self) -> Option<NodeId> {
+        self.lock().wait_leader().ok()
+    }
+
+    fn propose(&self, payload: Vec<u8>) -> Result<Response, SuiteProposeError> {
+        match self.lock().propose(payload) {
+            Ok(applied) => match applied.response {
+                Some(data) => Ok(Response { index: applied.index, data }),
+                None => Err(SuiteProposeError::Engine("applied without a response".into())),
+            },
+            Err(ProposeError::Refused(e)) => Err(SuiteProposeError::Refused(e)),
+            Err(e) => Err(SuiteProposeError::Engine(e.to_string())),
+        }
+    }
+
+    fn last_index(&self) -> Result<u64, HarnessError> {
+        let mut c = self.lock();
+        let leader = c.wait_leader().map_err(engine)?;
+        Ok(c.node(leader).map_err(node_error)?.last_index())
+    }
+
+    fn safe_cutover(&self) -> Result<u64, HarnessError> {
+        // The switch-on barrier: committed after every layer seals (the suite set the wrappers).
+        self.lock().commit_barrier().map_err(engine)
+    }
+
+    fn wait_applied(&self, node: NodeId, index: u64, timeout: Duration) -> Result<(), HarnessError> {
+        let applied = self.lock().wait_applied(node, index).map_err(node_error)?;
+        if applied >= index {
+            Ok(())
+        } else {
+            Err(HarnessError::Timeout { node, index, applied, timeout })
+        }
+    }
+
+    fn applied_index(&self, node: NodeId) -> Result<u64, HarnessError> {
+        self.settled().applied(node).map_err(node_error)
+    }
+
+    fn applied_payloads(&self, node: NodeId) -> Result<Vec<AppliedPayload>, HarnessError> {
+        Ok(self.settled().state_machine(node).map_err(node_error)?.sm.payloads().to_vec())
+    }
+
+    fn halted(&self, node: NodeId) -> Result<Option<FatalApplyError>, HarnessError> {
+        self.settled().halted(node).map_err(node_error)
+    }
+
+    fn read_entry(&self, node: NodeId, index: u64) -> Result<Option<StoredEntry>, HarnessError> {
+        let entry = self.settled().read_entry(node, index).map_err(node_error)?;
+        Ok(entry.map(|e| StoredEntry { kind: classify(&e), bytes: e.data.to_vec() }))
+    }
+
+    fn write_entry(&self, node: NodeId, index: u64, entry: StoredEntry) -> Result<(), HarnessError> {
+        let context = frame(&entry);
+        self.lock().write_entry(node, index, entry.bytes, context).map_err(node_error)
+    }
+
+    fn restart(&self, node: NodeId, layer: Arc<EnvelopeLayer>) -> Result<(), HarnessError> {
+        self.lock().restart(node, layer).map_err(node_error)
+    }
+
+    fn change_leader(&self) -> Result<NodeId, HarnessError> {
+        self.lock().change_leader().map_err(node_error)
+    }
+
+    fn append_unchecked(&self, entry: StoredEntry) -> Result<u64, HarnessError> {
+        let context = frame(&entry);
+        self.lock().append_unchecked(context, entry.bytes).map_err(node_error)
+    }
+}
+
+raft_envelope_conformance::conformance_suite!(RaftRsBuilder);
