@@ -64,8 +64,9 @@ fn start(sealed: bool) -> Cluster {
 }
 
 fn main() {
-    // `cargo test --benches` / `cargo bench -- --test`: build and smoke-run the setup only.
-    if std::env::args().any(|a| a == "--test" || a == "--list") {
+    // Only `cargo bench` passes `--bench`; under `cargo test --all-targets` (and `-- --test`)
+    // build and smoke-run the setup only.
+    if !std::env::args().any(|a| a == "--bench") || std::env::args().any(|a| a == "--test") {
         let (off, on) = (start(false), start(true));
         off.propose(b"k=v".to_vec()).unwrap();
         on.propose(b"k=v".to_vec()).unwrap();
