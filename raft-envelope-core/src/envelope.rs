@@ -70,12 +70,15 @@ impl EnvelopeHeader {
     /// [`OpenError::Malformed`], [`OpenError::UnsupportedVersion`] or
     /// [`OpenError::UnsupportedAlgorithm`].
     pub fn parse(envelope: &[u8]) -> Result<Self, OpenError> {
+        // Order as documented in DESIGN.md §2: version first, then length.
+        match envelope.first() {
+            None => return Err(OpenError::Malformed(Malformation::Truncated { len: 0 })),
+            Some(&v) if v != FORMAT_VERSION => return Err(OpenError::UnsupportedVersion(v)),
+            Some(_) => {}
+        }
         let Some(header) = envelope.first_chunk::<HEADER_LEN>() else {
             return Err(OpenError::Malformed(Malformation::Truncated { len: envelope.len() }));
         };
-        if header[0] != FORMAT_VERSION {
-            return Err(OpenError::UnsupportedVersion(header[0]));
-        }
         if envelope.len() < OVERHEAD {
             return Err(OpenError::Malformed(Malformation::Truncated { len: envelope.len() }));
         }

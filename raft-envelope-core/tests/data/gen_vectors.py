@@ -106,6 +106,10 @@ def main():
     vs.append(vector("fail_truncated_below_minimum", "fail", envelope=good[:43], reason="malformed", **base))
     vs.append(vector("fail_truncated_tag", "fail", envelope=good[:-1], reason="authentication_failed",
                      **base))
+    # The version byte is checked before the length.
+    vs.append(vector("fail_short_input_with_other_version", "fail", envelope=bytes([2]) + bytes(9),
+                     reason="unsupported_version", **base))
+    vs.append(vector("fail_empty_input", "fail", envelope=b"", reason="malformed", **base))
     vs.append(vector("fail_unsupported_version", "fail", envelope=flip(good, 0, 0x03),
                      reason="unsupported_version", **base))
     vs.append(vector("fail_unknown_algorithm", "fail", envelope=flip(good, 1, 0x08),
