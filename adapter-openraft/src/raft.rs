@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, Fatal, ForwardToLeader, RaftError};
+use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 use openraft::raft::ClientWriteResponse;
 use openraft::{Entry, LogId, RaftTypeConfig};
 use raft_envelope_core::{EntryKind, EnvelopeLayer, PayloadWrapper, ProposalId, SealError};
@@ -80,6 +80,28 @@ struct Drain {
     cleartext_in_flight: AtomicUsize,
     /// True when the cleartext-above-cutover guard is switched off (`Default`: on).
     cleartext_guard_off: AtomicBool,
+}
+
+/// Keeps a cleartext proposal counted while `submit` waits for Raft's answer. When the caller
+/// stops waiting (the `submit` future is dropped) before the answer, the count is released only
+/// once RaftCore has handled every API message queued before: `with_raft_state` travels through
+/// the same FIFO channel as the write, so when it returns the write was appended or refused.
+/// The common path (the answer arrives) spawns nothing.
+struct UntilHandled<C: RaftTypeConfig<Entry = Entry<C>>> {
+    raft: SealedRaft<C>,
+    token: Option<Arc<InFlight>>,
+}
+
+impl<C: RaftTypeConfig<Entry = Entry<C>>> Drop for UntilHandled<C> {
+    fn drop(&mut self) {
+        let Some(token) = self.token.take() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let raft = self.raft.clone();
+        runtime.spawn(async move {
+            let _ = raft.with_raft_state(|_| ()).await;
+            drop(token);
+        });
+    }
 }
 
 /// Held by a cleartext proposal until Raft has answered for it (or it is dropped unsubmitted).
@@ -263,17 +285,13 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
         let result = match &prepared.in_flight {
             None => self.raft.client_write(payload).await,
             Some(token) => {
-                // A cleartext proposal is handed to a task that keeps it counted until Raft has
-                // answered, even when the caller stops waiting: a dropped caller must not let the
-                // drain finish while its proposal still sits in RaftCore's queue.
-                let token = token.clone();
-                let raft = self.raft.clone();
-                let task = tokio::spawn(async move {
-                    let result = raft.client_write(payload).await;
-                    drop(token);
-                    result
-                });
-                task.await.unwrap_or(Err(RaftError::Fatal(Fatal::Panicked)))
+                // The proposal stays counted until RaftCore has handled it, even when the caller
+                // stops waiting: a dropped caller must not let the drain finish while its
+                // proposal still sits in RaftCore's queue (see `UntilHandled`).
+                let mut guard = UntilHandled { raft: self.raft.clone(), token: Some(token.clone()) };
+                let result = self.raft.client_write(payload).await;
+                guard.token = None;
+                result
             }
         };
         result.map(unseal_response).map_err(WriteError::Raft)

@@ -151,6 +151,23 @@ impl<C: RaftTypeConfig, SM> fmt::Debug for EnvelopeStateMachine<C, SM> {
     }
 }
 
+impl<C: RaftTypeConfig, SM> EnvelopeStateMachine<C, SM> {
+    /// The halt for installing a snapshot while a cutover is in force (snapshots are not sealed
+    /// yet), recorded and traced; `None` when the layer enforces nothing.
+    fn snapshot_refusal(&self, meta: &SnapshotMeta<C::NodeId, C::Node>) -> Option<FatalApplyError> {
+        let cutover = self.layer.gate().cutover().filter(|c| *c != u64::MAX)?;
+        let index = meta.last_log_id.as_ref().map_or(0, |l| l.index);
+        let error = FatalApplyError::new(index, FailureReason::Other, Some(cutover));
+        tracing::error!(
+            index,
+            cutover,
+            "envelope layer refused to install an unsealed snapshot above the cutover: halting"
+        );
+        self.halt.set(error.clone());
+        Some(error)
+    }
+}
+
 fn halt_error<NID: openraft::NodeId>(log_id: LogId<NID>, error: &FatalApplyError) -> StorageError<NID> {
     StorageIOError::apply(log_id, AnyError::new(error)).into()
 }
@@ -208,16 +225,28 @@ where
         meta: &SnapshotMeta<C::NodeId, C::Node>,
         snapshot: Box<C::SnapshotData>,
     ) -> Result<(), StorageError<C::NodeId>> {
+        // Snapshots are not sealed yet: above a cutover, a snapshot from the network could
+        // install any state without a key and move the applied index past entries never opened.
+        // Fail closed: the replica halts instead.
+        if let Some(error) = self.snapshot_refusal(meta) {
+            return Err(StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&error)).into());
+        }
         self.inner.install_snapshot(meta, snapshot).await
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<Sealed<C>>>, StorageError<C::NodeId>> {
+        // Never send the state machine's state in the clear once a cutover is in force: a
+        // follower that needs a snapshot waits (it is not sent one) instead.
+        if self.layer.gate().cutover().is_some_and(|c| c != u64::MAX) {
+            return Ok(None);
+        }
         Ok(self.inner.get_current_snapshot().await?.map(seal_snapshot_type))
     }
 }
 
-/// Snapshots are passed through unchanged for now (snapshot sealing is a later issue); only the
-/// type config parameter changes.
+/// Snapshots are passed through unchanged while the layer is inert (snapshot sealing is a later
+/// issue); only the type config parameter changes. Once a cutover is in force they are neither
+/// sent nor installed (see `install_snapshot`).
 fn seal_snapshot_type<C>(s: Snapshot<C>) -> Snapshot<Sealed<C>>
 where
     C: RaftTypeConfig<Entry = Entry<C>>,

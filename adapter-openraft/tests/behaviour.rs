@@ -280,6 +280,35 @@ async fn switch_on_waits_for_cleartext_prepared_before_it() {
     f.cluster.shutdown().await;
 }
 
+/// A caller that stops waiting for its cleartext write does not release the switch-on drain
+/// before Raft has handled the write: the entry is appended below the barrier, never above it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_cleartext_write_lands_below_the_barrier_and_releases_the_drain() {
+    let keys = Keys::new();
+    let f = start(&keys).await;
+    let leader = f.cluster.leader().unwrap();
+    let raft = f.cluster.node(leader).unwrap().raft.unwrap();
+    let followers: Vec<u64> = f.cluster.ids().into_iter().filter(|id| *id != leader).collect();
+    for id in &followers {
+        f.cluster.set_isolated(*id, true); // the write can be appended but not committed
+    }
+    let prepared = raft.prepare(&b"abandoned=1".to_vec()).unwrap();
+    let gave_up = tokio::time::timeout(Duration::from_millis(50), raft.submit(&prepared)).await;
+    assert!(gave_up.is_err(), "the write cannot commit while the followers are cut off");
+    drop(prepared);
+    raft.seal_new_proposals(f.ciphers[0].clone(), Duration::from_secs(2)).await.unwrap();
+    for id in &followers {
+        f.cluster.set_isolated(*id, false);
+    }
+    let barrier = raft.commit_barrier().await.unwrap();
+    let stored = f.cluster.stored_entries(leader).unwrap();
+    let abandoned =
+        stored.iter().find(|e| e.bytes == b"abandoned=1").expect("the abandoned write was appended");
+    assert_eq!(abandoned.kind, EntryKind::Cleartext);
+    assert!(abandoned.index < barrier.index, "cleartext at {} must lie below the barrier", abandoned.index);
+    f.cluster.shutdown().await;
+}
+
 /// 32 writers propose while encryption is switched on (every 4th round with a leader change in
 /// the middle), 20 rounds: no node ever halts and nothing above the cutover is cleartext.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,4 +374,37 @@ async fn switch_on_under_32_concurrent_writers_never_halts_x20() {
         f.cluster.shutdown().await;
     }
     eprintln!("20 rounds in {:?}", started.elapsed());
+}
+
+/// Snapshots are not sealed yet: above a cutover an unsealed snapshot is never installed (the
+/// replica halts, nothing reaches its state machine) and never handed out for sending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsealed_snapshot_is_refused_above_the_cutover() {
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, LogId, SnapshotMeta, StoredMembership};
+    use raft_envelope_openraft::testing::MemStateMachine;
+    use raft_envelope_openraft::EnvelopeStateMachine;
+
+    let meta = SnapshotMeta {
+        last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 9)),
+        last_membership: StoredMembership::default(),
+        snapshot_id: "forged".to_string(),
+    };
+    let cutover = Arc::new(Cutover::at(5));
+    let layer = Arc::new(EnvelopeLayer::new(ApplyGate::new(cutover.clone())));
+    let inner = MemStateMachine::new(KvApp::default());
+    let mut sm =
+        EnvelopeStateMachine::<raft_envelope_openraft::testing::TestConfig, _>::new(inner.clone(), layer);
+
+    let data = Box::new(std::io::Cursor::new(b"any state".to_vec()));
+    assert!(sm.install_snapshot(&meta, data).await.is_err(), "an unsealed snapshot above C must not install");
+    let halt = sm.halt_record().get().expect("the refusal is recorded as a halt");
+    assert_eq!((halt.index, halt.reason), (9, FailureReason::Other));
+    assert_eq!(inner.last_applied(), None, "nothing reached the state machine");
+    assert!(sm.get_current_snapshot().await.unwrap().is_none(), "no snapshot is sent in the clear above C");
+
+    cutover.set(None); // inert: snapshots pass through as without the layer
+    let data = Box::new(std::io::Cursor::new(Vec::new()));
+    sm.install_snapshot(&meta, data).await.unwrap();
+    assert_eq!(inner.last_applied(), Some(9));
 }
