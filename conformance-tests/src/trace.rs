@@ -88,8 +88,11 @@ impl Subscriber for Forward {
         }
     }
 
+    /// Every level from this project's own crates (the secrecy checks must see debug and trace
+    /// events too), INFO and above from everything else (engines are very chatty below that).
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.is_event() && *metadata.level() <= Level::INFO
+        metadata.is_event()
+            && (*metadata.level() <= Level::INFO || metadata.target().starts_with("raft_envelope"))
     }
 
     fn new_span(&self, _span: &Attributes<'_>) -> Id {
@@ -104,7 +107,9 @@ impl Subscriber for Forward {
         let mut text = Text(String::new());
         event.record(&mut text);
         let level = *event.metadata().level();
-        eprintln!("{level:>5} {}: {}", event.metadata().target(), text.0);
+        if level <= Level::INFO {
+            eprintln!("{level:>5} {}: {}", event.metadata().target(), text.0);
+        }
         let seq = self.0.seq.fetch_add(1, Ordering::AcqRel);
         let mut lines = self.0.lines.lock().unwrap_or_else(PoisonError::into_inner);
         if lines.len() >= KEEP {

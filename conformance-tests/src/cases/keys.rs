@@ -187,12 +187,13 @@ pub fn nonce_unique_across_replicas_and_restarts<B: ClusterBuilder>(builder: &B)
         env.restart(first, Some(cipher), true);
         let last = env.last_index();
         env.wait_all(last);
-        for _ in 0..env.nodes.len() {
+        for _ in 0..3 * env.nodes.len() {
             if env.leader() == first {
                 break;
             }
             env.cluster.change_leader().expect("change_leader");
         }
+        assert_eq!(env.leader(), first, "the restarted node must lead again, or its seals are not tested");
         batch(&env, "restarted-leader");
     }
     let leader = env.leader();
