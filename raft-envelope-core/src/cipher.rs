@@ -81,4 +81,8 @@ impl PayloadUnwrapper for EnvelopeCipher {
     fn open(&self, envelope: &[u8]) -> Result<Vec<u8>, OpenError> {
         self.open_for(Purpose::RaftPayload, envelope)
     }
+
+    fn open_owned(&self, envelope: Vec<u8>) -> Result<Vec<u8>, OpenError> {
+        self.keyring.open_in_place(Purpose::RaftPayload, &self.cluster, envelope)
+    }
 }

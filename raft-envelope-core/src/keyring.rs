@@ -8,7 +8,7 @@ use std::sync::{Mutex, PoisonError, RwLock};
 use aws_lc_rs::aead::{self, LessSafeKey, Nonce, UnboundKey};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::envelope::{Aad, EnvelopeHeader, HEADER_LEN, NONCE_LEN, TAG_LEN};
+use crate::envelope::{Aad, EnvelopeHeader, HEADER_LEN, NONCE_LEN, OVERHEAD, TAG_LEN};
 use crate::error::{ConfigError, FailureReason, OpenError, SealError};
 use crate::ids::{Algorithm, ClusterId, KeyId, ProposalId, Purpose};
 
@@ -486,7 +486,7 @@ impl Keyring {
         Self::seal_with_nonce(key, slot.algorithm, key_id, nonce, purpose, cluster, proposal_id, payload)
     }
 
-    /// Opens an envelope made for `purpose` in `cluster`.
+    /// Opens an envelope made for `purpose` in `cluster` into a new buffer.
     pub(crate) fn open(
         &self,
         purpose: Purpose,
@@ -494,6 +494,55 @@ impl Keyring {
         envelope: &[u8],
     ) -> Result<Vec<u8>, OpenError> {
         let header = EnvelopeHeader::parse(envelope)?;
+        let (ciphertext, tag) = envelope[HEADER_LEN..].split_at(envelope.len() - OVERHEAD);
+        self.with_opening_key(purpose, cluster, &header, |key, nonce, aad| {
+            let mut out = vec![0u8; ciphertext.len()];
+            match key.open_separate_gather(nonce, aad, ciphertext, tag, &mut out) {
+                Ok(()) => Ok(out),
+                Err(_) => {
+                    // Unauthenticated output may hold plaintext-like bytes: wipe it.
+                    out.zeroize();
+                    Err(())
+                }
+            }
+        })
+    }
+
+    /// Opens an envelope made for `purpose` in `cluster` in its own buffer: no allocation.
+    pub(crate) fn open_in_place(
+        &self,
+        purpose: Purpose,
+        cluster: &ClusterId,
+        mut envelope: Vec<u8>,
+    ) -> Result<Vec<u8>, OpenError> {
+        let header = EnvelopeHeader::parse(&envelope)?;
+        let len = envelope.len();
+        self.with_opening_key(purpose, cluster, &header, |key, nonce, aad| {
+            let (body, tag) = envelope.split_at_mut(len - TAG_LEN);
+            match key.open_in_place_separate_tag(nonce, aad, tag, &mut body[HEADER_LEN..]) {
+                Ok(_) => {
+                    envelope.truncate(len - TAG_LEN);
+                    envelope.drain(..HEADER_LEN);
+                    Ok(envelope)
+                }
+                Err(_) => {
+                    envelope.zeroize();
+                    Err(())
+                }
+            }
+        })
+    }
+
+    /// Finds the key `header` names, checks it may open for `purpose`, runs `decrypt` with it,
+    /// the nonce and the authenticated data, and counts the outcome. `decrypt` fails only when
+    /// the tag does not verify.
+    fn with_opening_key<T>(
+        &self,
+        purpose: Purpose,
+        cluster: &ClusterId,
+        header: &EnvelopeHeader,
+        decrypt: impl FnOnce(&LessSafeKey, Nonce, aead::Aad<&[u8]>) -> Result<T, ()>,
+    ) -> Result<T, OpenError> {
         let key_id = header.key_id;
         let inner = self.read();
         let Some(slot) = inner.slots.get(&key_id) else {
@@ -506,7 +555,12 @@ impl Keyring {
                 .or_default() += 1;
             return Err(OpenError::UnknownKey { key_id });
         };
-        let result = Self::open_with(slot, &header, purpose, cluster, envelope);
+        let result = Self::check_opening_key(slot, header, purpose).and_then(|key| {
+            // `parse` accepted only version 1 and zero flags, so re-encoding gives the stored bytes.
+            let aad = Aad::new(&header.to_bytes(), cluster);
+            decrypt(key, Nonce::assume_unique_for_key(header.nonce), aead::Aad::from(aad.as_bytes()))
+                .map_err(|()| OpenError::AuthenticationFailed { key_id })
+        });
         match &result {
             Ok(_) => slot.opens.fetch_add(1, Ordering::Relaxed),
             Err(e) => slot.failures[e.reason().index()].fetch_add(1, Ordering::Relaxed),
@@ -514,13 +568,11 @@ impl Keyring {
         result
     }
 
-    fn open_with(
-        slot: &Slot,
+    fn check_opening_key<'s>(
+        slot: &'s Slot,
         header: &EnvelopeHeader,
         purpose: Purpose,
-        cluster: &ClusterId,
-        envelope: &[u8],
-    ) -> Result<Vec<u8>, OpenError> {
+    ) -> Result<&'s LessSafeKey, OpenError> {
         let key_id = header.key_id;
         let key = slot.key.as_ref().ok_or(OpenError::DestroyedKey { key_id })?;
         if header.purpose != purpose {
@@ -532,26 +584,7 @@ impl Keyring {
                 key_id: Some(key_id),
             });
         }
-        let (head, rest) = envelope.split_at(HEADER_LEN);
-        let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
-        let mut head_bytes = [0u8; HEADER_LEN];
-        head_bytes.copy_from_slice(head);
-        let aad = Aad::new(&head_bytes, cluster);
-        let mut out = vec![0u8; ciphertext.len()];
-        match key.open_separate_gather(
-            Nonce::assume_unique_for_key(header.nonce),
-            aead::Aad::from(aad.as_bytes()),
-            ciphertext,
-            tag,
-            &mut out,
-        ) {
-            Ok(()) => Ok(out),
-            Err(_) => {
-                // Unauthenticated output may hold plaintext-like bytes: wipe it.
-                out.zeroize();
-                Err(OpenError::AuthenticationFailed { key_id })
-            }
-        }
+        Ok(key)
     }
 }
 

@@ -61,7 +61,7 @@ mod layer;
 mod traits;
 
 pub use cipher::EnvelopeCipher;
-pub use decision::{decide, ApplyGate, ApplyStats, Decision, EntryKind};
+pub use decision::{decide, decide_owned, ApplyGate, ApplyStats, Decision, EntryKind};
 pub use envelope::{EnvelopeHeader, FORMAT_VERSION, HEADER_LEN, NONCE_LEN, OVERHEAD, TAG_LEN};
 pub use error::{
     BoxedError, ConfigError, FailureReason, FatalApplyError, Malformation, OpenError, SealError,

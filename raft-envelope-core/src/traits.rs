@@ -51,6 +51,16 @@ pub trait PayloadUnwrapper: Send + Sync {
     /// # Errors
     /// An [`OpenError`]; on the apply path above the cutover it halts the replica.
     fn open(&self, envelope: &[u8]) -> Result<Vec<u8>, OpenError>;
+
+    /// Opens an envelope the caller owns, reusing its buffer where the implementation can (the
+    /// built-in cipher decrypts in place: no allocation). The default calls
+    /// [`open`](Self::open).
+    ///
+    /// # Errors
+    /// As [`open`](Self::open); the buffer's contents are then unspecified (never plaintext).
+    fn open_owned(&self, envelope: Vec<u8>) -> Result<Vec<u8>, OpenError> {
+        self.open(&envelope)
+    }
 }
 
 /// Tells the apply side the cutover: the log index after which every payload entry must be an
@@ -80,11 +90,19 @@ impl<T: PayloadUnwrapper + ?Sized> PayloadUnwrapper for Arc<T> {
     fn open(&self, envelope: &[u8]) -> Result<Vec<u8>, OpenError> {
         (**self).open(envelope)
     }
+
+    fn open_owned(&self, envelope: Vec<u8>) -> Result<Vec<u8>, OpenError> {
+        (**self).open_owned(envelope)
+    }
 }
 
 impl<T: PayloadUnwrapper + ?Sized> PayloadUnwrapper for &T {
     fn open(&self, envelope: &[u8]) -> Result<Vec<u8>, OpenError> {
         (**self).open(envelope)
+    }
+
+    fn open_owned(&self, envelope: Vec<u8>) -> Result<Vec<u8>, OpenError> {
+        (**self).open_owned(envelope)
     }
 }
 

@@ -20,7 +20,7 @@ fn allocations(f: impl FnOnce()) -> usize {
 }
 
 #[test]
-fn seal_open_and_decide_allocate_at_most_once_each() {
+fn seal_open_and_decide_allocate_at_most_once_each_and_owned_paths_never() {
     let ring =
         Keyring::with_active_key(KeyId(1), Algorithm::Aes256Gcm, SecretKey::from_bytes([3; 32])).unwrap();
     let cipher = Arc::new(EnvelopeCipher::new(ClusterId::new("c").unwrap(), Arc::new(ring)));
@@ -49,5 +49,19 @@ fn seal_open_and_decide_allocate_at_most_once_each() {
         );
         let owned = payload.clone();
         assert_eq!(allocations(|| drop(layer.prepare(owned).unwrap())), 1, "prepare {size}");
+        let owned = sealed.clone();
+        assert_eq!(allocations(|| drop(cipher.open_owned(owned).unwrap())), 0, "open in place {size}");
+        let owned = sealed.clone();
+        assert_eq!(
+            allocations(|| drop(gate.decide_owned(11, EntryKind::Envelope, owned).unwrap())),
+            0,
+            "decide_owned envelope {size}"
+        );
+        let owned = payload.clone();
+        assert_eq!(
+            allocations(|| drop(gate.decide_owned(9, EntryKind::Cleartext, owned).unwrap())),
+            0,
+            "decide_owned cleartext {size}"
+        );
     }
 }

@@ -97,6 +97,31 @@ fn cutover_max_behaves_like_none() {
 }
 
 #[test]
+fn owned_decision_agrees_with_the_borrowed_one_everywhere() {
+    let c = cipher();
+    let env = c.seal(ProposalId(1), b"payload").unwrap();
+    let mut tampered = env.clone();
+    tampered[HEADER_LEN] ^= 1;
+    for kind in [EntryKind::Cleartext, EntryKind::Envelope, EntryKind::Control] {
+        for bytes in [&env, &tampered, &b"payload".to_vec()] {
+            for cutover in [None, Some(C), Some(u64::MAX)] {
+                for index in [C - 1, C, C + 1] {
+                    for with_unwrapper in [true, false] {
+                        let u: Option<&dyn PayloadUnwrapper> = if with_unwrapper { Some(&c) } else { None };
+                        let borrowed = decide(index, kind, bytes, cutover, u)
+                            .map(|d| d.into_owned())
+                            .map_err(|e| (e.index, e.reason, e.key_id));
+                        let owned = decide_owned(index, kind, bytes.clone(), cutover, u)
+                            .map_err(|e| (e.index, e.reason, e.key_id));
+                        assert_eq!(borrowed, owned, "{kind} index {index} cutover {cutover:?}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn pass_through_hands_over_the_exact_bytes() {
     let bytes = b"\x00\x01 exact bytes \xff";
     let d = decide(5, EntryKind::Cleartext, bytes, None, None).unwrap();

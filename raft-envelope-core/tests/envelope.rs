@@ -54,6 +54,31 @@ fn every_single_bit_flip_is_rejected() {
 }
 
 #[test]
+fn opening_in_place_matches_opening_into_a_new_buffer() {
+    for alg in [Algorithm::Aes256Gcm, Algorithm::Aes256GcmSiv] {
+        let c = cipher_with(alg);
+        for len in [0usize, 1, 64, 4096] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 13) as u8).collect();
+            let env = c.seal(ProposalId(1), &payload).unwrap();
+            assert_eq!(c.open_owned(env.clone()).unwrap(), c.open(&env).unwrap(), "{alg} {len}");
+        }
+    }
+}
+
+#[test]
+fn every_single_bit_flip_is_rejected_in_place_too() {
+    let c = cipher();
+    let env = c.seal(ProposalId(3), b"sample payload").unwrap();
+    for bit in 0..env.len() * 8 {
+        let mut t = env.clone();
+        t[bit / 8] ^= 1 << (bit % 8);
+        let borrowed = c.open(&t).unwrap_err().reason();
+        let in_place = c.open_owned(t).unwrap_err().reason();
+        assert_eq!(in_place, borrowed, "bit {bit}: both paths must reject it alike");
+    }
+}
+
+#[test]
 fn truncation_at_every_length_is_rejected() {
     let c = cipher();
     let env = c.seal(ProposalId(3), b"sample payload").unwrap();
