@@ -23,6 +23,16 @@ pub trait PayloadCodec<D>: Send + Sync + 'static {
     /// # Errors
     /// A [`CodecError`]; on the apply path this halts the replica at that entry.
     fn decode(&self, bytes: &[u8]) -> Result<D, CodecError>;
+
+    /// Decodes bytes the apply path owns (the opened plaintext, or the cleartext moved out of the
+    /// entry). The default borrows them for [`decode`](Self::decode); a codec whose request is
+    /// the bytes themselves takes them without a copy.
+    ///
+    /// # Errors
+    /// As [`decode`](Self::decode).
+    fn decode_owned(&self, bytes: Vec<u8>) -> Result<D, CodecError> {
+        self.decode(&bytes)
+    }
 }
 
 /// A codec failed. Deliberately carries no detail from the underlying codec, whose messages may
@@ -90,5 +100,9 @@ impl PayloadCodec<Vec<u8>> for BytesCodec {
 
     fn decode(&self, bytes: &[u8]) -> Result<Vec<u8>, CodecError> {
         Ok(bytes.to_vec())
+    }
+
+    fn decode_owned(&self, bytes: Vec<u8>) -> Result<Vec<u8>, CodecError> {
+        Ok(bytes)
     }
 }

@@ -116,30 +116,34 @@ impl<C: RaftTypeConfig, SM> EnvelopeStateMachine<C, SM> {
                 let _ = gate.decide(index, EntryKind::Control, &[]);
                 EntryPayload::Membership(m)
             }
-            EntryPayload::Normal(p) => match &p.0 {
-                Repr::Barrier => {
-                    let _ = gate.decide(index, EntryKind::Control, &[]);
-                    EntryPayload::Blank
-                }
-                Repr::Cleartext(bytes) | Repr::Envelope(bytes) => {
-                    let decision = gate.decide(index, p.kind(), bytes).map_err(|e| (log_id.clone(), e))?;
-                    match self.codec.decode(decision.as_bytes()) {
-                        Ok(request) => EntryPayload::Normal(request),
-                        Err(codec) => {
-                            let mut error =
-                                FatalApplyError::new(index, FailureReason::Malformed, gate.cutover());
-                            error.key_id = p.key_id();
-                            tracing::error!(
-                                index,
-                                key_id = error.key_id.map(|k| k.0),
-                                reason = error.reason.as_str(),
-                                "envelope layer halted apply: the payload does not decode as a request ({codec})"
-                            );
-                            return Err((log_id, error));
-                        }
+            EntryPayload::Normal(p) => {
+                let kind = p.kind();
+                let key_id = p.key_id();
+                let bytes = match p.0 {
+                    Repr::Barrier => {
+                        let _ = gate.decide(index, EntryKind::Control, &[]);
+                        return Ok(Entry { log_id, payload: EntryPayload::Blank });
+                    }
+                    Repr::Cleartext(bytes) | Repr::Envelope(bytes) => bytes,
+                };
+                // The entry is ours: cleartext is moved on, an envelope is opened in place;
+                // neither is copied again before the codec.
+                let plain = gate.decide_owned(index, kind, bytes).map_err(|e| (log_id.clone(), e))?;
+                match self.codec.decode_owned(plain) {
+                    Ok(request) => EntryPayload::Normal(request),
+                    Err(codec) => {
+                        let mut error = FatalApplyError::new(index, FailureReason::Malformed, gate.cutover());
+                        error.key_id = key_id;
+                        tracing::error!(
+                            index,
+                            key_id = error.key_id.map(|k| k.0),
+                            reason = error.reason.as_str(),
+                            "envelope layer halted apply: the payload does not decode as a request ({codec})"
+                        );
+                        return Err((log_id, error));
                     }
                 }
-            },
+            }
         };
         Ok(Entry { log_id, payload })
     }
