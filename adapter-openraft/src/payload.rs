@@ -8,10 +8,12 @@ use serde::{Deserialize, Serialize};
 /// The `D` of a [`Sealed`](crate::Sealed) type config: the bytes of one normal log entry, tagged
 /// with what they are, so the apply side can tell cleartext from an envelope without any key.
 ///
-/// Constructed only by this crate ([`EnvelopeRaft`](crate::EnvelopeRaft) and the switch-on
-/// barrier): application code cannot put a cleartext payload into the log by calling
-/// `Raft::client_write` itself without going through the layer (ENGINES.md pitfall 7). Log stores
-/// and networks only (de)serialize it.
+/// Built only by this crate ([`EnvelopeRaft`](crate::EnvelopeRaft) and the switch-on barrier),
+/// so ordinary application code has no way to put a cleartext payload into the log around the
+/// layer (ENGINES.md pitfall 7). It is not a hard boundary: the type must be `Deserialize` for log
+/// stores and networks, so code that deserializes one and calls `Raft::client_write` on
+/// [`EnvelopeRaft::raft`](crate::EnvelopeRaft::raft) itself bypasses the layer. Don't: above the
+/// cutover such an entry halts every replica.
 ///
 /// The serde form is an externally tagged enum (`Cleartext`, `Envelope`, `Barrier`); new
 /// variants (replicated control entries) are added without breaking old logs.

@@ -170,7 +170,7 @@ pub struct DrainTimeout {
 /// failures add a variant. Make one per node and clone it (clones share the switch-on drain).
 ///
 /// Management calls (`initialize`, membership changes, metrics, `wait`, `shutdown`) go to
-/// [`raft`](Self::raft) directly. Writes must not: `EnvelopePayload` cannot be built outside
+/// [`raft`](Self::raft) directly. Writes must not: `EnvelopePayload` has no public constructor outside
 /// this crate, so every application write goes through the layer.
 pub struct EnvelopeRaft<C: RaftTypeConfig<Entry = Entry<C>>> {
     raft: SealedRaft<C>,
