@@ -9,7 +9,7 @@ use raft::{RawNode, Storage};
 use raft_envelope_core::{EntryKind, EnvelopeHeader, EnvelopeLayer, FatalApplyError, ProposalId};
 
 use crate::error::NodeError;
-use crate::framing::{classify, marker_proposal_id};
+use crate::framing::classify;
 use crate::state_machine::StateMachine;
 
 /// One entry the applier handed on, for response routing.
@@ -21,8 +21,9 @@ pub struct AppliedEntry<R> {
     pub term: u64,
     /// What it was.
     pub kind: EntryKind,
-    /// The proposal it carried: the authenticated header id of an opened envelope, or the marker
-    /// id of a barrier. `None` for cleartext and engine control entries.
+    /// The proposal it carried: the authenticated header id of an opened envelope. `None` for
+    /// every other entry: cleartext and control entries (barriers included, whose marker id is
+    /// not authenticated) carry no identity that may complete a proposal.
     pub proposal: Option<ProposalId>,
     /// The state machine's response, for payload entries.
     pub response: Option<R>,
@@ -135,7 +136,9 @@ impl<SM: StateMachine> EnvelopeApplier<SM> {
                         }
                     };
                     self.sm.apply_control(index, term, conf.as_ref());
-                    AppliedEntry { index, term, kind, proposal: marker_proposal_id(&entry), response: None }
+                    // A control entry carries no authenticated identity (a barrier's marker id
+                    // is unauthenticated): it is only ever matched by (index, term).
+                    AppliedEntry { index, term, kind, proposal: None, response: None }
                 }
                 _ => {
                     let proposal = match kind {
@@ -152,6 +155,14 @@ impl<SM: StateMachine> EnvelopeApplier<SM> {
             out.push(applied);
         }
         Ok(())
+    }
+
+    /// Halts the applier with `halt` (a failure found outside the entry stream, such as a
+    /// refused snapshot): sticky, exactly like a halting entry.
+    pub(crate) fn halt(&mut self, halt: FatalApplyError) {
+        if self.halt.is_none() {
+            self.halt = Some(halt);
+        }
     }
 
     /// Records that a snapshot up to `index` replaced the state.

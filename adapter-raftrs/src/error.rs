@@ -21,6 +21,30 @@ pub enum ProposeError {
     /// The user context starts with the adapter's reserved marker magic. Nothing was appended.
     #[error("the user context starts with the reserved raft-envelope marker")]
     ReservedContext,
+    /// The payload is empty. raft-rs stores an empty payload with an empty context exactly like
+    /// its own no-op entry, so it could not be told apart from a control entry and would never
+    /// reach the state machine; every empty payload is refused, sealing or not, so the behaviour
+    /// does not change at switch-on. Nothing was appended. Not retryable as is: encode the
+    /// request so it has at least one byte.
+    #[error("an empty payload cannot be proposed (raft-rs stores it like its own no-op entry)")]
+    EmptyPayload,
+    /// The layer is not sealing, a cutover is in force and this node's log already reaches it:
+    /// the cleartext entry could only land above the cutover and would halt every replica that
+    /// applies it, so it was refused. Nothing was appended. Retryable once this node's layer
+    /// seals again (a configuration error: a node restarted without its wrapper).
+    #[error("proposal refused before appending: the layer is not sealing but the cutover is {cutover}")]
+    NotSealing {
+        /// The cutover in force.
+        cutover: u64,
+    },
+    /// A switch-on barrier was proposed on a node that is not the leader. A barrier has no
+    /// authenticated identity and is only ever matched by the `(index, term)` the leader appends
+    /// it at, so it is not forwarded. Nothing was appended; retry on the leader.
+    #[error("a barrier must be proposed on the leader (leader known here: {leader})")]
+    NotLeader {
+        /// The leader this node knows of (0 when none).
+        leader: u64,
+    },
     /// raft-rs dropped the proposal at once (no leader known, leadership transfer in progress,
     /// uncommitted-size limit, ...). Nothing was appended; retry, possibly on another node.
     #[error("raft-rs dropped the proposal (no leader, transfer in progress or size limit)")]
@@ -60,7 +84,14 @@ pub enum ProposeError {
 impl ProposeError {
     /// True when nothing was appended and the same proposal may simply be retried.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ProposeError::Refused(_) | ProposeError::Dropped | ProposeError::Superseded { .. })
+        matches!(
+            self,
+            ProposeError::Refused(_)
+                | ProposeError::NotSealing { .. }
+                | ProposeError::NotLeader { .. }
+                | ProposeError::Dropped
+                | ProposeError::Superseded { .. }
+        )
     }
 
     pub(crate) fn halted(error: &FatalApplyError) -> Self {
@@ -90,9 +121,11 @@ pub enum NodeError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StepError {
-    /// A forwarded proposal carried a cleartext payload while this node's layer seals: refused,
-    /// so no cleartext proposal can be appended above the cutover (SPEC R4).
-    #[error("forwarded cleartext proposal from node {from} refused: this node seals")]
+    /// A forwarded proposal carried a cleartext payload while this node's layer seals, or while
+    /// a cutover is in force and this node's log already reaches it (the entry could only land
+    /// above the cutover): refused, so no cleartext proposal can be appended above the cutover
+    /// (SPEC R4).
+    #[error("forwarded cleartext proposal from node {from} refused: this node seals or its log reached the cutover")]
     CleartextProposalRefused {
         /// The node the message came from.
         from: u64,

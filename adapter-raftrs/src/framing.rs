@@ -28,8 +28,14 @@
 //! The magic borrows PNG's signature idea: a high-bit byte, CR LF and ^Z, so a text context
 //! never starts with it by accident.
 //!
-//! The marker's proposal id is a routing hint only: for an envelope the adapter routes by the
-//! proposal id of the envelope header, which is authenticated.
+//! The marker's proposal id is informational only and never completes a proposal: it is not
+//! authenticated. The adapter routes a forwarded envelope by the proposal id of the envelope
+//! header (authenticated by opening) and a barrier only by the `(index, term)` its leader
+//! appended it at.
+//!
+//! An empty payload with an empty context would be indistinguishable from raft-rs's own no-op
+//! entry (a control entry), so the proposer refuses empty payloads
+//! ([`ProposeError::EmptyPayload`](crate::ProposeError::EmptyPayload)).
 
 use raft::eraftpb::{Entry, EntryType};
 use raft_envelope_core::{EntryKind, ProposalId};
@@ -59,7 +65,7 @@ pub enum MarkerKind {
 pub struct ContextMarker {
     /// What the entry is.
     pub kind: MarkerKind,
-    /// The proposal id the proposer chose (a routing hint, not authenticated).
+    /// The proposal id the proposer chose (not authenticated: never used to complete a proposal).
     pub proposal_id: ProposalId,
 }
 
@@ -137,7 +143,8 @@ pub fn classify_normal(context: &[u8], data: &[u8]) -> EntryKind {
     }
 }
 
-/// The proposal id a context marker names, if any (a routing hint, not authenticated).
+/// The proposal id a context marker names, if any. Not authenticated: for diagnostics only, the
+/// adapter never completes a proposal from it.
 pub fn marker_proposal_id(entry: &Entry) -> Option<ProposalId> {
     match ContextMarker::decode(entry.get_context()) {
         Some(Ok(m)) => Some(m.proposal_id),

@@ -12,8 +12,29 @@
 //! - [`EnvelopeNode`] drives a `RawNode` with both, fails closed the raft-rs way (never
 //!   `advance()`; `advance_append` then `advance_apply_to(last good)`; halted means not driven
 //!   any more; restart with `Config.applied` = last good re-delivers the failing entry), refuses
-//!   forwarded cleartext proposals while sealing, and routes responses by proposal id and
-//!   `(index, term)` ([`ProposalTracker`]), reporting dropped proposals as errors.
+//!   forwarded cleartext proposals while sealing, and routes responses by `(index, term)` and
+//!   by the authenticated proposal id of an opened envelope ([`ProposalTracker`]), reporting
+//!   dropped proposals as errors.
+//!
+//! # Refusals and limits
+//!
+//! - **Cleartext above the cutover.** A node whose layer does not seal refuses a cleartext
+//!   proposal once a cutover `C` is in force and its last log index is `>= C`: the proposer with
+//!   [`ProposeError::NotSealing`] (retryable, nothing appended), [`EnvelopeNode::step`] a
+//!   forwarded one with [`StepError::CleartextProposalRefused`]. Such an entry could only land
+//!   above `C` and would halt every replica.
+//! - **Empty payloads** are refused ([`ProposeError::EmptyPayload`], nothing appended): raft-rs
+//!   stores an empty payload with an empty context like its own no-op entry, which the state
+//!   machine never sees. (openraft applies empty payloads; encode requests with at least one
+//!   byte to get the same behaviour on both.)
+//! - **Snapshots are not sealed yet.** While a cutover is in force a snapshot cannot be
+//!   authenticated, so [`EnvelopeNode`] refuses to restore one: the node halts (fail closed)
+//!   with a [`FatalApplyError`](raft_envelope_core::FatalApplyError) naming the snapshot's index,
+//!   [`FailureReason::Other`](raft_envelope_core::FailureReason::Other) and the cutover, plus a
+//!   `tracing` error event. Until snapshots are sealed, do not let a replica fall behind the
+//!   compacted log of a cluster with a cutover. Inert, snapshots are restored as before.
+//! - **Barriers** are proposed on the leader only ([`ProposeError::NotLeader`]) and matched
+//!   only by `(index, term)`: their marker id is not authenticated.
 //! - [`testing::Cluster`] runs a real multi-node raft-rs cluster in one process on a
 //!   deterministic message pump, with fault hooks and the switch-on procedure.
 //!

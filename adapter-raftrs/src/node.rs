@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use raft::eraftpb::{Message, MessageType};
 use raft::{Config, RawNode, ReadState, SnapshotStatus, StateRole};
-use raft_envelope_core::{EntryKind, EnvelopeLayer, FatalApplyError};
+use raft_envelope_core::{EntryKind, EnvelopeLayer, FailureReason, FatalApplyError};
 use raft_proto::ConfChangeI;
 
 use slog::Logger;
@@ -13,7 +13,7 @@ use slog::Logger;
 use crate::applier::{AppliedEntry, EnvelopeApplier};
 use crate::error::{NodeError, ProposeError, StepError};
 use crate::framing::classify;
-use crate::proposer::{EnvelopeProposer, Ticket};
+use crate::proposer::{cleartext_would_land_above_cutover, EnvelopeProposer, Ticket};
 use crate::state_machine::{LogStore, StateMachine};
 use crate::tracker::{Completion, ProposalTracker};
 
@@ -35,7 +35,9 @@ pub const DEFAULT_PROPOSAL_TIMEOUT_TICKS: u64 = 100;
 ///   the halt ([`NodeError::Halted`]);
 /// - recovery is a rebuild: [`into_parts`](Self::into_parts), repair the cause, then
 ///   [`new`](Self::new) with the same storage and state machine. `Config.applied` is set to the
-///   state machine's applied index, so raft-rs hands the failing entry out again.
+///   state machine's applied index, so raft-rs hands the failing entry out again;
+/// - while a cutover is in force, a snapshot from the leader halts the node the same way
+///   (snapshots are not sealed yet, see [`on_ready`](Self::on_ready)).
 ///
 /// Order: a proposal is prepared (sealed) first, then appended by raft-rs; a committed entry is
 /// decided by the gate first, then handed to the state machine.
@@ -150,9 +152,16 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
 
     /// Steps a message from a peer into raft-rs.
     ///
-    /// A forwarded proposal (`MsgPropose`) carrying a cleartext payload is refused while this
-    /// node's layer seals: together with the barrier this guarantees that no cleartext proposal
-    /// is appended above the cutover (see [`Cluster::switch_on`](crate::testing::Cluster::switch_on)).
+    /// A forwarded proposal (`MsgPropose`) carrying a cleartext payload is refused
+    /// ([`StepError::CleartextProposalRefused`]):
+    /// - while this node's layer seals: together with the barrier this guarantees that no
+    ///   cleartext proposal is appended above the cutover (see
+    ///   [`Cluster::switch_on`](crate::testing::Cluster::switch_on));
+    /// - while it does not seal but a cutover `C` is in force (not `None`, not `u64::MAX`) and
+    ///   this node's last log index is already `>= C` (for a message with several entries: a
+    ///   cleartext entry would come after index `C`): the entry could only land above `C` and
+    ///   would halt every replica (the same guard as [`ProposeError::NotSealing`] on the
+    ///   proposer).
     ///
     /// # Errors
     /// [`StepError`]; the message is dropped.
@@ -164,11 +173,27 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
             return Err(StepError::Stopped(why.clone()));
         }
         if message.get_msg_type() == MessageType::MsgPropose
-            && self.proposer.layer().is_sealing()
             && message.get_entries().iter().any(|e| classify(e) == EntryKind::Cleartext)
         {
-            tracing::warn!(from = message.from, "refused a forwarded cleartext proposal: this node seals");
-            return Err(StepError::CleartextProposalRefused { from: message.from });
+            let layer = self.proposer.layer();
+            let sealing = layer.is_sealing();
+            // The k-th entry of the message (0-based) would be appended after last + k.
+            let last = self.raw.raft.raft_log.last_index();
+            let above = message.get_entries().iter().enumerate().find_map(|(k, e)| {
+                let before = last.saturating_add(k as u64);
+                (classify(e) == EntryKind::Cleartext)
+                    .then(|| cleartext_would_land_above_cutover(layer, before))
+                    .flatten()
+            });
+            if sealing || above.is_some() {
+                tracing::warn!(
+                    from = message.from,
+                    sealing,
+                    cutover = above,
+                    "refused a forwarded cleartext proposal: this node seals or its log reached the cutover"
+                );
+                return Err(StepError::CleartextProposalRefused { from: message.from });
+            }
         }
         self.raw.step(message).map_err(StepError::Raft)
     }
@@ -238,10 +263,17 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
     /// apply the committed entries through the applier; `advance_append`; persist the commit
     /// index; apply the light Ready's committed entries; `advance_apply_to(applied)`.
     ///
+    /// Snapshots are not sealed yet (a later version will seal them). While a cutover is in
+    /// force (not `None`, not `u64::MAX`), a Ready carrying a snapshot is therefore refused: the
+    /// node halts with a [`FatalApplyError`] naming the snapshot's index, reason
+    /// [`FailureReason::Other`] and the cutover, and emits a `tracing` error event; nothing of
+    /// the snapshot is restored or persisted and the applied index does not move. Inert, the
+    /// snapshot goes to [`StateMachine::restore_snapshot`] as before.
+    ///
     /// # Errors
-    /// [`NodeError::Halted`] when an entry halts the node: nothing is advanced, then or later,
-    /// and the messages produced before the failing entry wait in
-    /// [`take_last_messages`](Self::take_last_messages). [`NodeError::Stopped`] /
+    /// [`NodeError::Halted`] when an entry (or, while a cutover is in force, a snapshot) halts
+    /// the node: nothing is advanced, then or later, and the messages produced before the
+    /// failing entry wait in [`take_last_messages`](Self::take_last_messages). [`NodeError::Stopped`] /
     /// [`NodeError::Raft`] for storage, snapshot or conf-change failures.
     pub fn on_ready(&mut self) -> Result<Vec<Message>, NodeError> {
         self.check_running()?;
@@ -268,8 +300,12 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
         self.read_states.extend(rd.take_read_states());
         let store = self.raw.store().clone();
         if !rd.snapshot().is_empty() {
+            let index = rd.snapshot().get_metadata().index;
+            if let Some(halt) = self.refuse_snapshot(index) {
+                self.last_messages = out;
+                return Err(NodeError::Halted(halt));
+            }
             let snapshot = rd.snapshot().clone();
-            let index = snapshot.get_metadata().index;
             self.applier.get_mut().restore_snapshot(&snapshot).map_err(NodeError::Stopped)?;
             store.apply_snapshot(snapshot).map_err(NodeError::Raft)?;
             self.applier.restored_to(index);
@@ -297,6 +333,25 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
         self.raw.advance_apply_to(self.applier.applied());
         self.tracker.on_log_changed(&self.raw);
         Ok(out)
+    }
+
+    /// Snapshots are not sealed yet, so nothing authenticates one: while a cutover is in force
+    /// (not `None`, not `u64::MAX`), restoring one would let anyone who can inject a snapshot
+    /// message install arbitrary state and move the applied index past entries never opened.
+    /// Fail closed instead: the node halts at the snapshot's index, before anything of it is
+    /// restored or persisted. Inert (no cutover), snapshots are restored as before.
+    fn refuse_snapshot(&mut self, index: u64) -> Option<FatalApplyError> {
+        let cutover = self.applier.layer().gate().cutover().filter(|c| *c != u64::MAX)?;
+        let halt = FatalApplyError::new(index, FailureReason::Other, Some(cutover));
+        tracing::error!(
+            index,
+            key_id = Option::<u32>::None,
+            reason = halt.reason.as_str(),
+            cutover,
+            "envelope layer halted: refused to restore an unsealed snapshot while a cutover is in force"
+        );
+        self.applier.halt(halt.clone());
+        Some(halt)
     }
 
     /// The messages of the Ready that halted the node, produced before the failing entry was

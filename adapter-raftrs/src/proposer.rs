@@ -34,6 +34,15 @@ pub struct Ticket {
 ///
 /// Conf changes go to raft-rs untouched (raft-rs parses their data itself).
 ///
+/// Refusals, before anything is appended:
+/// - an empty payload ([`ProposeError::EmptyPayload`]): raft-rs would store it like its own
+///   no-op entry, a control entry the state machine never sees;
+/// - a cleartext proposal when the layer is not sealing, a cutover `C` is in force (not `None`,
+///   not `u64::MAX`) and the node's last log index is already `>= C`
+///   ([`ProposeError::NotSealing`]): the entry could only land above `C` and would halt every
+///   replica. With no cutover, or a cutover above the last index, cleartext is proposed as
+///   before (it may still land at or below `C`).
+///
 /// Sealing and appending happen in one `&mut RawNode` call, so no other operation on the node
 /// (in particular a switch-on barrier) can come between them.
 #[derive(Clone)]
@@ -68,9 +77,10 @@ impl EnvelopeProposer {
     ///
     /// # Errors
     /// [`ProposeError::Refused`] when sealing failed, [`ProposeError::ContextWhileSealing`] /
-    /// [`ProposeError::ReservedContext`] for a context that cannot be stored, and
-    /// [`ProposeError::Dropped`] / [`ProposeError::Raft`] from raft-rs. Nothing is appended in
-    /// any of these cases.
+    /// [`ProposeError::ReservedContext`] for a context that cannot be stored,
+    /// [`ProposeError::EmptyPayload`] for an empty payload, [`ProposeError::NotSealing`] for
+    /// cleartext that could only land above the cutover, and [`ProposeError::Dropped`] /
+    /// [`ProposeError::Raft`] from raft-rs. Nothing is appended in any of these cases.
     pub fn propose_with_context<T: Storage>(
         &self,
         node: &mut RawNode<T>,
@@ -83,11 +93,27 @@ impl EnvelopeProposer {
         if !context.is_empty() && self.layer.is_sealing() {
             return Err(ProposeError::ContextWhileSealing);
         }
+        if payload.is_empty() {
+            return Err(ProposeError::EmptyPayload);
+        }
         let proposal = self.layer.prepare(payload).map_err(ProposeError::Refused)?;
         let context = match proposal.kind {
             EntryKind::Envelope if !context.is_empty() => return Err(ProposeError::ContextWhileSealing),
             EntryKind::Envelope => ContextMarker::envelope(proposal.id).encode(),
-            _ => context,
+            _ => {
+                // Checked after `prepare`: the kind it returned is what would be appended, even
+                // if the wrapper was switched meanwhile.
+                let last = node.raft.raft_log.last_index();
+                if let Some(cutover) = cleartext_would_land_above_cutover(&self.layer, last) {
+                    tracing::warn!(
+                        cutover,
+                        last_index = last,
+                        "refused a cleartext proposal: the layer is not sealing and the log reached the cutover"
+                    );
+                    return Err(ProposeError::NotSealing { cutover });
+                }
+                context
+            }
         };
         append(node, proposal.id, proposal.kind, context, proposal.bytes)
     }
@@ -95,9 +121,16 @@ impl EnvelopeProposer {
     /// Proposes a switch-on barrier: a control entry (empty data, barrier marker) that the state
     /// machine never sees. Its committed index is a safe cutover once every layer seals.
     ///
+    /// Only on the leader: a barrier carries no authenticated identity, so its outcome is matched
+    /// only by the `(index, term)` the leader appends it at, never by the id in its marker.
+    ///
     /// # Errors
-    /// [`ProposeError::Dropped`] / [`ProposeError::Raft`] from raft-rs.
+    /// [`ProposeError::NotLeader`] when `node` is not the leader (nothing is appended or
+    /// forwarded); [`ProposeError::Dropped`] / [`ProposeError::Raft`] from raft-rs.
     pub fn propose_barrier<T: Storage>(&self, node: &mut RawNode<T>) -> Result<Ticket, ProposeError> {
+        if node.raft.state != StateRole::Leader {
+            return Err(ProposeError::NotLeader { leader: node.raft.leader_id });
+        }
         let id = self.layer.next_proposal_id();
         append(node, id, EntryKind::Control, ContextMarker::barrier(id).encode(), Vec::new())
     }
@@ -134,6 +167,14 @@ fn append<T: Storage>(
     let appended_at = (leader && after == before + 1).then_some((after, term));
     tracing::trace!(proposal = id.0, %kind, ?appended_at, "proposed");
     Ok(Ticket { id, kind, appended_at })
+}
+
+/// The cutover, when a cleartext entry appended to a log whose last index is `last_index` could
+/// only land above it: a cutover is in force (`Some(c)`, `c != u64::MAX`) and `last_index >= c`.
+/// The layer's sealing state is the caller's to check.
+pub(crate) fn cleartext_would_land_above_cutover(layer: &EnvelopeLayer, last_index: u64) -> Option<u64> {
+    let cutover = layer.gate().cutover().filter(|c| *c != u64::MAX)?;
+    (last_index >= cutover).then_some(cutover)
 }
 
 pub(crate) fn raft_error(e: raft::Error) -> ProposeError {

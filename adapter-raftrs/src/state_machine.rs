@@ -34,6 +34,11 @@ pub trait StateMachine {
     /// compacted log). The default refuses, which stops the node: implement it if your cluster
     /// compacts its log.
     ///
+    /// Never called while a cutover is in force: snapshots are not sealed yet, so nothing
+    /// authenticates them, and [`EnvelopeNode`](crate::EnvelopeNode) halts instead of restoring
+    /// one (fail closed). Until snapshots are sealed, a cluster with a cutover must not let a
+    /// replica fall behind its compacted log.
+    ///
     /// # Errors
     /// A description of why the snapshot could not be restored (never payload bytes).
     fn restore_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), String> {

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use raft::{RawNode, Storage};
-use raft_envelope_core::{FatalApplyError, ProposalId};
+use raft_envelope_core::{EntryKind, FatalApplyError, ProposalId};
 
 use crate::applier::AppliedEntry;
 use crate::error::ProposeError;
@@ -26,8 +26,7 @@ pub struct Applied<R> {
     pub index: u64,
     /// The term of that entry.
     pub term: u64,
-    /// The state machine's response (`None` for a barrier, or for an empty cleartext payload,
-    /// which raft-rs stores like its own no-op entry and which is therefore never applied).
+    /// The state machine's response (`None` for a barrier, which the state machine never sees).
     pub response: Option<R>,
 }
 
@@ -44,6 +43,7 @@ impl<R> fmt::Debug for Applied<R> {
 #[derive(Debug)]
 struct Pending {
     appended_at: Option<(u64, u64)>,
+    kind: EntryKind,
     age: u64,
 }
 
@@ -53,10 +53,13 @@ struct Pending {
 ///   committed at that index with that term is the one appended, whatever it carries (cleartext
 ///   included). Another term at that index, or a log truncated below it, means a new leader
 ///   replaced it: [`ProposeError::Superseded`].
-/// - A proposal forwarded by a follower has no index yet; an envelope (or barrier) is matched by
-///   its proposal id when the entry is applied on this node (the envelope header's id,
-///   authenticated by opening). A forwarded cleartext proposal carries no identity and can only
-///   time out.
+/// - A proposal forwarded by a follower has no index yet; an envelope is matched by its proposal
+///   id when the entry is applied on this node: the envelope header's id, authenticated by
+///   opening. Only that id completes a proposal, and only a forwarded envelope proposal: the id
+///   in a context marker (of a barrier or of anything else) is not authenticated and is never
+///   used, so a forged entry cannot complete a pending proposal. A barrier is matched only by
+///   `(index, term)` (it is only proposed on the leader), and a forwarded cleartext proposal
+///   carries no identity and can only time out.
 /// - Every proposal times out after `timeout_ticks` ticks ([`ProposeError::TimedOut`]), and a
 ///   halt fails every pending proposal ([`ProposeError::Halted`]).
 pub struct ProposalTracker<R> {
@@ -77,7 +80,8 @@ impl<R> ProposalTracker<R> {
         if let Some((index, _)) = ticket.appended_at {
             self.by_index.insert(index, ticket.id);
         }
-        self.pending.insert(ticket.id, Pending { appended_at: ticket.appended_at, age: 0 });
+        self.pending
+            .insert(ticket.id, Pending { appended_at: ticket.appended_at, kind: ticket.kind, age: 0 });
     }
 
     /// Number of proposals without an outcome yet.
@@ -94,9 +98,11 @@ impl<R> ProposalTracker<R> {
         }
     }
 
-    /// Routes one applied entry.
+    /// Routes one applied entry: by `(index, term)` for proposals appended on this node while it
+    /// led, then by [`AppliedEntry::proposal`] for forwarded envelope proposals, and only when
+    /// the entry itself is an opened envelope ([`EntryKind::Envelope`]).
     pub fn on_applied(&mut self, entry: AppliedEntry<R>) {
-        let AppliedEntry { index, term, proposal, response, .. } = entry;
+        let AppliedEntry { index, term, kind, proposal, response } = entry;
         if let Some(id) = self.by_index.get(&index).copied() {
             let expected = self.pending.get(&id).and_then(|p| p.appended_at);
             if expected.map(|(_, t)| t) == Some(term) {
@@ -105,8 +111,17 @@ impl<R> ProposalTracker<R> {
             }
             self.finish(id, Err(ProposeError::Superseded { index, term }));
         }
+        // Only the authenticated id of an opened envelope, and only for a forwarded envelope
+        // proposal: a proposal appended here is matched by (index, term) alone.
+        if kind != EntryKind::Envelope {
+            return;
+        }
         if let Some(id) = proposal {
-            if self.pending.contains_key(&id) {
+            let forwarded_envelope = self
+                .pending
+                .get(&id)
+                .is_some_and(|p| p.kind == EntryKind::Envelope && p.appended_at.is_none());
+            if forwarded_envelope {
                 self.finish(id, Ok(Applied { index, term, response }));
             }
         }
@@ -182,8 +197,6 @@ impl<R> fmt::Debug for ProposalTracker<R> {
 
 #[cfg(test)]
 mod tests {
-    use raft_envelope_core::EntryKind;
-
     use super::*;
 
     fn ticket(id: u64, appended_at: Option<(u64, u64)>) -> Ticket {
@@ -216,6 +229,39 @@ mod tests {
         assert!(matches!(&done[0], (2, Ok(a)) if a.index == 4));
         assert!(matches!(&done[1], (1, Err(ProposeError::Superseded { index: 5, term: 3 }))));
         assert!(matches!(&done[2], (3, Ok(a)) if a.index == 6 && a.response == Some(7)));
+        assert_eq!(t.pending(), 0);
+    }
+
+    fn entry(index: u64, kind: EntryKind, proposal: Option<u64>) -> AppliedEntry<u8> {
+        AppliedEntry { index, term: 2, kind, proposal: proposal.map(ProposalId), response: None }
+    }
+
+    #[test]
+    fn unauthenticated_ids_never_complete_a_proposal() {
+        let mut t = ProposalTracker::<u8>::new(10);
+        // A forwarded envelope proposal, a barrier and an envelope appended on this leader.
+        t.track(&ticket(1, None));
+        t.track(&Ticket { id: ProposalId(2), kind: EntryKind::Control, appended_at: Some((8, 2)) });
+        t.track(&ticket(3, Some((9, 2))));
+        // Forged entries naming pending ids: a barrier (control) and a cleartext entry carry no
+        // authenticated identity and complete nothing.
+        t.on_applied(entry(4, EntryKind::Control, Some(1)));
+        t.on_applied(entry(5, EntryKind::Cleartext, Some(1)));
+        t.on_applied(entry(6, EntryKind::Control, Some(2)));
+        // A (replayed) envelope naming the leader's proposals at another index: they are matched
+        // by (index, term) only.
+        t.on_applied(entry(7, EntryKind::Envelope, Some(3)));
+        t.on_applied(entry(7, EntryKind::Envelope, Some(2)));
+        assert!(t.take_completions().is_empty());
+        assert_eq!(t.pending(), 3);
+        // The real entries complete them.
+        t.on_applied(entry(8, EntryKind::Control, None));
+        t.on_applied(entry(9, EntryKind::Envelope, Some(3)));
+        t.on_applied(entry(10, EntryKind::Envelope, Some(1)));
+        let done: Vec<_> = t.take_completions().into_iter().map(|c| (c.id.0, c.result)).collect();
+        assert!(matches!(&done[0], (2, Ok(a)) if a.index == 8));
+        assert!(matches!(&done[1], (3, Ok(a)) if a.index == 9));
+        assert!(matches!(&done[2], (1, Ok(a)) if a.index == 10));
         assert_eq!(t.pending(), 0);
     }
 

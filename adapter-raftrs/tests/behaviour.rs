@@ -8,14 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Instant;
 
-use raft::eraftpb::EntryType;
+use raft::eraftpb::{ConfState, Entry, EntryType, Message, MessageType, Snapshot};
 use raft_envelope_core::{
     Algorithm, ApplyGate, ClusterId, Cutover, EntryKind, EnvelopeCipher, EnvelopeHeader, EnvelopeLayer,
     FailureReason, KeyId, Keyring, PayloadWrapper, SecretKey,
 };
 use raft_envelope_raftrs::framing::{classify, ContextMarker, CONTEXT_MAGIC};
 use raft_envelope_raftrs::testing::{Cluster, KvStore};
-use raft_envelope_raftrs::ProposeError;
+use raft_envelope_raftrs::{ProposeError, StateMachine, StepError};
 
 const KEY: KeyId = KeyId(1);
 
@@ -52,11 +52,15 @@ impl Setup {
     }
 
     fn cluster(&self) -> Cluster<KvStore> {
-        let layers = (0..3).map(|k| self.layer(k, self.ciphers[k].clone())).collect();
-        Cluster::new(layers, |_| KvStore::default()).unwrap()
+        self.cluster_of(KvStore::default)
     }
 
-    fn switch_on(&self, c: &mut Cluster<KvStore>) -> u64 {
+    fn cluster_of<SM: StateMachine>(&self, mut make_sm: impl FnMut() -> SM) -> Cluster<SM> {
+        let layers = (0..3).map(|k| self.layer(k, self.ciphers[k].clone())).collect();
+        Cluster::new(layers, |_| make_sm()).unwrap()
+    }
+
+    fn switch_on<SM: StateMachine>(&self, c: &mut Cluster<SM>) -> u64 {
         let ciphers = self.ciphers.clone();
         let cutovers = self.cutovers.clone();
         c.switch_on(
@@ -378,4 +382,294 @@ fn thirty_two_writers_during_switch_on_twenty_times_never_halt() {
         retries.load(Ordering::Relaxed)
     );
     assert!(elapsed.as_secs() < 60, "took {elapsed:?}");
+}
+
+/// After switch-on a node restarted with its cutover but without its wrapper (a configuration
+/// error) must not put cleartext above the cutover: its own proposals are refused with
+/// `NotSealing` (nothing appended), forwarded cleartext proposals are refused by `step`, and no
+/// node halts.
+#[test]
+fn node_restarted_without_wrapper_refuses_cleartext_above_cutover_and_nobody_halts() {
+    let s = Setup::new();
+    let mut c = s.cluster();
+    let cutover = s.switch_on(&mut c);
+    c.propose(b"before=1".to_vec()).unwrap();
+    let leader = c.leader().unwrap();
+    let ids = c.ids();
+    let follower = ids.iter().copied().find(|i| *i != leader).unwrap();
+    let third = ids.iter().copied().find(|i| *i != leader && *i != follower).unwrap();
+
+    // The follower comes back with its cutover (and keys to open) but no wrapper.
+    c.restart(follower, s.layer((follower - 1) as usize, s.cipher(true))).unwrap();
+    assert!(!c.node(follower).unwrap().layer().is_sealing());
+    let follower_last = c.node(follower).unwrap().last_index();
+    let leader_last = c.node(leader).unwrap().last_index();
+    assert!(follower_last >= cutover);
+    let err = c.node_mut(follower).unwrap().propose(b"clear=FOLLOWER".to_vec()).unwrap_err();
+    assert!(matches!(err, ProposeError::NotSealing { cutover: at } if at == cutover), "{err}");
+    assert!(err.is_retryable());
+    c.tick(3);
+    assert_eq!(c.node(follower).unwrap().last_index(), follower_last, "nothing appended");
+    assert_eq!(c.node(leader).unwrap().last_index(), leader_last, "nothing forwarded");
+
+    // The leader too, then it leads again: its own cleartext is refused, and so is a
+    // forwarded cleartext proposal stepped into it.
+    c.restart(leader, s.layer((leader - 1) as usize, s.cipher(true))).unwrap();
+    c.wait_leader().unwrap();
+    c.transfer_leader(leader).unwrap();
+    assert!(c.node(leader).unwrap().is_leader() && !c.node(leader).unwrap().layer().is_sealing());
+    let err = c.node_mut(leader).unwrap().propose(b"clear=LEADER".to_vec()).unwrap_err();
+    assert!(matches!(err, ProposeError::NotSealing { cutover: at } if at == cutover), "{err}");
+    let last = c.node(leader).unwrap().last_index();
+    let err =
+        c.node_mut(leader).unwrap().step(forwarded(follower, leader, &[b"clear=FORWARDED"])).unwrap_err();
+    assert!(matches!(err, StepError::CleartextProposalRefused { from } if from == follower), "{err}");
+    c.settle();
+    assert_eq!(c.node(leader).unwrap().last_index(), last, "the forwarded cleartext was not appended");
+
+    // A sealing node still writes through the non-sealing leader (it forwards an envelope),
+    // and every node applies it.
+    let sealed = c.propose_via(third, b"sealed=2".to_vec()).unwrap();
+    c.wait_converged(leader).unwrap();
+    for id in c.ids() {
+        assert!(c.halted(id).unwrap().is_none(), "node {id} halted");
+        assert_eq!(c.state_machine(id).unwrap().get("sealed"), Some("2"));
+        assert!(c.applied(id).unwrap() >= sealed.index);
+        for i in cutover + 1..=c.stored_last_index(id).unwrap() {
+            let e = c.read_entry(id, i).unwrap().unwrap();
+            assert_ne!(classify(&e), EntryKind::Cleartext, "node {id}: cleartext at {i} > C");
+        }
+        assert_eq!(c.state_machine(id).unwrap().get("clear"), None);
+    }
+    // Repaired (sealing again), the same node writes.
+    c.node(follower).unwrap().layer().set_wrapper(Some(s.ciphers[(follower - 1) as usize].clone()));
+    assert!(c.propose_via(follower, b"clear=RETRIED".to_vec()).is_ok());
+}
+
+/// A state machine that accepts snapshots and records every restore.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct SnapshotSm {
+    kv: KvStore,
+    restored: Vec<u64>,
+}
+
+impl StateMachine for SnapshotSm {
+    type Response = String;
+
+    fn apply(&mut self, index: u64, term: u64, payload: &[u8]) -> String {
+        self.kv.apply(index, term, payload)
+    }
+
+    fn apply_control(&mut self, index: u64, term: u64, conf_state: Option<&ConfState>) {
+        self.kv.apply_control(index, term, conf_state);
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.kv.applied_index()
+    }
+
+    fn restore_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), String> {
+        self.restored.push(snapshot.get_metadata().index);
+        Ok(())
+    }
+}
+
+/// A snapshot message as anyone on the network could forge it: arbitrary state, at an index
+/// past everything the cluster has.
+fn forged_snapshot(c: &Cluster<SnapshotSm>, leader: u64, to: u64) -> (Message, u64) {
+    let node = c.node(leader).unwrap();
+    let (index, term) = (node.last_index() + 10, node.term());
+    let mut snapshot = Snapshot { data: b"evil=1".to_vec().into(), ..Default::default() };
+    let meta = snapshot.mut_metadata();
+    meta.index = index;
+    meta.term = term;
+    meta.mut_conf_state().voters = c.ids();
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgSnapshot);
+    m.from = leader;
+    m.to = to;
+    m.term = term;
+    m.set_snapshot(snapshot);
+    (m, index)
+}
+
+/// Snapshots are not sealed yet: while a cutover is in force an (injected) snapshot is never
+/// restored; the node halts fail closed at the snapshot's index with nothing of it applied or
+/// stored, and the others keep going. Inert, the snapshot is restored as before.
+#[test]
+fn snapshot_is_refused_while_a_cutover_is_in_force() {
+    let s = Setup::new();
+    let mut c = s.cluster_of(SnapshotSm::default);
+    let cutover = s.switch_on(&mut c);
+    c.propose(b"k=v".to_vec()).unwrap();
+    let leader = c.leader().unwrap();
+    c.wait_converged(leader).unwrap();
+    let victim = c.ids().into_iter().find(|i| *i != leader).unwrap();
+    let applied = c.applied(victim).unwrap();
+    let stored = c.stored_last_index(victim).unwrap();
+    let (message, index) = forged_snapshot(&c, leader, victim);
+    c.isolate(victim);
+    c.node_mut(victim).unwrap().step(message).unwrap();
+    c.settle();
+
+    let halt = c.halted(victim).unwrap().expect("the node refusing the snapshot halts");
+    assert_eq!(
+        (halt.index, halt.reason, halt.cutover, halt.key_id),
+        (index, FailureReason::Other, Some(cutover), None)
+    );
+    assert!(c.node(victim).unwrap().stopped().is_none());
+    let sm = c.state_machine(victim).unwrap();
+    assert!(sm.restored.is_empty(), "restore_snapshot must not be called");
+    assert_eq!(sm.kv.get("evil"), None);
+    assert_eq!(c.applied(victim).unwrap(), applied, "the applied index did not move");
+    assert_eq!(c.node(victim).unwrap().raw_node().raft.raft_log.applied, applied);
+    assert_eq!(c.stored_last_index(victim).unwrap(), stored, "nothing of the snapshot was stored");
+    assert!(matches!(
+        c.node_mut(victim).unwrap().propose(b"x=1".to_vec()),
+        Err(ProposeError::Halted { index: at, reason: FailureReason::Other }) if at == index
+    ));
+
+    // The others keep going; the victim, rebuilt, never installed the forged state and catches
+    // up from its own log.
+    c.heal();
+    let later = c.propose(b"later=1".to_vec()).unwrap();
+    assert!(c.halted(leader).unwrap().is_none());
+    c.restart(victim, s.layer((victim - 1) as usize, s.ciphers[(victim - 1) as usize].clone())).unwrap();
+    assert!(c.halted(victim).unwrap().is_none());
+    assert!(c.wait_applied(victim, later.index).unwrap() >= later.index);
+    assert_eq!(c.state_machine(victim).unwrap(), c.state_machine(leader).unwrap(), "converged");
+
+    // Inert (no cutover): restored as before.
+    let s = Setup::new();
+    let mut c = s.cluster_of(SnapshotSm::default);
+    c.propose(b"k=v".to_vec()).unwrap();
+    let leader = c.leader().unwrap();
+    c.wait_converged(leader).unwrap();
+    let victim = c.ids().into_iter().find(|i| *i != leader).unwrap();
+    let (message, index) = forged_snapshot(&c, leader, victim);
+    c.isolate(victim);
+    c.node_mut(victim).unwrap().step(message).unwrap();
+    c.settle();
+    assert!(c.halted(victim).unwrap().is_none());
+    assert_eq!(c.state_machine(victim).unwrap().restored, vec![index]);
+    assert_eq!(c.applied(victim).unwrap(), index);
+}
+
+/// An empty payload is refused at the proposer, inert or sealing, with or without a context:
+/// raft-rs would store it like its own no-op and it would never reach the state machine.
+#[test]
+fn empty_payloads_are_refused_not_appended() {
+    let s = Setup::new();
+    let mut c = s.cluster();
+    let leader = c.leader().unwrap();
+    let follower = c.ids().into_iter().find(|i| *i != leader).unwrap();
+    let last = c.node(leader).unwrap().last_index();
+    for via in [leader, follower] {
+        let node = c.node_mut(via).unwrap();
+        let err = node.propose(Vec::new()).unwrap_err();
+        assert!(matches!(err, ProposeError::EmptyPayload), "{err}");
+        assert!(!err.is_retryable());
+        let err = node.propose_with_context(b"ctx".to_vec(), Vec::new()).unwrap_err();
+        assert!(matches!(err, ProposeError::EmptyPayload), "{err}");
+    }
+    c.tick(3);
+    assert_eq!(c.node(leader).unwrap().last_index(), last, "nothing appended while inert");
+    s.switch_on(&mut c);
+    let last = c.node(leader).unwrap().last_index();
+    for via in [leader, follower] {
+        let err = c.node_mut(via).unwrap().propose(Vec::new()).unwrap_err();
+        assert!(matches!(err, ProposeError::EmptyPayload), "{err}");
+    }
+    c.tick(3);
+    assert_eq!(c.node(leader).unwrap().last_index(), last, "nothing appended while sealing");
+    // A one-byte payload is applied.
+    let r = c.propose(b"=".to_vec()).unwrap();
+    assert_eq!(r.response.as_deref(), Some(""));
+}
+
+/// A forged barrier entry naming a pending forwarded proposal's id (the marker id is not
+/// authenticated) must not complete that proposal; its real entry does, at its own index.
+#[test]
+fn forged_barrier_does_not_complete_a_forwarded_proposal() {
+    let s = Setup::new();
+    let mut c = s.cluster();
+    s.switch_on(&mut c);
+    let leader = c.leader().unwrap();
+    let follower = c.ids().into_iter().find(|i| *i != leader).unwrap();
+    c.hold_forwarded_proposals(true);
+    let id = c.propose_async(follower, b"fwd=1".to_vec()).unwrap();
+    c.settle();
+    let forged = c.append_unchecked(ContextMarker::barrier(id).encode(), Vec::new()).unwrap();
+    assert!(c.wait_applied(follower, forged).unwrap() >= forged);
+    assert!(c.outcome(id).is_none(), "the forged barrier completed a forwarded proposal");
+    c.hold_forwarded_proposals(false);
+    c.release_held();
+    let outcome = (0..100)
+        .find_map(|_| {
+            c.tick(1);
+            c.outcome(id)
+        })
+        .expect("the forwarded proposal has an outcome");
+    let applied = outcome.unwrap();
+    assert!(applied.index > forged, "completed at its own entry, after the forged barrier");
+    assert_eq!(applied.response.as_deref(), Some("fwd"));
+    assert_eq!(c.state_machine(follower).unwrap().get("fwd"), Some("1"));
+}
+
+/// A barrier is proposed on the leader only: it is matched by (index, term), never by its
+/// unauthenticated marker id, so a follower refuses it instead of forwarding it.
+#[test]
+fn barrier_is_refused_on_a_follower() {
+    let s = Setup::new();
+    let mut c = s.cluster();
+    let leader = c.leader().unwrap();
+    let follower = c.ids().into_iter().find(|i| *i != leader).unwrap();
+    let last = c.node(leader).unwrap().last_index();
+    let err = c.node_mut(follower).unwrap().propose_barrier().unwrap_err();
+    assert!(matches!(err, ProposeError::NotLeader { leader: l } if l == leader), "{err}");
+    assert!(err.is_retryable());
+    c.tick(3);
+    assert_eq!(c.node(leader).unwrap().last_index(), last);
+    let barrier = c.commit_barrier().unwrap();
+    assert_eq!(barrier, last + 1);
+}
+
+fn forwarded(from: u64, to: u64, payloads: &[&[u8]]) -> Message {
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgPropose);
+    m.from = from;
+    m.to = to;
+    for p in payloads {
+        m.mut_entries().push(Entry { data: p.to_vec().into(), ..Default::default() });
+    }
+    m
+}
+
+/// Without sealing, forwarded cleartext is refused exactly when it would land above the cutover:
+/// with the cutover at the next index, one entry (landing at C) is accepted and applied, two
+/// (the second landing at C + 1) are refused, and once the log reaches C so is one.
+#[test]
+fn forwarded_cleartext_is_refused_only_when_it_would_land_above_the_cutover() {
+    let s = Setup::new();
+    let mut c = s.cluster();
+    let leader = c.leader().unwrap();
+    let follower = c.ids().into_iter().find(|i| *i != leader).unwrap();
+    let cutover = c.node(leader).unwrap().last_index() + 1;
+    for k in 0..3 {
+        s.cutovers[k].set(Some(cutover));
+    }
+    let two = forwarded(follower, leader, &[b"a=1", b"b=2"]);
+    let err = c.node_mut(leader).unwrap().step(two).unwrap_err();
+    assert!(matches!(err, StepError::CleartextProposalRefused { .. }), "{err}");
+    assert_eq!(c.node(leader).unwrap().last_index(), cutover - 1, "nothing appended");
+    c.node_mut(leader).unwrap().step(forwarded(follower, leader, &[b"c=3"])).unwrap();
+    c.wait_converged(leader).unwrap();
+    let err = c.node_mut(leader).unwrap().step(forwarded(follower, leader, &[b"d=4"])).unwrap_err();
+    assert!(matches!(err, StepError::CleartextProposalRefused { .. }), "{err}");
+    c.settle();
+    assert_eq!(c.node(leader).unwrap().last_index(), cutover);
+    for id in c.ids() {
+        assert!(c.halted(id).unwrap().is_none(), "node {id} halted");
+        assert_eq!(c.state_machine(id).unwrap().payloads().last(), Some(&(cutover, b"c=3".to_vec())));
+    }
 }

@@ -429,6 +429,11 @@ impl<SM: StateMachine> Cluster<SM> {
     /// forwarding only ever carries envelopes after step 1; a cleartext proposal still in flight
     /// from before is refused, and its proposer sees a timeout, never a halt.
     ///
+    /// As a second guard, a node whose layer does not seal (for example one restarted with its
+    /// cutover but without its wrapper) refuses cleartext once its log reaches `C`:
+    /// [`ProposeError::NotSealing`] for its own proposals, [`EnvelopeNode::step`] for forwarded
+    /// ones.
+    ///
     /// Across processes, run the same three steps through your own admin endpoints.
     ///
     /// # Errors
