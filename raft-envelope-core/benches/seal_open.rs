@@ -127,10 +127,83 @@ fn open(c: &mut Criterion) {
     group.finish();
 }
 
+/// Side-by-side ratios that survive a noisy machine: for each size, 41 rounds that each time a
+/// batch of raw seals and a batch of envelope seals back to back (order alternating), and the
+/// median of the per-round ratios. Printed after the criterion groups.
+fn interleaved_ratios() {
+    println!("\ninterleaved medians (41 rounds, order alternating), envelope / raw_owned:");
+    println!("| size | seal | open | open in place |");
+    println!("|---|---|---|---|");
+    for size in SIZES {
+        let payload = vec![0x5a; size];
+        let batch = (2_000_000 / (size + 256)).max(50);
+        let envelope = cipher();
+        let sealed = envelope.seal(ProposalId(1), &payload).unwrap();
+        let mut raw = Raw::new();
+        let mut raw_sealed = payload.clone();
+        let first = raw.nonce();
+        raw.key.seal_in_place_append_tag(first, Aad::from(&b"aad"[..]), &mut raw_sealed).unwrap();
+        let first_nonce = {
+            let mut n = [0u8; 12];
+            n[4..].copy_from_slice(&1u64.to_be_bytes());
+            n
+        };
+        let time = |f: &mut dyn FnMut()| {
+            let t = std::time::Instant::now();
+            for _ in 0..batch {
+                f();
+            }
+            t.elapsed().as_secs_f64()
+        };
+        let mut ratios: [Vec<f64>; 3] = Default::default();
+        for round in 0..41 {
+            let mut raw_seal = || {
+                let mut out = Vec::with_capacity(payload.len() + 16);
+                out.extend_from_slice(&payload);
+                let nonce = raw.nonce();
+                raw.key.seal_in_place_append_tag(nonce, Aad::from(&b"aad"[..]), &mut out).unwrap();
+                black_box(out);
+            };
+            let mut env_seal = || drop(black_box(envelope.seal(ProposalId(1), &payload).unwrap()));
+            let (a, b) = if round % 2 == 0 {
+                let a = time(&mut raw_seal);
+                (a, time(&mut env_seal))
+            } else {
+                let b = time(&mut env_seal);
+                (time(&mut raw_seal), b)
+            };
+            ratios[0].push(b / a);
+            let mut raw_open = || {
+                let mut out = raw_sealed.clone();
+                let n = Nonce::assume_unique_for_key(first_nonce);
+                black_box(raw.key.open_in_place(n, Aad::from(&b"aad"[..]), &mut out).unwrap());
+            };
+            let mut env_open = || drop(black_box(envelope.open(&sealed).unwrap()));
+            let mut env_in_place = || drop(black_box(envelope.open_owned(sealed.clone()).unwrap()));
+            let a = time(&mut raw_open);
+            ratios[1].push(time(&mut env_open) / a);
+            ratios[2].push(time(&mut env_in_place) / a);
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let [s, o, i] = &mut ratios;
+        println!("| {size} B | {:.2}× | {:.2}× | {:.2}× |", median(s), median(o), median(i));
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(60).warm_up_time(std::time::Duration::from_millis(500))
         .measurement_time(std::time::Duration::from_secs(2));
     targets = seal, open
 }
-criterion_main!(benches);
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    // Only under `cargo bench` (criterion's test mode runs each benchmark once and stops here).
+    if std::env::args().any(|a| a == "--bench") {
+        interleaved_ratios();
+    }
+}
