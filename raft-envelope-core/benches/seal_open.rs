@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use raft_envelope_core::{
     Algorithm, ClusterId, EnvelopeCipher, KeyId, Keyring, PayloadUnwrapper, PayloadWrapper, ProposalId,
     SecretKey,
