@@ -1,7 +1,7 @@
 //! The main demo: a 3-node raft-rs cluster in one process with the envelope layer.
 //!
 //! ```text
-//! cargo run -p raft-envelope-raftrs --example cluster
+//! cargo run -p raft-envelope-raftrs --example raftrs_cluster
 //! ```
 //!
 //! Writes a few keys in the clear, switches encryption on while the cluster runs, writes more,
