@@ -10,6 +10,10 @@ use crate::error::{FailureReason, FatalApplyError};
 use crate::traits::{CutoverSource, PayloadUnwrapper};
 
 /// What a committed entry is, as told by the adapter's framing without any key.
+///
+/// The layer's own control entries (key lifecycle, enforce) are not an entry kind: the adapter's
+/// framing routes them to [`LayerState::apply_control`](crate::LayerState::apply_control), never
+/// through [`decide`] and never to the state machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum EntryKind {

@@ -69,11 +69,19 @@ pub enum FailureReason {
     NoUnwrapper,
     /// A third-party unwrapper reported its own error.
     Other,
+    /// A layer control entry installs a data key this replica could not unwrap: its key
+    /// provider has not supplied it (no KEK, the KMS unreachable, or not fetched yet). Repaired by
+    /// providing the key ([`LayerState::prefetch`](crate::LayerState::prefetch)); the same entry
+    /// then applies.
+    KeyUnavailable,
+    /// A layer control entry is malformed, or its command cannot be applied to the keyring (an
+    /// unknown or destroyed key, a conflicting install).
+    InvalidControl,
 }
 
 impl FailureReason {
     /// Every reason, in counter order.
-    pub const ALL: [FailureReason; 10] = [
+    pub const ALL: [FailureReason; 12] = [
         FailureReason::AuthenticationFailed,
         FailureReason::UnknownKey,
         FailureReason::DestroyedKey,
@@ -84,6 +92,8 @@ impl FailureReason {
         FailureReason::CleartextAboveCutover,
         FailureReason::NoUnwrapper,
         FailureReason::Other,
+        FailureReason::KeyUnavailable,
+        FailureReason::InvalidControl,
     ];
 
     /// A short stable label, suitable for logs and metrics.
@@ -99,6 +109,8 @@ impl FailureReason {
             FailureReason::CleartextAboveCutover => "cleartext_above_cutover",
             FailureReason::NoUnwrapper => "no_unwrapper",
             FailureReason::Other => "other",
+            FailureReason::KeyUnavailable => "key_unavailable",
+            FailureReason::InvalidControl => "invalid_control",
         }
     }
 
@@ -114,6 +126,8 @@ impl FailureReason {
             FailureReason::CleartextAboveCutover => 7,
             FailureReason::NoUnwrapper => 8,
             FailureReason::Other => 9,
+            FailureReason::KeyUnavailable => 10,
+            FailureReason::InvalidControl => 11,
         }
     }
 }
@@ -243,7 +257,7 @@ impl OpenError {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("apply halted at log index {index}{key}: {reason}{detail}",
     key = self.key_id.map(|k| format!(" ({k})")).unwrap_or_default(),
-    detail = self.source.as_ref().map(|s| format!(" ({s})")).unwrap_or_default())]
+    detail = self.detail())]
 #[non_exhaustive]
 pub struct FatalApplyError {
     /// The log index of the entry that failed.
@@ -256,17 +270,52 @@ pub struct FatalApplyError {
     pub cutover: Option<u64>,
     /// The unwrapper's error, when opening failed.
     pub source: Option<OpenError>,
+    /// Why a layer control entry could not be applied, when the entry was one
+    /// ([`LayerState::apply_control`](crate::LayerState::apply_control)). Boxed: it is rare, and
+    /// keeps this error small on every apply path's `Result`.
+    pub control: Option<Box<crate::ControlError>>,
 }
 
 impl FatalApplyError {
     /// The error for `index` failing with `reason` and no unwrapper error.
     pub fn new(index: u64, reason: FailureReason, cutover: Option<u64>) -> Self {
-        Self { index, key_id: None, reason, cutover, source: None }
+        Self { index, key_id: None, reason, cutover, source: None, control: None }
     }
 
     /// The error for `index` failing because the unwrapper returned `error`.
     pub fn from_open(index: u64, error: OpenError, cutover: Option<u64>) -> Self {
-        Self { index, key_id: error.key_id(), reason: error.reason(), cutover, source: Some(error) }
+        Self {
+            index,
+            key_id: error.key_id(),
+            reason: error.reason(),
+            cutover,
+            source: Some(error),
+            control: None,
+        }
+    }
+
+    /// The error for the layer control entry at `index` failing with `error`.
+    pub fn from_control(index: u64, error: crate::ControlError, cutover: Option<u64>) -> Self {
+        let source = match &error {
+            crate::ControlError::Open(open) => Some(open.clone()),
+            _ => None,
+        };
+        Self {
+            index,
+            key_id: error.key_id(),
+            reason: error.reason(),
+            cutover,
+            source,
+            control: Some(Box::new(error)),
+        }
+    }
+
+    fn detail(&self) -> String {
+        match (&self.source, &self.control) {
+            (Some(open), _) => format!(" ({open})"),
+            (None, Some(control)) => format!(" ({control})"),
+            (None, None) => String::new(),
+        }
     }
 }
 
@@ -298,4 +347,18 @@ pub enum ConfigError {
     /// The system random generator failed.
     #[error("the system random generator failed")]
     Random,
+    /// A key-encryption-key id that is empty or longer than
+    /// [`KekId::MAX_LEN`](crate::KekId::MAX_LEN) bytes.
+    #[error("KEK id of {len} bytes; expected 1 to 255")]
+    KekIdLength {
+        /// The length given.
+        len: usize,
+    },
+    /// A wrapped data key that is empty or longer than
+    /// [`WrappedKey::MAX_LEN`](crate::WrappedKey::MAX_LEN) bytes.
+    #[error("wrapped key of {len} bytes; expected 1 to 4096")]
+    WrappedKeyLength {
+        /// The length given.
+        len: usize,
+    },
 }

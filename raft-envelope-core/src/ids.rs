@@ -167,3 +167,45 @@ impl fmt::Display for Algorithm {
         })
     }
 }
+
+/// Names a key-encryption key (KEK): the key a [`KeyProvider`](crate::KeyProvider) wraps data
+/// keys under. Not secret; carried in the clear in every key-install control entry.
+///
+/// 1 to [`KekId::MAX_LEN`] bytes of UTF-8, chosen by the operator: a name such as `"file-kek-1"`,
+/// or a KMS key's resource name. It must mean the same KEK on every replica.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KekId(Box<str>);
+
+impl KekId {
+    /// The longest id accepted, in bytes.
+    pub const MAX_LEN: usize = 255;
+
+    /// Makes a KEK id.
+    ///
+    /// # Errors
+    /// [`ConfigError::KekIdLength`] when `id` is empty or longer than [`KekId::MAX_LEN`] bytes.
+    pub fn new(id: impl Into<String>) -> Result<Self, ConfigError> {
+        let id = id.into();
+        if id.is_empty() || id.len() > Self::MAX_LEN {
+            return Err(ConfigError::KekIdLength { len: id.len() });
+        }
+        Ok(Self(id.into_boxed_str()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for KekId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KekId({:?})", &*self.0)
+    }
+}
+
+impl fmt::Display for KekId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}

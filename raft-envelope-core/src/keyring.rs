@@ -24,6 +24,10 @@ impl SecretKey {
         Self(Zeroizing::new(bytes))
     }
 
+    pub(crate) fn from_zeroizing(bytes: Zeroizing<[u8; KEY_LEN]>) -> Self {
+        Self(bytes)
+    }
+
     /// Copies 32 key bytes from a slice.
     ///
     /// # Errors
@@ -303,6 +307,31 @@ impl Keyring {
         );
         drop(inner);
         tracing::info!(key_id = id.0, %algorithm, "key inserted (decrypt-only)");
+        Ok(())
+    }
+
+    /// Records `id` as destroyed without ever holding its material (a replica restored from a
+    /// snapshot that lists a key destroyed before the replica joined): envelopes under it fail
+    /// with [`FailureReason::DestroyedKey`], and the id stays reserved.
+    pub(crate) fn insert_destroyed(&self, id: KeyId, algorithm: Algorithm) -> Result<(), ConfigError> {
+        let mut inner = self.write();
+        if inner.slots.contains_key(&id) {
+            return Err(ConfigError::DuplicateKeyId(id));
+        }
+        inner.slots.insert(
+            id,
+            Slot {
+                algorithm,
+                state: KeyState::Destroyed,
+                key: None,
+                nonce_base: 0,
+                budget: SealBudget::default(),
+                reserved: AtomicU64::new(0),
+                cipher_failures: AtomicU64::new(0),
+                opens: AtomicU64::new(0),
+                failures: Default::default(),
+            },
+        );
         Ok(())
     }
 

@@ -8,7 +8,10 @@
 //! - [`EnvelopeCipher`], AES-256-GCM and AES-256-GCM-SIV on `aws-lc-rs`, over a [`Keyring`] of
 //!   active / decrypt-only / destroyed keys with per-key sealing budgets;
 //! - [`decide`] / [`ApplyGate`], the single apply-side decision every adapter calls, so that no
-//!   engine can drift from the behavioural contract.
+//!   engine can drift from the behavioural contract;
+//! - the key lifecycle through the log: [`ControlCommand`] (control entry format v1, byte table
+//!   in `DESIGN.md` §10), applied at its log index by [`LayerState`] on every replica, with data
+//!   keys wrapped under a key-encryption key by a [`KeyProvider`] ([`FileKekProvider`] built in).
 //!
 //! # Sealing and opening
 //!
@@ -52,21 +55,36 @@
 struct ReadmeDoctests;
 
 mod cipher;
+mod control;
 mod decision;
 mod envelope;
 mod error;
 mod ids;
 mod keyring;
 mod layer;
+mod layer_state;
+mod provider;
 mod traits;
 
+/// The `async-trait` attribute, re-exported so a [`KeyProvider`] can be implemented without
+/// depending on `async-trait` directly.
+pub use async_trait::async_trait;
+
 pub use cipher::EnvelopeCipher;
+pub use control::{
+    is_clear_control_entry, ControlCommand, ControlDecodeError, InstallKey, CONTROL_HEADER_LEN,
+    CONTROL_MAGIC, CONTROL_VERSION, MAX_CONTROL_ENTRY_LEN,
+};
 pub use decision::{decide, decide_owned, ApplyGate, ApplyStats, Decision, EntryKind};
 pub use envelope::{EnvelopeHeader, FORMAT_VERSION, HEADER_LEN, NONCE_LEN, OVERHEAD, TAG_LEN};
 pub use error::{
     BoxedError, ConfigError, FailureReason, FatalApplyError, Malformation, OpenError, SealError,
 };
-pub use ids::{Algorithm, ClusterId, KeyId, ProposalId, Purpose};
+pub use ids::{Algorithm, ClusterId, KekId, KeyId, ProposalId, Purpose};
 pub use keyring::{KeyState, KeyStats, Keyring, SealBudget, SecretKey, KEY_LEN};
 pub use layer::{EnvelopeLayer, Proposal};
+pub use layer_state::{
+    ControlError, ControlOutcome, LayerKey, LayerSnapshot, LayerState, LAYER_SNAPSHOT_MAGIC,
+};
+pub use provider::{FileKekProvider, KeyProvider, KeyProviderError, WrapContext, WrappedKey};
 pub use traits::{Cutover, CutoverSource, PayloadUnwrapper, PayloadWrapper};
