@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use raft_envelope_bench_support::{compare, markdown, save, standard_grid, BenchCluster};
+use raft_envelope_bench_support::BenchCluster;
 use raft_envelope_core::{
     Algorithm, ApplyGate, ClusterId, Cutover, EnvelopeCipher, EnvelopeLayer, KeyId, Keyring, SecretKey,
 };
@@ -64,30 +64,5 @@ fn start(sealed: bool) -> Cluster {
 }
 
 fn main() {
-    // Only `cargo bench` passes `--bench`; under `cargo test --all-targets` (and `-- --test`)
-    // build and smoke-run the setup only.
-    if !std::env::args().any(|a| a == "--bench") || std::env::args().any(|a| a == "--test") {
-        let (off, on) = (start(false), start(true));
-        off.propose(b"k=v".to_vec()).unwrap();
-        on.propose(b"k=v".to_vec()).unwrap();
-        println!("cluster: setup ok");
-        return;
-    }
-    let off = start(false);
-    let on = start(true);
-    let mut results = Vec::new();
-    for workload in standard_grid() {
-        let c = compare(&off, &on, workload);
-        eprintln!(
-            "openraft writers={} payload={} B: off {:.0}/s on {:.0}/s ratio {:.3}",
-            workload.writers,
-            workload.payload_len,
-            c.off.median_throughput(),
-            c.on.median_throughput(),
-            c.ratio()
-        );
-        results.push(c);
-    }
-    println!("{}", markdown("openraft", &results));
-    println!("saved {}", save("openraft", &results).unwrap().display());
+    raft_envelope_bench_support::run("openraft", start);
 }

@@ -222,6 +222,45 @@ pub fn standard_grid() -> Vec<Workload> {
     grid
 }
 
+/// The whole bench binary for one engine: `start(sealed)` makes a cluster with the layer off
+/// (`false`) or on (`true`). Under `cargo bench` (which passes `--bench`) runs the
+/// [`standard_grid`] interleaved, prints the table and saves the JSON; otherwise (`cargo test
+/// --benches`, `-- --test`) only starts both clusters and writes once, as a smoke test.
+///
+/// # Panics
+/// When a cluster fails to start or a proposal fails: a bench binary reports by panicking.
+pub fn run<C: BenchCluster>(engine: &str, start: impl Fn(bool) -> C) {
+    let args: Vec<String> = std::env::args().collect();
+    let (off, on) = (start(false), start(true));
+    if !args.iter().any(|a| a == "--bench") || args.iter().any(|a| a == "--test") {
+        for cluster in [&off, &on] {
+            if let Err(e) = cluster.propose(b"k=v".to_vec()) {
+                panic!("{engine}: smoke proposal failed: {e}");
+            }
+        }
+        println!("{engine} cluster bench: setup ok");
+        return;
+    }
+    let mut results = Vec::new();
+    for workload in standard_grid() {
+        let c = compare(&off, &on, workload);
+        eprintln!(
+            "{engine} writers={} payload={} B: off {:.0}/s on {:.0}/s ratio {:.3}",
+            workload.writers,
+            workload.payload_len,
+            c.off.median_throughput(),
+            c.on.median_throughput(),
+            c.ratio()
+        );
+        results.push(c);
+    }
+    println!("{}", markdown(engine, &results));
+    match save(engine, &results) {
+        Ok(path) => println!("saved {}", path.display()),
+        Err(e) => eprintln!("could not save the results: {e}"),
+    }
+}
+
 fn env_usize(name: &str) -> Option<usize> {
     std::env::var(name).ok()?.parse().ok()
 }
