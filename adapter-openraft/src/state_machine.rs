@@ -134,13 +134,8 @@ impl<C: RaftTypeConfig, SM> EnvelopeStateMachine<C, SM> {
                     Err(codec) => {
                         let mut error = FatalApplyError::new(index, FailureReason::Malformed, gate.cutover());
                         error.key_id = key_id;
-                        tracing::error!(
-                            index,
-                            key_id = error.key_id.map(|k| k.0),
-                            reason = error.reason.as_str(),
-                            "envelope layer halted apply: the payload does not decode as a request ({codec})"
-                        );
-                        return Err((log_id, error));
+                        tracing::debug!(index, "the payload does not decode as a request ({codec})");
+                        return Err((log_id, gate.record_halt(error)));
                     }
                 }
             }
@@ -161,12 +156,11 @@ impl<C: RaftTypeConfig, SM> EnvelopeStateMachine<C, SM> {
     fn snapshot_refusal(&self, meta: &SnapshotMeta<C::NodeId, C::Node>) -> Option<FatalApplyError> {
         let cutover = self.layer.gate().cutover().filter(|c| *c != u64::MAX)?;
         let index = meta.last_log_id.as_ref().map_or(0, |l| l.index);
-        let error = FatalApplyError::new(index, FailureReason::Other, Some(cutover));
-        tracing::error!(
+        let error = self.layer.gate().record_halt(FatalApplyError::new(
             index,
-            cutover,
-            "envelope layer refused to install an unsealed snapshot above the cutover: halting"
-        );
+            FailureReason::UnsealedSnapshot,
+            Some(cutover),
+        ));
         self.halt.set(error.clone());
         Some(error)
     }

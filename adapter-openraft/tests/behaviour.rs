@@ -399,7 +399,7 @@ async fn unsealed_snapshot_is_refused_above_the_cutover() {
     let data = Box::new(std::io::Cursor::new(b"any state".to_vec()));
     assert!(sm.install_snapshot(&meta, data).await.is_err(), "an unsealed snapshot above C must not install");
     let halt = sm.halt_record().get().expect("the refusal is recorded as a halt");
-    assert_eq!((halt.index, halt.reason), (9, FailureReason::Other));
+    assert_eq!((halt.index, halt.reason), (9, FailureReason::UnsealedSnapshot));
     assert_eq!(inner.last_applied(), None, "nothing reached the state machine");
     assert!(sm.get_current_snapshot().await.unwrap().is_none(), "no snapshot is sent in the clear above C");
 

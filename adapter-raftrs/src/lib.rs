@@ -30,7 +30,7 @@
 //! - **Snapshots are not sealed yet.** While a cutover is in force a snapshot cannot be
 //!   authenticated, so [`EnvelopeNode`] refuses to restore one: the node halts (fail closed)
 //!   with a [`FatalApplyError`](raft_envelope_core::FatalApplyError) naming the snapshot's index,
-//!   [`FailureReason::Other`](raft_envelope_core::FailureReason::Other) and the cutover, plus a
+//!   [`FailureReason::UnsealedSnapshot`](raft_envelope_core::FailureReason::UnsealedSnapshot) and the cutover, plus a
 //!   `tracing` error event. Until snapshots are sealed, do not let a replica fall behind the
 //!   compacted log of a cluster with a cutover. Inert, snapshots are restored as before.
 //! - **Barriers** are proposed on the leader only ([`ProposeError::NotLeader`]) and matched

@@ -266,7 +266,7 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
     /// Snapshots are not sealed yet (a later version will seal them). While a cutover is in
     /// force (not `None`, not `u64::MAX`), a Ready carrying a snapshot is therefore refused: the
     /// node halts with a [`FatalApplyError`] naming the snapshot's index, reason
-    /// [`FailureReason::Other`] and the cutover, and emits a `tracing` error event; nothing of
+    /// [`FailureReason::UnsealedSnapshot`] and the cutover, and emits a `tracing` error event; nothing of
     /// the snapshot is restored or persisted and the applied index does not move. Inert, the
     /// snapshot goes to [`StateMachine::restore_snapshot`] as before.
     ///
@@ -342,14 +342,9 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
     /// restored or persisted. Inert (no cutover), snapshots are restored as before.
     fn refuse_snapshot(&mut self, index: u64) -> Option<FatalApplyError> {
         let cutover = self.applier.layer().gate().cutover().filter(|c| *c != u64::MAX)?;
-        let halt = FatalApplyError::new(index, FailureReason::Other, Some(cutover));
-        tracing::error!(
-            index,
-            key_id = Option::<u32>::None,
-            reason = halt.reason.as_str(),
-            cutover,
-            "envelope layer halted: refused to restore an unsealed snapshot while a cutover is in force"
-        );
+        let gate = self.applier.layer().gate();
+        let halt =
+            gate.record_halt(FatalApplyError::new(index, FailureReason::UnsealedSnapshot, Some(cutover)));
         self.applier.halt(halt.clone());
         Some(halt)
     }

@@ -515,7 +515,7 @@ fn snapshot_is_refused_while_a_cutover_is_in_force() {
     let halt = c.halted(victim).unwrap().expect("the node refusing the snapshot halts");
     assert_eq!(
         (halt.index, halt.reason, halt.cutover, halt.key_id),
-        (index, FailureReason::Other, Some(cutover), None)
+        (index, FailureReason::UnsealedSnapshot, Some(cutover), None)
     );
     assert!(c.node(victim).unwrap().stopped().is_none());
     let sm = c.state_machine(victim).unwrap();
@@ -526,7 +526,7 @@ fn snapshot_is_refused_while_a_cutover_is_in_force() {
     assert_eq!(c.stored_last_index(victim).unwrap(), stored, "nothing of the snapshot was stored");
     assert!(matches!(
         c.node_mut(victim).unwrap().propose(b"x=1".to_vec()),
-        Err(ProposeError::Halted { index: at, reason: FailureReason::Other }) if at == index
+        Err(ProposeError::Halted { index: at, reason: FailureReason::UnsealedSnapshot }) if at == index
     ));
 
     // The others keep going; the victim, rebuilt, never installed the forged state and catches

@@ -295,6 +295,22 @@ impl ApplyGate {
         result
     }
 
+    /// Records a halt an adapter decided outside the decision table — a payload the gate let
+    /// through that the adapter's decoder rejects, an unsealed snapshot refused above the
+    /// cutover — so that every halt is counted under its reason and traced the same way, in one
+    /// place. Returns `error` for the adapter to act on (stop without advancing).
+    pub fn record_halt(&self, error: FatalApplyError) -> FatalApplyError {
+        self.halts[error.reason.index()].fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            index = error.index,
+            key_id = error.key_id.map(|k| k.0),
+            reason = error.reason.as_str(),
+            cutover = error.cutover,
+            "envelope layer halted apply: {error}"
+        );
+        error
+    }
+
     /// The gate's counters.
     pub fn stats(&self) -> ApplyStats {
         ApplyStats {

@@ -77,11 +77,14 @@ pub enum FailureReason {
     /// A layer control entry is malformed, or its command cannot be applied to the keyring (an
     /// unknown or destroyed key, a conflicting install).
     InvalidControl,
+    /// A snapshot arrived while a cutover is in force, and snapshots are not sealed yet: restoring
+    /// it could install any state without a key, so the replica halts instead.
+    UnsealedSnapshot,
 }
 
 impl FailureReason {
     /// Every reason, in counter order.
-    pub const ALL: [FailureReason; 12] = [
+    pub const ALL: [FailureReason; 13] = [
         FailureReason::AuthenticationFailed,
         FailureReason::UnknownKey,
         FailureReason::DestroyedKey,
@@ -94,6 +97,7 @@ impl FailureReason {
         FailureReason::Other,
         FailureReason::KeyUnavailable,
         FailureReason::InvalidControl,
+        FailureReason::UnsealedSnapshot,
     ];
 
     /// A short stable label, suitable for logs and metrics.
@@ -111,6 +115,7 @@ impl FailureReason {
             FailureReason::Other => "other",
             FailureReason::KeyUnavailable => "key_unavailable",
             FailureReason::InvalidControl => "invalid_control",
+            FailureReason::UnsealedSnapshot => "unsealed_snapshot",
         }
     }
 
@@ -128,6 +133,7 @@ impl FailureReason {
             FailureReason::Other => 9,
             FailureReason::KeyUnavailable => 10,
             FailureReason::InvalidControl => 11,
+            FailureReason::UnsealedSnapshot => 12,
         }
     }
 }

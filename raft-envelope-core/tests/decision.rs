@@ -211,6 +211,14 @@ fn gate_counts_outcomes_by_reason() {
 }
 
 #[test]
+fn halts_decided_outside_the_table_are_counted_by_the_gate() {
+    let gate = ApplyGate::inert();
+    let error = gate.record_halt(FatalApplyError::new(42, FailureReason::UnsealedSnapshot, Some(7)));
+    assert_eq!((error.index, error.reason), (42, FailureReason::UnsealedSnapshot));
+    assert_eq!(gate.stats().halts.get(&FailureReason::UnsealedSnapshot), Some(&1));
+}
+
+#[test]
 fn inert_layer_passes_proposals_through_without_sealing() {
     let layer = EnvelopeLayer::inert();
     let p = layer.prepare(b"as proposed".to_vec()).unwrap();
