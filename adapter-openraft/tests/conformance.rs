@@ -47,7 +47,9 @@ impl ClusterBuilder for OpenraftBuilder {
     type Guard = ();
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::ALL
+        // openraft does not forward: a follower answers `ForwardToLeader`, so there is no
+        // follower-side proposal path to test (`propose_via` keeps its default).
+        Capabilities { follower_proposals: false, hold_forwarded: false, ..Capabilities::ALL }
     }
 
     fn build(&self, layers: Vec<Arc<EnvelopeLayer>>) -> Result<(OpenraftCluster, ()), HarnessError> {

@@ -1,7 +1,9 @@
 //! The conformance suite (every SPEC case) against a real 3-node raft-rs cluster in one process.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use raft::eraftpb::ConfState;
 use raft_envelope_conformance::{
@@ -11,7 +13,7 @@ use raft_envelope_conformance::{
 use raft_envelope_core::{EntryKind, EnvelopeHeader, EnvelopeLayer, FatalApplyError, ProposalId};
 use raft_envelope_raftrs::framing::{classify, ContextMarker};
 use raft_envelope_raftrs::testing::{Cluster, ClusterError};
-use raft_envelope_raftrs::{ProposeError, StateMachine};
+use raft_envelope_raftrs::{Applied, ProposeError, StateMachine};
 
 /// The suite's recording state machine, with the applied index the raft-rs node restarts from.
 #[derive(Debug, Default)]
@@ -51,13 +53,44 @@ impl ClusterBuilder for RaftRsBuilder {
 
     fn build(&self, layers: Vec<Arc<EnvelopeLayer>>) -> Result<(RaftRs, ()), HarnessError> {
         let cluster = Cluster::new(layers, |_| Recorder::default()).map_err(engine)?;
-        Ok((RaftRs(Mutex::new(cluster)), ()))
+        let raft_rs = RaftRs {
+            cluster: Mutex::new(cluster),
+            holding: AtomicBool::new(false),
+            held: AtomicUsize::new(0),
+        };
+        Ok((raft_rs, ()))
     }
 }
 
 /// A [`Cluster`] behind a lock: proposals from several threads take turns on the pump.
 #[derive(Debug)]
-struct RaftRs(Mutex<Cluster<Recorder>>);
+struct RaftRs {
+    cluster: Mutex<Cluster<Recorder>>,
+    /// Forwarded proposals (`MsgPropose`) are held in the network while set.
+    holding: AtomicBool,
+    /// Proposals made through a follower while holding, not yet released: each one's
+    /// `MsgPropose` sits in the cluster's held messages (see `propose_via`).
+    held: AtomicUsize,
+}
+
+/// How long `propose_via` waits for an outcome; the node's own proposal timeout (60 ticks)
+/// normally answers long before.
+const PROPOSE_VIA_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn suite_error(e: ProposeError) -> SuiteProposeError {
+    match e {
+        ProposeError::Refused(e) => SuiteProposeError::Refused(e),
+        e => SuiteProposeError::Engine(e.to_string()),
+    }
+}
+
+fn suite_result(result: Result<Applied<Vec<u8>>, ProposeError>) -> Result<Response, SuiteProposeError> {
+    let applied = result.map_err(suite_error)?;
+    match applied.response {
+        Some(data) => Ok(Response { index: applied.index, data }),
+        None => Err(SuiteProposeError::Engine("applied without a response".into())),
+    }
+}
 
 fn engine(e: impl std::fmt::Display) -> HarnessError {
     HarnessError::Engine(e.to_string())
@@ -65,7 +98,7 @@ fn engine(e: impl std::fmt::Display) -> HarnessError {
 
 impl RaftRs {
     fn lock(&self) -> MutexGuard<'_, Cluster<Recorder>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.cluster.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Locked and settled: every message in flight delivered.
@@ -104,14 +137,7 @@ impl raft_envelope_conformance::Cluster for RaftRs {
     }
 
     fn propose(&self, payload: Vec<u8>) -> Result<Response, SuiteProposeError> {
-        match self.lock().propose(payload) {
-            Ok(applied) => match applied.response {
-                Some(data) => Ok(Response { index: applied.index, data }),
-                None => Err(SuiteProposeError::Engine("applied without a response".into())),
-            },
-            Err(ProposeError::Refused(e)) => Err(SuiteProposeError::Refused(e)),
-            Err(e) => Err(SuiteProposeError::Engine(e.to_string())),
-        }
+        suite_result(self.lock().propose(payload))
     }
 
     fn last_index(&self) -> Result<u64, HarnessError> {
@@ -167,6 +193,53 @@ impl raft_envelope_conformance::Cluster for RaftRs {
     fn append_unchecked(&self, entry: StoredEntry) -> Result<u64, HarnessError> {
         let context = frame(&entry);
         self.lock().append_unchecked(context, entry.bytes).map_err(node_error)
+    }
+
+    /// `propose_async` on `node` (its `EnvelopeNode::propose`: sealed by its layer, forwarded by
+    /// raft-rs when `node` follows), then waits for the outcome on `node`, taking the lock one
+    /// tick at a time: other proposals, the switch-on barrier and `hold_forwarded` go on
+    /// meanwhile, so a cleartext proposal prepared before the switch can still be on its way to
+    /// the leader when the barrier is appended (the leader refuses it then).
+    fn propose_via(&self, node: NodeId, payload: Vec<u8>) -> Result<Response, SuiteProposeError> {
+        let id = {
+            let mut c = self.lock();
+            let id = c.propose_async(node, payload).map_err(suite_error)?;
+            if self.holding.load(Ordering::SeqCst) && c.leader() != Some(node) {
+                // A follower forwards in its next Ready: after this settle the MsgPropose is held.
+                c.settle();
+                self.held.fetch_add(1, Ordering::SeqCst);
+            }
+            id
+        };
+        let deadline = Instant::now() + PROPOSE_VIA_TIMEOUT;
+        loop {
+            {
+                let mut c = self.lock();
+                c.settle();
+                if let Some(result) = c.outcome(id) {
+                    return suite_result(result);
+                }
+                if Instant::now() >= deadline {
+                    return Err(SuiteProposeError::Engine(format!(
+                        "no outcome within {PROPOSE_VIA_TIMEOUT:?}"
+                    )));
+                }
+                c.tick(1);
+            }
+            thread::yield_now();
+        }
+    }
+
+    fn hold_forwarded(&self, hold: bool) -> Result<usize, HarnessError> {
+        let mut c = self.lock();
+        self.holding.store(hold, Ordering::SeqCst);
+        c.hold_forwarded_proposals(hold);
+        if hold {
+            Ok(self.held.load(Ordering::SeqCst))
+        } else {
+            c.release_held();
+            Ok(self.held.swap(0, Ordering::SeqCst))
+        }
     }
 }
 

@@ -9,6 +9,11 @@
 //! no logic re-implemented here. Everything happens on the caller's thread under one lock, so runs
 //! are reproducible.
 //!
+//! A proposal through a follower ([`Cluster::propose_via`]) is prepared by the follower's layer
+//! and forwarded to the leader, which refuses forwarded cleartext while it seals (like the raft-rs
+//! adapter's `EnvelopeNode::step`); forwarded proposals can be held in flight
+//! ([`Cluster::hold_forwarded`]), their proposers waiting until they are released.
+//!
 //! Index layout (deliberately unlike both real engines): index 1 is a control entry (the initial
 //! membership), index 2 the first leader's control entry, index 3 the first payload; every leader
 //! change appends another control entry.
@@ -16,8 +21,10 @@
 //! [`Fault`] turns the double into a deliberately broken adapter, to prove the suite catches
 //! it (SPEC R7, `broken_adapter_is_caught`).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use raft_envelope_core::{EntryKind, EnvelopeHeader, EnvelopeLayer, FatalApplyError};
 
@@ -114,7 +121,15 @@ impl ClusterBuilder for DoubleBuilder {
                 halted: None,
             })
             .collect();
-        let mut inner = Inner { replicas, leader: 0, fault: self.fault };
+        let mut inner = Inner {
+            replicas,
+            leader: 0,
+            fault: self.fault,
+            hold: false,
+            held: Vec::new(),
+            outcomes: HashMap::new(),
+            next_ticket: 0,
+        };
         inner
             .append(StoredEntry { kind: EntryKind::Control, bytes: Vec::new() })
             .map_err(HarnessError::Engine)?;
@@ -193,10 +208,26 @@ impl Replica {
     }
 }
 
+/// How long a proposer waits for its held forwarded proposal to be released.
+const HELD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A forwarded proposal held in flight.
+struct Held {
+    ticket: u64,
+    via: usize,
+    entry: StoredEntry,
+}
+
 struct Inner {
     replicas: Vec<Replica>,
     leader: usize,
     fault: Fault,
+    /// Forwarded proposals are held while set.
+    hold: bool,
+    held: Vec<Held>,
+    /// Outcomes of released proposals, by ticket, until their proposer takes them.
+    outcomes: HashMap<u64, Result<Response, ProposeError>>,
+    next_ticket: u64,
 }
 
 impl Inner {
@@ -211,6 +242,28 @@ impl Inner {
     /// Appends through the leader, commits when a majority runs, applies everywhere; returns the
     /// index and the leader's response.
     fn append(&mut self, entry: StoredEntry) -> Result<(u64, Option<Vec<u8>>), String> {
+        self.append_for(entry, self.leader)
+    }
+
+    /// A prepared proposal of replica `via` reaches the leader: refused when it is cleartext and
+    /// the leader seals (a follower that prepared it before sealing started), else appended.
+    /// Returns `via`'s response.
+    fn forward(&mut self, via: usize, entry: StoredEntry) -> Result<Response, ProposeError> {
+        if via != self.leader
+            && entry.kind == EntryKind::Cleartext
+            && self.replicas[self.leader].layer.is_sealing()
+        {
+            return Err(ProposeError::Engine("the leader refused a forwarded cleartext proposal".into()));
+        }
+        let (index, data) = self.append_for(entry, via).map_err(ProposeError::Engine)?;
+        match data {
+            Some(data) => Ok(Response { index, data }),
+            None => Err(ProposeError::Engine(format!("entry {index} was not applied on the proposer"))),
+        }
+    }
+
+    /// [`append`](Self::append), returning the response of the replica at position `respond`.
+    fn append_for(&mut self, entry: StoredEntry, respond: usize) -> Result<(u64, Option<Vec<u8>>), String> {
         if !self.replicas[self.leader].running() {
             return Err("the leader halted; change the leader".into());
         }
@@ -226,7 +279,7 @@ impl Inner {
         let mut response = None;
         for (k, r) in self.replicas.iter_mut().enumerate() {
             let got = r.apply_to(index, fault, index);
-            if k == self.leader {
+            if k == respond {
                 response = got;
             }
         }
@@ -365,5 +418,49 @@ impl Cluster for DoubleCluster {
 
     fn append_unchecked(&self, entry: StoredEntry) -> Result<u64, HarnessError> {
         self.lock().append(entry).map(|(index, _)| index).map_err(HarnessError::Engine)
+    }
+
+    fn propose_via(&self, node: NodeId, payload: Vec<u8>) -> Result<Response, ProposeError> {
+        let mut inner = self.lock();
+        let via = inner.pos(node).map_err(|e| ProposeError::Engine(e.to_string()))?;
+        if !inner.replicas[via].running() {
+            return Err(ProposeError::Engine(format!("node {node} halted")));
+        }
+        let proposal = inner.replicas[via].layer.prepare(payload).map_err(ProposeError::Refused)?;
+        let entry = StoredEntry { kind: proposal.kind, bytes: proposal.bytes };
+        if via == inner.leader || !inner.hold {
+            return inner.forward(via, entry);
+        }
+        let ticket = inner.next_ticket;
+        inner.next_ticket += 1;
+        inner.held.push(Held { ticket, via, entry });
+        drop(inner);
+        let deadline = Instant::now() + HELD_TIMEOUT;
+        loop {
+            thread::sleep(Duration::from_millis(1));
+            let mut inner = self.lock();
+            if let Some(outcome) = inner.outcomes.remove(&ticket) {
+                return outcome;
+            }
+            if Instant::now() >= deadline {
+                inner.held.retain(|h| h.ticket != ticket);
+                return Err(ProposeError::Engine("the forwarded proposal was held past the timeout".into()));
+            }
+        }
+    }
+
+    fn hold_forwarded(&self, hold: bool) -> Result<usize, HarnessError> {
+        let mut inner = self.lock();
+        inner.hold = hold;
+        if hold {
+            return Ok(inner.held.len());
+        }
+        let held = std::mem::take(&mut inner.held);
+        let released = held.len();
+        for h in held {
+            let outcome = inner.forward(h.via, h.entry);
+            inner.outcomes.insert(h.ticket, outcome);
+        }
+        Ok(released)
     }
 }

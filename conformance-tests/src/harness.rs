@@ -34,15 +34,34 @@ pub struct Capabilities {
     /// [`Cluster::append_unchecked`] works: an entry can be appended through the engine without
     /// the layer (a faulty or outdated proposer).
     pub unchecked_append: bool,
+    /// [`Cluster::propose_via`] works: a proposal can be made through a follower's layer, the
+    /// engine forwarding it to the leader. Not every engine forwards (openraft answers
+    /// `ForwardToLeader`); without it the cases about forwarded proposals skip.
+    pub follower_proposals: bool,
+    /// [`Cluster::hold_forwarded`] works: proposals forwarded by followers can be held in flight
+    /// between the follower and the leader, then released.
+    pub hold_forwarded: bool,
 }
 
 impl Capabilities {
     /// Every capability.
-    pub const ALL: Capabilities =
-        Capabilities { raw_log: true, restart: true, leader_change: true, unchecked_append: true };
+    pub const ALL: Capabilities = Capabilities {
+        raw_log: true,
+        restart: true,
+        leader_change: true,
+        unchecked_append: true,
+        follower_proposals: true,
+        hold_forwarded: true,
+    };
     /// Only the required operations.
-    pub const NONE: Capabilities =
-        Capabilities { raw_log: false, restart: false, leader_change: false, unchecked_append: false };
+    pub const NONE: Capabilities = Capabilities {
+        raw_log: false,
+        restart: false,
+        leader_change: false,
+        unchecked_append: false,
+        follower_proposals: false,
+        hold_forwarded: false,
+    };
 }
 
 /// One entry as a replica stores it: what its framing says it is, and its payload bytes.
@@ -228,8 +247,9 @@ pub trait ClusterBuilder {
 }
 
 /// A running test cluster. Every method is synchronous; an async engine blocks on its runtime
-/// inside each method. `Sync`: concurrent-load cases call [`propose`](Self::propose) from several
-/// threads while the case thread calls other methods.
+/// inside each method. `Sync`: concurrent-load cases call [`propose`](Self::propose) and
+/// [`propose_via`](Self::propose_via) from several threads while the case thread calls other
+/// methods (a `propose_via` waiting for a held proposal must not block them).
 pub trait Cluster: Sync {
     /// The replicas, in the order of the layers given to [`ClusterBuilder::build`].
     fn nodes(&self) -> Vec<NodeId>;
@@ -349,5 +369,42 @@ pub trait Cluster: Sync {
     fn append_unchecked(&self, entry: StoredEntry) -> Result<u64, HarnessError> {
         let _ = entry;
         Err(HarnessError::Unsupported("append_unchecked"))
+    }
+
+    /// Proposes `payload` through replica `node`'s layer ([`EnvelopeLayer::prepare`] on `node`,
+    /// then the engine's proposal on `node`): on a follower the engine forwards the prepared
+    /// proposal to the leader, as a client connected to that follower would see it. Waits until
+    /// the proposal is committed and applied on `node` and returns the response `node`'s state
+    /// machine produced. `node` may also be the leader (no forwarding then).
+    ///
+    /// An engine may be unable to match some forwarded proposals to their entry (raft-rs: a
+    /// forwarded cleartext proposal carries no identity) and report them as failed
+    /// ([`ProposeError::Engine`]) even when they were applied; the suite allows that, never an
+    /// acknowledgement with the wrong index or response.
+    /// Capability [`Capabilities::follower_proposals`].
+    ///
+    /// # Errors
+    /// [`ProposeError::Refused`] when `prepare` failed on `node` (nothing may be appended then),
+    /// otherwise [`ProposeError::Engine`] (including a leader refusing a forwarded proposal).
+    fn propose_via(&self, node: NodeId, payload: Vec<u8>) -> Result<Response, ProposeError> {
+        let _ = (node, payload);
+        Err(ProposeError::Engine("not supported by this harness: propose_via".into()))
+    }
+
+    /// Holds (`hold = true`) proposals forwarded by followers in flight, between the follower's
+    /// layer and the leader (a slow network), or releases (`false`) every held proposal to the
+    /// leader and stops holding. A [`propose_via`](Self::propose_via) whose proposal is held
+    /// keeps waiting (or times out) meanwhile; other operations go on, and the leader's own
+    /// proposals are never held.
+    ///
+    /// Returns how many forwarded proposals are held after a call with `true` (calling it again
+    /// polls), and how many were released by a call with `false`.
+    /// Capability [`Capabilities::hold_forwarded`].
+    ///
+    /// # Errors
+    /// Any [`HarnessError`].
+    fn hold_forwarded(&self, hold: bool) -> Result<usize, HarnessError> {
+        let _ = hold;
+        Err(HarnessError::Unsupported("hold_forwarded"))
     }
 }

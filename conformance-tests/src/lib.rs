@@ -165,6 +165,7 @@ macro_rules! __cases {
             seal_failure_refused_not_appended,
             cutover_under_concurrent_load_never_halts,
             leader_change_during_cutover_never_halts,
+            forwarded_proposals_are_sealed_and_never_halt,
             responses_identical_with_and_without_layer,
             // R5
             known_answer_vectors,

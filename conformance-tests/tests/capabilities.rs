@@ -95,14 +95,34 @@ impl Cluster for LimitedCluster {
         }
         self.inner.append_unchecked(entry)
     }
+    fn propose_via(&self, node: NodeId, payload: Vec<u8>) -> Result<Response, ProposeError> {
+        if !self.caps.follower_proposals {
+            panic!("propose_via called without the follower_proposals capability");
+        }
+        self.inner.propose_via(node, payload)
+    }
+    fn hold_forwarded(&self, hold: bool) -> Result<usize, HarnessError> {
+        if !self.caps.hold_forwarded {
+            panic!("hold_forwarded called without the hold_forwarded capability");
+        }
+        self.inner.hold_forwarded(hold)
+    }
 }
 
-const PARTIAL: [Capabilities; 5] = [
+const PARTIAL: [Capabilities; 7] = [
     Capabilities::NONE,
     Capabilities { unchecked_append: true, ..Capabilities::NONE },
     Capabilities { raw_log: true, ..Capabilities::NONE },
     Capabilities { restart: true, leader_change: true, ..Capabilities::NONE },
     Capabilities { raw_log: true, restart: true, ..Capabilities::NONE },
+    // Forwarding without holding, and holding without reading the log.
+    Capabilities { raw_log: true, follower_proposals: true, ..Capabilities::NONE },
+    Capabilities {
+        unchecked_append: true,
+        follower_proposals: true,
+        hold_forwarded: true,
+        ..Capabilities::NONE
+    },
 ];
 
 #[test]

@@ -37,7 +37,7 @@ pub use keys::{
 };
 pub use observability::{counters_track_seals_opens_failures, halt_emits_error_event};
 pub use proposals::{
-    cutover_under_concurrent_load_never_halts, leader_change_during_cutover_never_halts,
-    no_plaintext_in_stored_log, responses_identical_with_and_without_layer,
-    seal_failure_refused_not_appended,
+    cutover_under_concurrent_load_never_halts, forwarded_proposals_are_sealed_and_never_halt,
+    leader_change_during_cutover_never_halts, no_plaintext_in_stored_log,
+    responses_identical_with_and_without_layer, seal_failure_refused_not_appended,
 };
