@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
+mod admin;
 mod codec;
 mod config;
 mod payload;
@@ -9,9 +10,12 @@ mod state_machine;
 mod switch_on;
 pub mod testing;
 
+pub use admin::{AdminError, Enabled, EncryptionStatus, DEFAULT_ADMIN_TIMEOUT};
 pub use codec::{BytesCodec, CodecError, JsonCodec, PayloadCodec};
 pub use config::{Sealed, SealedRaft};
 pub use payload::EnvelopePayload;
 pub use raft::{ClientWriteRaftError, DrainTimeout, EnvelopeRaft, PreparedWrite, WriteError};
-pub use state_machine::{EnvelopeSnapshotBuilder, EnvelopeStateMachine, HaltRecord};
+pub use state_machine::{
+    layer_from_state, EnvelopeSnapshotBuilder, EnvelopeStateMachine, HaltRecord, DEFAULT_PREFETCH_TIMEOUT,
+};
 pub use switch_on::{switch_on, SwitchOnError, SwitchOnNode};

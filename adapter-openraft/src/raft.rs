@@ -177,6 +177,7 @@ pub struct EnvelopeRaft<C: RaftTypeConfig<Entry = Entry<C>>> {
     layer: Arc<EnvelopeLayer>,
     codec: Arc<dyn PayloadCodec<C::D>>,
     drain: Arc<Drain>,
+    pub(crate) admin: Option<Arc<crate::admin::Admin>>,
 }
 
 impl<C: RaftTypeConfig<Entry = Entry<C>>> Clone for EnvelopeRaft<C> {
@@ -186,6 +187,7 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> Clone for EnvelopeRaft<C> {
             layer: self.layer.clone(),
             codec: self.codec.clone(),
             drain: self.drain.clone(),
+            admin: self.admin.clone(),
         }
     }
 }
@@ -216,7 +218,23 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
         layer: Arc<EnvelopeLayer>,
         codec: Arc<dyn PayloadCodec<C::D>>,
     ) -> Self {
-        Self { raft, layer, codec, drain: Arc::default() }
+        Self { raft, layer, codec, drain: Arc::default(), admin: None }
+    }
+
+    /// Decorates `raft` for a node whose keys and cutover change through layer control entries:
+    /// `layer` from [`layer_from_state`](crate::layer_from_state)`(&state)`, the same `layer` and
+    /// `state` as the node's [`EnvelopeStateMachine::with_layer_state`](crate::EnvelopeStateMachine::with_layer_state).
+    /// Enables the admin API ([`enable_encryption`](Self::enable_encryption),
+    /// [`rotate_key`](Self::rotate_key), [`retire_key`](Self::retire_key),
+    /// [`destroy_key`](Self::destroy_key), [`encryption_status`](Self::encryption_status)).
+    pub fn with_layer_state(
+        raft: SealedRaft<C>,
+        layer: Arc<EnvelopeLayer>,
+        state: Arc<raft_envelope_core::LayerState>,
+        codec: Arc<dyn PayloadCodec<C::D>>,
+    ) -> Self {
+        let admin = Some(Arc::new(crate::admin::Admin::new(state)));
+        Self { raft, layer, codec, drain: Arc::default(), admin }
     }
 
     /// The engine, for management calls.

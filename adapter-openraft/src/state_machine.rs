@@ -2,13 +2,17 @@
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
     AnyError, Entry, EntryPayload, LogId, RaftSnapshotBuilder, RaftTypeConfig, Snapshot, SnapshotMeta,
     StorageError, StorageIOError, StoredMembership,
 };
-use raft_envelope_core::{EntryKind, EnvelopeLayer, FailureReason, FatalApplyError};
+use raft_envelope_core::{
+    ApplyGate, EntryKind, EnvelopeLayer, FailureReason, FatalApplyError, KeyProvider, LayerState,
+    PayloadWrapper,
+};
 
 use crate::codec::{JsonCodec, PayloadCodec};
 use crate::config::Sealed;
@@ -47,6 +51,12 @@ impl fmt::Debug for HaltRecord {
 ///   `Blank`) pass through untouched;
 /// - a normal entry is decided by `layer.gate().decide(index, kind, bytes)`; what may be applied
 ///   is decoded by the codec into the application's request and handed on.
+/// - a layer control entry (key lifecycle, enforce) is applied to the node's
+///   [`LayerState`] ([`with_layer_state`](Self::with_layer_state); without one it halts,
+///   `invalid_control`), never to the application, which sees `Blank` in its place; before an
+///   install entry the key is unwrapped with the node's key provider (bounded wait);
+/// - after an envelope opens and decodes, the layer state records it under its key id
+///   (`LayerState::record_sealed_entry`), so every replica counts the same per key.
 ///
 /// The good prefix of the batch is applied to the inner state machine. On the first entry that
 /// must not be applied, `apply` returns `Err(StorageError)` whose message names the index, key id
@@ -59,6 +69,37 @@ pub struct EnvelopeStateMachine<C: RaftTypeConfig, SM> {
     layer: Arc<EnvelopeLayer>,
     codec: Arc<dyn PayloadCodec<C::D>>,
     halt: HaltRecord,
+    lifecycle: Option<Lifecycle>,
+}
+
+/// The key lifecycle part of a node built from a [`LayerState`].
+struct Lifecycle {
+    state: Arc<LayerState>,
+    provider: Option<Arc<dyn KeyProvider>>,
+    prefetch_timeout: Duration,
+}
+
+/// How long the apply path waits for the key provider to unwrap the key of an install entry
+/// before it lets the entry halt with `key_unavailable` (by default).
+pub const DEFAULT_PREFETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The [`EnvelopeLayer`] of a node whose keys and cutover come from `state` (changed through
+/// layer control entries, see [`EnvelopeRaft::enable_encryption`](crate::EnvelopeRaft::enable_encryption)):
+/// its gate reads `state.cutover_source()` and opens with `state.cipher()`; it seals with the
+/// same cipher as soon as the state has an active key (at once when it already has one, as after
+/// a restart; otherwise when the node's [`EnvelopeStateMachine`] applies the first promote).
+///
+/// Give the same `Arc<LayerState>` (and this layer) to the node's
+/// [`EnvelopeStateMachine::with_layer_state`] and [`EnvelopeRaft::with_layer_state`](crate::EnvelopeRaft::with_layer_state).
+/// The layer state must be kept (persisted) with the application's state machine: both are at
+/// the same applied index.
+pub fn layer_from_state(state: &LayerState) -> Arc<EnvelopeLayer> {
+    let cipher = Arc::new(state.cipher());
+    let layer = EnvelopeLayer::new(ApplyGate::new(state.cutover_source()).with_unwrapper(cipher.clone()));
+    if state.active_key().is_some() {
+        layer.set_wrapper(Some(cipher));
+    }
+    Arc::new(layer)
 }
 
 impl<C: RaftTypeConfig, SM> EnvelopeStateMachine<C, SM> {
@@ -70,7 +111,40 @@ impl<C: RaftTypeConfig, SM> EnvelopeStateMachine<C, SM> {
     /// Decorates `inner` with `layer`, decoding requests with `codec` (the same codec the
     /// proposers encode with).
     pub fn with_codec(inner: SM, layer: Arc<EnvelopeLayer>, codec: Arc<dyn PayloadCodec<C::D>>) -> Self {
-        Self { inner, layer, codec, halt: HaltRecord::default() }
+        Self { inner, layer, codec, halt: HaltRecord::default(), lifecycle: None }
+    }
+
+    /// Decorates `inner` for a node whose keys and cutover change through layer control entries:
+    /// `layer` must come from [`layer_from_state`]`(&state)`. Layer control entries are applied to
+    /// `state` (never to `inner`, which sees an `EntryPayload::Blank` in their place); an entry that
+    /// cannot be applied halts the replica like any other. Without a key provider
+    /// ([`with_key_provider`](Self::with_key_provider)) this node can apply only the install
+    /// entries whose key it created itself (the admin node); others halt with `key_unavailable`.
+    pub fn with_layer_state(
+        inner: SM,
+        layer: Arc<EnvelopeLayer>,
+        state: Arc<LayerState>,
+        codec: Arc<dyn PayloadCodec<C::D>>,
+    ) -> Self {
+        let lifecycle = Lifecycle { state, provider: None, prefetch_timeout: DEFAULT_PREFETCH_TIMEOUT };
+        Self { inner, layer, codec, halt: HaltRecord::default(), lifecycle: Some(lifecycle) }
+    }
+
+    /// Sets the key provider this node unwraps installed data keys with, ahead of applying each
+    /// install entry (`LayerState::prefetch`, waited for at most `timeout`; on failure the entry
+    /// halts with `key_unavailable`, fail closed, and applies once a restart brings a provider
+    /// that can unwrap it). No effect on a state machine built without a layer state.
+    pub fn with_key_provider(mut self, provider: Arc<dyn KeyProvider>, timeout: Duration) -> Self {
+        if let Some(lifecycle) = &mut self.lifecycle {
+            lifecycle.provider = Some(provider);
+            lifecycle.prefetch_timeout = timeout;
+        }
+        self
+    }
+
+    /// The layer state, when built with [`with_layer_state`](Self::with_layer_state).
+    pub fn layer_state(&self) -> Option<&Arc<LayerState>> {
+        self.lifecycle.as_ref().map(|l| &l.state)
     }
 
     /// Where this state machine records the entry it halts on.
@@ -124,13 +198,24 @@ impl<C: RaftTypeConfig, SM> EnvelopeStateMachine<C, SM> {
                         let _ = gate.decide(index, EntryKind::Control, &[]);
                         return Ok(Entry { log_id, payload: EntryPayload::Blank });
                     }
+                    Repr::Control(bytes) => {
+                        self.apply_layer_control(index, &bytes).map_err(|e| (log_id.clone(), e))?;
+                        return Ok(Entry { log_id, payload: EntryPayload::Blank });
+                    }
                     Repr::Cleartext(bytes) | Repr::Envelope(bytes) => bytes,
                 };
                 // The entry is ours: cleartext is moved on, an envelope is opened in place;
                 // neither is copied again before the codec.
                 let plain = gate.decide_owned(index, kind, bytes).map_err(|e| (log_id.clone(), e))?;
                 match self.codec.decode_owned(plain) {
-                    Ok(request) => EntryPayload::Normal(request),
+                    Ok(request) => {
+                        if let (EntryKind::Envelope, Some(lifecycle), Some(key_id)) =
+                            (kind, &self.lifecycle, key_id)
+                        {
+                            lifecycle.state.record_sealed_entry(index, key_id);
+                        }
+                        EntryPayload::Normal(request)
+                    }
                     Err(codec) => {
                         let mut error = FatalApplyError::new(index, FailureReason::Malformed, gate.cutover());
                         error.key_id = key_id;
@@ -141,6 +226,50 @@ impl<C: RaftTypeConfig, SM> EnvelopeStateMachine<C, SM> {
             }
         };
         Ok(Entry { log_id, payload })
+    }
+
+    /// Applies a layer control entry to the layer state; starts sealing once a key is active.
+    fn apply_layer_control(&self, index: u64, bytes: &[u8]) -> Result<(), FatalApplyError> {
+        let gate = self.layer.gate();
+        let Some(lifecycle) = &self.lifecycle else {
+            // A node built without a layer state cannot apply key changes: fail closed.
+            let error = FatalApplyError::new(index, FailureReason::InvalidControl, gate.cutover());
+            return Err(gate.record_halt(error));
+        };
+        lifecycle.state.apply_control(index, bytes)?;
+        if lifecycle.state.active_key().is_some() && !self.layer.is_sealing() {
+            // Every proposal prepared from now on is sealed. A cleartext proposal prepared before
+            // is counted by its `EnvelopeRaft` until Raft answers for it; the admin drains those
+            // before it proposes the enforce entry.
+            let cipher: Arc<dyn PayloadWrapper> = Arc::new(lifecycle.state.cipher());
+            self.layer.set_wrapper(Some(cipher));
+            tracing::info!(index, "envelope layer seals new proposals (a key is active)");
+        }
+        Ok(())
+    }
+
+    /// Unwraps the key of an install entry ahead of applying it (a no-op for other entries and
+    /// for keys already available). A failure is left to the apply, which halts fail closed.
+    async fn prefetch(&self, entry: &Entry<Sealed<C>>)
+    where
+        C: RaftTypeConfig<Entry = Entry<C>>,
+    {
+        let (Some(lifecycle), EntryPayload::Normal(p)) = (&self.lifecycle, &entry.payload) else { return };
+        let (Repr::Control(bytes), Some(provider)) = (&p.0, &lifecycle.provider) else { return };
+        if lifecycle.state.applied_index().is_some_and(|a| entry.log_id.index <= a) {
+            return;
+        }
+        let index = entry.log_id.index;
+        match tokio::time::timeout(
+            lifecycle.prefetch_timeout,
+            lifecycle.state.prefetch(bytes, provider.as_ref()),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(index, "could not unwrap the key of a layer control entry: {e}"),
+            Err(_) => tracing::warn!(index, "the key provider did not answer in time"),
+        }
     }
 }
 
@@ -192,6 +321,7 @@ where
         let mut good: Vec<Entry<C>> = Vec::new();
         let mut failure = None;
         for entry in entries {
+            self.prefetch(&entry).await;
             match self.open_entry(entry) {
                 Ok(e) => good.push(e),
                 Err(f) => {

@@ -9,16 +9,20 @@ use std::time::Duration;
 
 use openraft::raft::ClientWriteResponse;
 use openraft::{BasicNode, Config, EntryPayload, Raft, ServerState, SnapshotPolicy};
-use raft_envelope_core::{Cutover, EntryKind, EnvelopeLayer, FatalApplyError, KeyId, PayloadWrapper};
+use raft_envelope_core::{
+    Algorithm, Cutover, EntryKind, EnvelopeLayer, FatalApplyError, KekId, KeyId, KeyProvider, LayerSnapshot,
+    LayerState, PayloadWrapper,
+};
 
 use super::log_store::MemLogStore;
 use super::network::Router;
 use super::state_machine::{Application, MemStateMachine, TestConfig};
+use crate::admin::{AdminError, Enabled};
 use crate::codec::{BytesCodec, PayloadCodec};
 use crate::config::Sealed;
 use crate::payload::EnvelopePayload;
 use crate::raft::{EnvelopeRaft, WriteError};
-use crate::state_machine::{EnvelopeStateMachine, HaltRecord};
+use crate::state_machine::{layer_from_state, EnvelopeStateMachine, HaltRecord, DEFAULT_PREFETCH_TIMEOUT};
 use crate::switch_on::{switch_on, SwitchOnError, SwitchOnNode};
 
 /// The engine's type config in the test cluster.
@@ -52,6 +56,11 @@ pub struct TestNode<A> {
     pub halt: HaltRecord,
     /// Why the last (re)start failed, if it did.
     pub start_error: Option<String>,
+    /// The node's layer state when its keys and cutover change through the log (kept across
+    /// restarts, like the state machine).
+    pub layer_state: Option<Arc<LayerState>>,
+    /// The key provider the current incarnation unwraps installed keys with.
+    pub provider: Option<Arc<dyn KeyProvider>>,
 }
 
 impl<A> Clone for TestNode<A> {
@@ -64,6 +73,8 @@ impl<A> Clone for TestNode<A> {
             sm: self.sm.clone(),
             halt: self.halt.clone(),
             start_error: self.start_error.clone(),
+            layer_state: self.layer_state.clone(),
+            provider: self.provider.clone(),
         }
     }
 }
@@ -100,7 +111,7 @@ pub struct StoredEntryView {
     pub term: u64,
     /// `Blank`/`Membership` (control), barrier (control), cleartext or envelope.
     pub kind: EntryKind,
-    /// A short label: `blank`, `membership`, `barrier`, `cleartext`, `envelope`.
+    /// A short label: `blank`, `membership`, `barrier`, `layer-control`, `cleartext`, `envelope`.
     pub label: &'static str,
     /// The key id in the envelope header, for envelopes.
     pub key_id: Option<KeyId>,
@@ -160,6 +171,27 @@ impl<A: Application> TestCluster<A> {
     /// # Errors
     /// A [`ClusterError`] when a node does not start or the cluster does not form in time.
     pub async fn start(nodes: Vec<(Arc<EnvelopeLayer>, A)>) -> Result<Self, ClusterError> {
+        let nodes = nodes.into_iter().map(|(layer, app)| (NodeLayer::Fixed(layer), app)).collect();
+        Self::start_nodes(nodes).await
+    }
+
+    /// Starts one node per `(layer state, key provider, application)` triple (ids 1, 2, ...):
+    /// every node's keys and cutover change through layer control entries (the admin API:
+    /// [`enable_encryption`](Self::enable_encryption), [`rotate_key`](Self::rotate_key), ...),
+    /// starting inert. A node without a provider can apply only install entries whose key it
+    /// created itself.
+    ///
+    /// # Errors
+    /// A [`ClusterError`] when a node does not start or the cluster does not form in time.
+    pub async fn start_with_layer_states(nodes: Vec<ManagedNode<A>>) -> Result<Self, ClusterError> {
+        let nodes = nodes
+            .into_iter()
+            .map(|(state, provider, app)| (NodeLayer::State(state, provider), app))
+            .collect();
+        Self::start_nodes(nodes).await
+    }
+
+    async fn start_nodes(nodes: Vec<(NodeLayer, A)>) -> Result<Self, ClusterError> {
         let cluster = Self {
             router: Router::default(),
             config: test_config()?,
@@ -167,8 +199,14 @@ impl<A: Application> TestCluster<A> {
             nodes: Arc::new(Mutex::new(BTreeMap::new())),
             refuse_cleartext: AtomicBool::new(true),
         };
-        for (i, (layer, app)) in nodes.into_iter().enumerate() {
+        for (i, (node_layer, app)) in nodes.into_iter().enumerate() {
             let id = i as u64 + 1;
+            let (layer, layer_state, provider) = match &node_layer {
+                NodeLayer::Fixed(layer) => (layer.clone(), None, None),
+                NodeLayer::State(state, provider) => {
+                    (layer_from_state(state), Some(state.clone()), provider.clone())
+                }
+            };
             let node = TestNode {
                 id,
                 raft: None,
@@ -177,9 +215,11 @@ impl<A: Application> TestCluster<A> {
                 sm: MemStateMachine::new(app),
                 halt: HaltRecord::default(),
                 start_error: None,
+                layer_state,
+                provider,
             };
             cluster.lock().insert(id, node);
-            cluster.boot(id, layer).await?;
+            cluster.boot(id, node_layer).await?;
         }
         let ids = cluster.ids();
         let first = cluster.raft_of(ids[0])?;
@@ -193,24 +233,48 @@ impl<A: Application> TestCluster<A> {
         Ok(cluster)
     }
 
-    /// (Re)starts node `id` from its retained log and state machine with `layer`.
-    async fn boot(&self, id: u64, layer: Arc<EnvelopeLayer>) -> Result<(), ClusterError> {
+    /// (Re)starts node `id` from its retained log and state machine with `layer` (or a layer
+    /// built from its layer state).
+    async fn boot(&self, id: u64, node_layer: NodeLayer) -> Result<(), ClusterError> {
         let (log, sm) = {
             let nodes = self.lock();
             let node = nodes.get(&id).ok_or_else(|| ClusterError::new(format!("no node {id}")))?;
             (node.log.clone(), node.sm.clone())
         };
-        let esm = EnvelopeStateMachine::with_codec(sm, layer.clone(), self.codec.clone());
+        let (layer, esm, state) = match &node_layer {
+            NodeLayer::Fixed(layer) => {
+                (layer.clone(), EnvelopeStateMachine::with_codec(sm, layer.clone(), self.codec.clone()), None)
+            }
+            NodeLayer::State(state, provider) => {
+                let layer = layer_from_state(state);
+                let mut esm = EnvelopeStateMachine::with_layer_state(
+                    sm,
+                    layer.clone(),
+                    state.clone(),
+                    self.codec.clone(),
+                );
+                if let Some(provider) = provider {
+                    esm = esm.with_key_provider(provider.clone(), DEFAULT_PREFETCH_TIMEOUT);
+                }
+                (layer, esm, Some(state.clone()))
+            }
+        };
         let halt = esm.halt_record();
         let started = Raft::new(id, self.config.clone(), self.router.network_for(id), log, esm).await;
         let mut nodes = self.lock();
         let node = nodes.get_mut(&id).ok_or_else(|| ClusterError::new(format!("no node {id}")))?;
         node.layer = layer.clone();
         node.halt = halt;
+        if let NodeLayer::State(_, provider) = &node_layer {
+            node.provider = provider.clone();
+        }
         match started {
             Ok(raft) => {
                 self.router.register(id, raft.clone());
-                let raft = EnvelopeRaft::with_codec(raft, layer, self.codec.clone());
+                let raft = match state {
+                    None => EnvelopeRaft::with_codec(raft, layer, self.codec.clone()),
+                    Some(state) => EnvelopeRaft::with_layer_state(raft, layer, state, self.codec.clone()),
+                };
                 raft.set_refuse_cleartext_above_cutover(self.refuse_cleartext.load(Ordering::SeqCst));
                 node.raft = Some(raft);
                 node.start_error = None;
@@ -393,12 +457,118 @@ impl<A: Application> TestCluster<A> {
     /// # Errors
     /// No such node.
     pub async fn restart(&self, id: u64, layer: Arc<EnvelopeLayer>) -> Result<(), ClusterError> {
+        self.stop(id).await?;
+        self.boot(id, NodeLayer::Fixed(layer)).await
+    }
+
+    /// Restarts node `id`, started with [`start_with_layer_states`](Self::start_with_layer_states),
+    /// keeping its log, state machine and layer state, with `provider` as its key provider.
+    ///
+    /// # Errors
+    /// No such node, or it has no layer state.
+    pub async fn restart_with_provider(
+        &self,
+        id: u64,
+        provider: Option<Arc<dyn KeyProvider>>,
+    ) -> Result<(), ClusterError> {
+        let state = self
+            .node(id)?
+            .layer_state
+            .ok_or_else(|| ClusterError::new(format!("node {id} has no layer state")))?;
+        self.stop(id).await?;
+        self.boot(id, NodeLayer::State(state, provider)).await
+    }
+
+    async fn stop(&self, id: u64) -> Result<(), ClusterError> {
         let old = self.node(id)?.raft;
         self.router.remove(&id);
         if let Some(raft) = old {
             let _ = raft.raft().shutdown().await;
         }
-        self.boot(id, layer).await
+        Ok(())
+    }
+
+    /// The layer state of node `id` in snapshot form (keys, states, counts, cutover), when it
+    /// has one.
+    ///
+    /// # Errors
+    /// No such node.
+    pub fn layer_snapshot(&self, id: u64) -> Result<Option<LayerSnapshot>, ClusterError> {
+        Ok(self.node(id)?.layer_state.map(|s| s.snapshot()))
+    }
+
+    /// Runs `command` on the leader until it no longer answers "not the leader" (5 s).
+    async fn on_leader<T, F, Fut>(&self, command: F) -> Result<T, AdminError<u64, BasicNode>>
+    where
+        F: Fn(EnvelopeRaft<TestConfig>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, AdminError<u64, BasicNode>>>,
+    {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let leader = self.leader().and_then(|id| self.raft_of(id).ok());
+            if let Some(raft) = leader {
+                match command(raft).await {
+                    Err(e) if e.forward_to_leader().is_some() && tokio::time::Instant::now() < deadline => {}
+                    other => return other,
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(AdminError::NoLeader);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// [`EnvelopeRaft::enable_encryption`] on the leader, draining every running node that has
+    /// not halted (a halted node's engine has stopped and can append nothing).
+    ///
+    /// # Errors
+    /// [`AdminError`].
+    pub async fn enable_encryption(
+        &self,
+        provider: &dyn KeyProvider,
+        kek_id: &KekId,
+        algorithm: Algorithm,
+    ) -> Result<Enabled, AdminError<u64, BasicNode>> {
+        self.on_leader(|raft| async move {
+            let proposers: Vec<EnvelopeRaft<TestConfig>> = self
+                .running()
+                .into_iter()
+                .filter(|(id, _)| !self.node(*id).map(|n| n.is_halted()).unwrap_or(true))
+                .map(|(_, r)| r)
+                .collect();
+            raft.enable_encryption(provider, kek_id, algorithm, &proposers).await
+        })
+        .await
+    }
+
+    /// [`EnvelopeRaft::rotate_key`] on the leader.
+    ///
+    /// # Errors
+    /// [`AdminError`].
+    pub async fn rotate_key(
+        &self,
+        provider: &dyn KeyProvider,
+        kek_id: &KekId,
+        algorithm: Algorithm,
+    ) -> Result<KeyId, AdminError<u64, BasicNode>> {
+        self.on_leader(|raft| async move { raft.rotate_key(provider, kek_id, algorithm).await }).await
+    }
+
+    /// [`EnvelopeRaft::retire_key`] on the leader.
+    ///
+    /// # Errors
+    /// [`AdminError`].
+    pub async fn retire_key(&self, key_id: KeyId) -> Result<(), AdminError<u64, BasicNode>> {
+        self.on_leader(|raft| async move { raft.retire_key(key_id).await }).await
+    }
+
+    /// [`EnvelopeRaft::destroy_key`] on the leader.
+    ///
+    /// # Errors
+    /// [`AdminError`].
+    pub async fn destroy_key(&self, key_id: KeyId) -> Result<(), AdminError<u64, BasicNode>> {
+        self.on_leader(|raft| async move { raft.destroy_key(key_id).await }).await
     }
 
     /// Makes another running, non-halted node the leader: the current leader is cut off from the
@@ -580,6 +750,7 @@ impl<A: Application> TestCluster<A> {
                     let label = match p.kind() {
                         EntryKind::Cleartext => "cleartext",
                         EntryKind::Envelope => "envelope",
+                        _ if p.is_layer_control() => "layer-control",
                         _ => "barrier",
                     };
                     (p.kind(), label, p.key_id(), p.as_bytes().to_vec())
@@ -674,6 +845,18 @@ impl<A: Application> TestCluster<A> {
             let _ = raft.raft().shutdown().await;
         }
     }
+}
+
+/// One node of [`TestCluster::start_with_layer_states`]: its layer state, its key provider (if
+/// any) and its application.
+pub type ManagedNode<A> = (Arc<LayerState>, Option<Arc<dyn KeyProvider>>, A);
+
+/// How a node's layer is built at (re)start.
+enum NodeLayer {
+    /// A layer configured by the test (keys and cutover from configuration).
+    Fixed(Arc<EnvelopeLayer>),
+    /// A layer built from a layer state changed through the log, with the node's key provider.
+    State(Arc<LayerState>, Option<Arc<dyn KeyProvider>>),
 }
 
 /// [`TestCluster::write`] failed.

@@ -17,7 +17,8 @@ mod network;
 mod state_machine;
 
 pub use cluster::{
-    test_config, ClusterError, SealedTestConfig, StoredEntryView, TestCluster, TestNode, WriteFailure,
+    test_config, ClusterError, ManagedNode, SealedTestConfig, StoredEntryView, TestCluster, TestNode,
+    WriteFailure,
 };
 pub use log_store::MemLogStore;
 pub use network::{Connection, NetworkFactory, Router};

@@ -1,0 +1,346 @@
+//! Key lifecycle through the log on a real 3-node openraft cluster: switch-on, rotation and
+//! destruction as layer control entries, applied identically by every replica.
+#![allow(clippy::unwrap_used)] // Reason: tests fail loudly on any unexpected error.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use raft_envelope_core::{
+    Algorithm, ClusterId, EntryKind, FailureReason, FileKekProvider, KekId, KeyId, KeyProvider, KeyState,
+    LayerState, PayloadUnwrapper, SecretKey,
+};
+use raft_envelope_openraft::testing::{Application, KvApp, TestCluster};
+use raft_envelope_openraft::AdminError;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// The key-value application, also recording the index of every payload it was handed.
+#[derive(Default)]
+struct Recording {
+    kv: KvApp,
+    indexes: Vec<u64>,
+}
+
+impl Application for Recording {
+    fn apply(&mut self, index: u64, payload: &[u8]) -> Vec<u8> {
+        self.indexes.push(index);
+        self.kv.apply(index, payload)
+    }
+}
+
+fn kek_id() -> KekId {
+    KekId::new("kek-1").unwrap()
+}
+
+fn kek() -> Arc<dyn KeyProvider> {
+    Arc::new(FileKekProvider::from_key(kek_id(), SecretKey::from_bytes([7; 32])).unwrap())
+}
+
+async fn start(providers: [Option<Arc<dyn KeyProvider>>; 3]) -> Arc<TestCluster<Recording>> {
+    let nodes = providers
+        .into_iter()
+        .map(|p| (Arc::new(LayerState::new(ClusterId::new("test").unwrap())), p, Recording::default()))
+        .collect();
+    Arc::new(TestCluster::start_with_layer_states(nodes).await.unwrap())
+}
+
+async fn write(cluster: &TestCluster<Recording>, kv: &str) -> u64 {
+    cluster.write(kv.as_bytes().to_vec()).await.unwrap().log_id.index
+}
+
+async fn wait_all(cluster: &TestCluster<Recording>, ids: &[u64], index: u64) {
+    for id in ids {
+        cluster.wait_applied(*id, index, WAIT).await.unwrap();
+    }
+}
+
+/// Indexes of the layer control entries node `id` stores.
+fn control_indexes(cluster: &TestCluster<Recording>, id: u64) -> Vec<u64> {
+    let entries = cluster.stored_entries(id).unwrap();
+    entries.iter().filter(|e| e.label == "layer-control").map(|e| e.index).collect()
+}
+
+fn assert_same_layer_state(cluster: &TestCluster<Recording>) {
+    let first = cluster.layer_snapshot(1).unwrap().unwrap();
+    for id in [2, 3] {
+        assert_eq!(cluster.layer_snapshot(id).unwrap().unwrap(), first, "layer state of node {id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enable_through_control_entries_seals_everywhere_and_never_reaches_the_state_machine() {
+    let cluster = start([Some(kek()), Some(kek()), Some(kek())]).await;
+    let legacy = write(&cluster, "legacy=LEGACY-MARKER-51aa").await;
+    let leader = cluster.leader().unwrap();
+    let before = cluster.node(leader).unwrap().raft.unwrap().encryption_status().unwrap();
+    assert_eq!((before.cutover, before.active_key), (None, None));
+
+    let enabled = cluster.enable_encryption(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
+    assert_eq!(enabled.key_id, KeyId(1));
+    assert!(enabled.cutover > legacy);
+
+    let mut last = 0;
+    for i in 0..5 {
+        last = write(&cluster, &format!("secret{i}=PLAINTEXT-MARKER-9c4e")).await;
+    }
+    wait_all(&cluster, &[1, 2, 3], last).await;
+
+    for id in [1, 2, 3] {
+        let node = cluster.node(id).unwrap();
+        assert!(!node.is_halted(), "node {id} halted");
+        let status = node.raft.unwrap().encryption_status().unwrap();
+        assert_eq!(status.cutover, Some(enabled.cutover));
+        assert_eq!(status.active_key, Some(KeyId(1)));
+        assert_eq!(status.keys[0].sealed_entries, 6, "enforce + 5 writes sealed under key 1");
+        // Every payload above the cutover is an envelope; the marker is nowhere in the log.
+        for e in cluster.stored_entries(id).unwrap() {
+            if e.index > enabled.cutover && e.kind != EntryKind::Control {
+                assert_eq!((e.kind, e.key_id), (EntryKind::Envelope, Some(KeyId(1))), "entry {}", e.index);
+            }
+        }
+        assert!(!cluster.log_contains(id, b"PLAINTEXT-MARKER-9c4e").unwrap());
+        // Install, promote, enforce: control entries, none of them handed to the application.
+        let controls = control_indexes(&cluster, id);
+        assert_eq!(controls.len(), 3);
+        assert_eq!(*controls.last().unwrap(), enabled.cutover, "the enforce entry is at C");
+        let seen = node.sm.with_app(|a| a.indexes.clone());
+        assert_eq!(seen.len(), 6, "the application saw exactly the six writes");
+        assert!(controls.iter().all(|c| !seen.contains(c)));
+        assert_eq!(
+            node.sm.with_app(|a| a.kv.data.get("secret4").cloned()).as_deref(),
+            Some("PLAINTEXT-MARKER-9c4e")
+        );
+    }
+    assert_same_layer_state(&cluster);
+    cluster.shutdown().await;
+}
+
+/// Writers that keep proposing through the leader until stopped; returns how many succeeded.
+fn spawn_writers(
+    cluster: &Arc<TestCluster<Recording>>,
+    n: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<u64>> {
+    (0..n)
+        .map(|w| {
+            let (cluster, stop) = (cluster.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut ok = 0u64;
+                let mut i = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    // Writes may fail across a leader change (the test helper gives up after
+                    // 5 s without a leader); only halts and cleartext above C matter here.
+                    if cluster.write(format!("w{w}-{i}=MARKER-{w}-{i}").into_bytes()).await.is_ok() {
+                        ok += 1;
+                    }
+                    i += 1;
+                }
+                ok
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enable_under_concurrent_writers_and_a_leader_change_never_lands_cleartext_above_the_cutover() {
+    for round in 0..3 {
+        let cluster = start([Some(kek()), Some(kek()), Some(kek())]).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers = spawn_writers(&cluster, 8, &stop);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let enable = {
+            let cluster = cluster.clone();
+            tokio::spawn(async move {
+                cluster.enable_encryption(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await
+            })
+        };
+        if round > 0 {
+            // A leader change while the enable runs (round 1: early; round 2: later).
+            tokio::time::sleep(Duration::from_millis(5 * round)).await;
+            cluster.change_leader().await.unwrap();
+        }
+        let enabled = enable.await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stop.store(true, Ordering::SeqCst);
+        let mut written = 0;
+        for w in writers {
+            written += w.await.unwrap();
+        }
+        assert!(written > 0);
+        let last = write(&cluster, "last=sealed").await;
+        wait_all(&cluster, &[1, 2, 3], last).await;
+        for id in [1, 2, 3] {
+            assert!(!cluster.node(id).unwrap().is_halted(), "round {round}: node {id} halted");
+            for e in cluster.stored_entries(id).unwrap() {
+                if e.index > enabled.cutover && e.kind != EntryKind::Control {
+                    assert_eq!(e.kind, EntryKind::Envelope, "round {round}: entry {} on node {id}", e.index);
+                }
+            }
+        }
+        assert_same_layer_state(&cluster);
+        cluster.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_under_concurrent_writers_keeps_old_entries_open_and_never_halts() {
+    let cluster = start([Some(kek()), Some(kek()), Some(kek())]).await;
+    let enabled = cluster.enable_encryption(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
+    let first = write(&cluster, "first=under-key-1").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (cluster, stop, written) = (cluster.clone(), stop.clone(), written.clone());
+        writers.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                cluster.write(format!("w{w}-{i}=v{i}").into_bytes()).await.unwrap();
+                written.fetch_add(1, Ordering::SeqCst);
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let k2 = cluster.rotate_key(kek().as_ref(), &kek_id(), Algorithm::Aes256GcmSiv).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let k3 = cluster.rotate_key(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert_eq!((k2, k3), (KeyId(2), KeyId(3)));
+    let last = write(&cluster, "last=under-key-3").await;
+    wait_all(&cluster, &[1, 2, 3], last).await;
+
+    let state = cluster.node(1).unwrap().layer_state.unwrap();
+    let states: Vec<KeyState> = state.keys().iter().map(|k| k.state).collect();
+    assert_eq!(states, [KeyState::DecryptOnly, KeyState::DecryptOnly, KeyState::Active]);
+    assert!(state.keys().iter().all(|k| k.sealed_entries > 0), "every key sealed something");
+    assert!(written.load(Ordering::SeqCst) > 0);
+    for id in [1, 2, 3] {
+        assert!(!cluster.node(id).unwrap().is_halted(), "node {id} halted");
+        let applied = cluster.node(id).unwrap().sm.with_app(|a| a.kv.applied_payloads);
+        assert_eq!(applied, written.load(Ordering::SeqCst) + 2, "node {id} applied every write");
+        // The entry sealed under key 1 before the rotations still opens on every replica.
+        let (kind, bytes) = cluster.read_entry(id, first).unwrap().unwrap();
+        assert_eq!(kind, EntryKind::Envelope);
+        let layer_state = cluster.node(id).unwrap().layer_state.unwrap();
+        assert_eq!(layer_state.cipher().open(&bytes).unwrap(), b"first=under-key-1");
+        // Every payload above the cutover is sealed, under the key active when it was proposed.
+        for e in cluster.stored_entries(id).unwrap() {
+            if e.index > enabled.cutover && e.kind != EntryKind::Control {
+                assert_eq!(e.kind, EntryKind::Envelope, "entry {}", e.index);
+            }
+        }
+    }
+    assert_same_layer_state(&cluster);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_without_the_kek_halts_at_the_install_entry_and_resumes_after_restart_with_it() {
+    // Node 3's provider has a KEK of the same name but other bytes: it cannot unwrap.
+    let wrong: Arc<dyn KeyProvider> =
+        Arc::new(FileKekProvider::from_key(kek_id(), SecretKey::from_bytes([8; 32])).unwrap());
+    let cluster = start([Some(kek()), Some(kek()), Some(wrong)]).await;
+    if cluster.leader() == Some(3) {
+        cluster.change_leader().await.unwrap();
+    }
+    let enabled = cluster.enable_encryption(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
+    let halt = cluster.wait_halted(3, WAIT).await.unwrap();
+    let install = control_indexes(&cluster, 1)[0];
+    assert_eq!(halt.index, install, "halts exactly at the install entry");
+    assert_eq!(halt.reason, FailureReason::KeyUnavailable);
+    assert_eq!(halt.key_id, Some(enabled.key_id));
+    assert_eq!(cluster.applied_index(3).unwrap(), install - 1, "nothing of the install applied");
+
+    // The others keep going.
+    let after = write(&cluster, "after=sealed").await;
+    wait_all(&cluster, &[1, 2], after).await;
+
+    // Sticky: a restart still without the KEK halts on the same entry again.
+    cluster.restart_with_provider(3, None).await.unwrap();
+    let node = cluster.node(3).unwrap();
+    assert!(node.is_halted());
+    assert_eq!(node.halt.get().map(|h| h.index), Some(install));
+
+    // With the KEK it resumes from the install entry and converges.
+    cluster.restart_with_provider(3, Some(kek())).await.unwrap();
+    let node = cluster.node(3).unwrap();
+    assert!(node.start_error.is_none(), "restart failed: {:?}", node.start_error);
+    wait_all(&cluster, &[3], after).await;
+    assert_eq!(node.sm.with_app(|a| a.kv.data.get("after").cloned()).as_deref(), Some("sealed"));
+    assert_same_layer_state(&cluster);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroyed_key_refused_while_active_and_old_envelope_above_cutover_then_halts() {
+    let cluster = start([Some(kek()), Some(kek()), Some(kek())]).await;
+    cluster.enable_encryption(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
+    let old = write(&cluster, "old=under-key-1").await;
+    let refused = cluster.destroy_key(KeyId(1)).await.unwrap_err();
+    assert!(matches!(refused, AdminError::Refused { key_id: KeyId(1), .. }), "{refused}");
+    let refused = cluster.destroy_key(KeyId(9)).await.unwrap_err();
+    assert!(matches!(refused, AdminError::Refused { key_id: KeyId(9), .. }), "{refused}");
+
+    cluster.rotate_key(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
+    cluster.retire_key(KeyId(1)).await.unwrap(); // already decrypt-only: nothing to do
+    cluster.destroy_key(KeyId(1)).await.unwrap();
+    let after = write(&cluster, "new=under-key-2").await;
+    wait_all(&cluster, &[1, 2, 3], after).await;
+    assert_same_layer_state(&cluster);
+    let state = cluster.node(2).unwrap().layer_state.unwrap();
+    assert_eq!(state.keys()[0].state, KeyState::Destroyed);
+    assert_eq!(state.keys()[0].wrapped_key, None);
+
+    // An old envelope sealed under the destroyed key, replayed above the cutover: the leader
+    // halts on it with destroyed_key, without applying it. A follower halts the same way if it
+    // learned the commit before the leader stopped; otherwise it never applies it (openraft:
+    // the halted leader cannot send the commit index any more, DESIGN.md §8.1 known limits).
+    let leader = cluster.leader().unwrap();
+    let (_, bytes) = cluster.read_entry(1, old).unwrap().unwrap();
+    let index = cluster.append_unchecked(EntryKind::Envelope, bytes).await.unwrap();
+    let halt = cluster.wait_halted(leader, WAIT).await.unwrap();
+    assert_eq!((halt.index, halt.reason, halt.key_id), (index, FailureReason::DestroyedKey, Some(KeyId(1))));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for id in [1, 2, 3] {
+        assert_eq!(cluster.applied_index(id).unwrap(), index - 1, "node {id} applied nothing of it");
+        if let Some(halt) = cluster.halted(id).unwrap() {
+            assert_eq!((halt.index, halt.reason), (index, FailureReason::DestroyedKey));
+        }
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_sealed_control_entry_halts_that_replica_only() {
+    let cluster = start([Some(kek()), Some(kek()), Some(kek())]).await;
+    cluster.enable_encryption(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
+    let leader = cluster.leader().unwrap();
+    let victim = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    cluster.hold_commit(victim, true).unwrap();
+    cluster.rotate_key(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
+    let controls = control_indexes(&cluster, leader);
+    let install = controls[controls.len() - 2];
+    cluster.wait_stored(victim, install, WAIT).await.unwrap();
+    // The install entry is sealed under key 1 (above C): flip one bit of its tag.
+    assert_eq!(cluster.read_entry(victim, install).unwrap().unwrap().0, EntryKind::Control);
+    cluster.tamper(victim, install, |b| *b.last_mut().unwrap() ^= 1).unwrap();
+    cluster.hold_commit(victim, false).unwrap();
+
+    let halt = cluster.wait_halted(victim, WAIT).await.unwrap();
+    assert_eq!(
+        (halt.index, halt.reason, halt.key_id),
+        (install, FailureReason::AuthenticationFailed, Some(KeyId(1)))
+    );
+    assert_eq!(cluster.applied_index(victim).unwrap(), install - 1);
+    let after = write(&cluster, "after=sealed-under-2").await;
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != victim).collect();
+    wait_all(&cluster, &others, after).await;
+    cluster.shutdown().await;
+}
