@@ -1,15 +1,19 @@
 //! The apply side: every committed entry goes through the layer's gate before the state machine.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType};
 use raft::{RawNode, Storage};
-use raft_envelope_core::{EntryKind, EnvelopeHeader, EnvelopeLayer, FatalApplyError, ProposalId};
+use raft_envelope_core::{
+    EntryKind, EnvelopeHeader, EnvelopeLayer, FailureReason, FatalApplyError, LayerState, PayloadWrapper,
+    ProposalId,
+};
 
 use crate::error::NodeError;
-use crate::framing::classify;
+use crate::framing::{classify, is_layer_control};
 use crate::state_machine::StateMachine;
 
 /// One entry the applier handed on, for response routing.
@@ -50,18 +54,82 @@ impl<R> fmt::Debug for AppliedEntry<R> {
 /// returns the same error. The driver must then stop driving the `RawNode` and never call
 /// `advance_apply*` past [`applied`](Self::applied) (`advance()` would mark the failing entry
 /// applied): [`EnvelopeNode`](crate::EnvelopeNode) does exactly that.
+///
+/// With a [`LayerState`] ([`with_layer_state`](Self::with_layer_state)), layer control entries
+/// ([`is_layer_control`]) go to [`LayerState::apply_control`] instead of the gate, the user's
+/// state machine only records their index ([`StateMachine::apply_control`], like a barrier), and
+/// every opened envelope is counted with [`LayerState::record_sealed_entry`]. A layer control
+/// entry is applied only once the driver has tried to prefetch it
+/// ([`mark_prefetched`](Self::mark_prefetched)): until then the applier holds it and every later
+/// committed entry, in order, so a key provider is never called on the apply path.
 pub struct EnvelopeApplier<SM> {
     layer: Arc<EnvelopeLayer>,
     sm: SM,
     applied: u64,
     halt: Option<FatalApplyError>,
+    lifecycle: Option<Lifecycle>,
+    held: VecDeque<Entry>,
+}
+
+/// The key-lifecycle part of an applier.
+struct Lifecycle {
+    state: Arc<LayerState>,
+    wrapper: Arc<dyn PayloadWrapper>,
+    prefetched_through: u64,
 }
 
 impl<SM: StateMachine> EnvelopeApplier<SM> {
     /// An applier in front of `sm`, starting after `sm.applied_index()`.
     pub fn new(sm: SM, layer: Arc<EnvelopeLayer>) -> Self {
         let applied = sm.applied_index();
-        Self { layer, sm, applied, halt: None }
+        Self { layer, sm, applied, halt: None, lifecycle: None, held: VecDeque::new() }
+    }
+
+    /// Applies layer control entries through `state`; once a key is active the layer seals with
+    /// `wrapper` (set on the layer at once if `state` already has an active key). Without a layer
+    /// state a layer control entry halts the replica (`invalid_control`): it cannot be applied.
+    pub fn with_layer_state(mut self, state: Arc<LayerState>, wrapper: Arc<dyn PayloadWrapper>) -> Self {
+        self.set_layer_state(state, wrapper);
+        self
+    }
+
+    pub(crate) fn set_layer_state(&mut self, state: Arc<LayerState>, wrapper: Arc<dyn PayloadWrapper>) {
+        if state.active_key().is_some() && !self.layer.is_sealing() {
+            self.layer.set_wrapper(Some(wrapper.clone()));
+        }
+        self.lifecycle = Some(Lifecycle { state, wrapper, prefetched_through: 0 });
+    }
+
+    /// The layer state, when this applier runs the key lifecycle.
+    pub fn layer_state(&self) -> Option<&Arc<LayerState>> {
+        self.lifecycle.as_ref().map(|l| &l.state)
+    }
+
+    /// The committed layer control entries held until the driver tries to prefetch them
+    /// (`(index, data)`, in log order): call
+    /// [`LayerState::prefetch`] for each, in order, then [`mark_prefetched`](Self::mark_prefetched).
+    pub fn pending_prefetch(&self) -> Vec<(u64, Vec<u8>)> {
+        let Some(l) = &self.lifecycle else { return Vec::new() };
+        self.held
+            .iter()
+            .filter(|e| e.index > l.prefetched_through && is_layer_control(e))
+            .map(|e| (e.index, e.get_data().to_vec()))
+            .collect()
+    }
+
+    /// Records that prefetching was tried for every layer control entry up to `index`: they may
+    /// now be applied (a key still missing then halts the replica at its install entry,
+    /// `key_unavailable`).
+    pub fn mark_prefetched(&mut self, index: u64) {
+        if let Some(l) = &mut self.lifecycle {
+            l.prefetched_through = l.prefetched_through.max(index);
+        }
+    }
+
+    /// True when held entries can be applied now (the first held entry was prefetched).
+    pub fn can_resume(&self) -> bool {
+        let (Some(l), Some(first)) = (&self.lifecycle, self.held.front()) else { return false };
+        self.halt.is_none() && first.index <= l.prefetched_through
     }
 
     /// The layer.
@@ -112,8 +180,50 @@ impl<SM: StateMachine> EnvelopeApplier<SM> {
         if let Some(halt) = &self.halt {
             return Err(NodeError::Halted(halt.clone()));
         }
-        for entry in entries {
+        let mut queue = std::mem::take(&mut self.held);
+        queue.extend(entries);
+        while let Some(entry) = queue.pop_front() {
             if entry.index <= self.applied {
+                continue;
+            }
+            if is_layer_control(&entry) {
+                let Some(l) = &self.lifecycle else {
+                    let cutover = self.layer.gate().cutover();
+                    let halt = self.layer.gate().record_halt(FatalApplyError::new(
+                        entry.index,
+                        FailureReason::InvalidControl,
+                        cutover,
+                    ));
+                    self.halt = Some(halt.clone());
+                    return Err(NodeError::Halted(halt));
+                };
+                if entry.index > l.prefetched_through {
+                    // Not prefetched yet: hold it and everything after it, in order.
+                    queue.push_front(entry);
+                    self.held = queue;
+                    return Ok(());
+                }
+                if let Err(halt) = l.state.apply_control(entry.index, entry.get_data()) {
+                    // Counted by the gate like every other halt (`record_halt` also traces it, so a
+                    // control halt emits two error events: the layer state's and the gate's).
+                    let halt = self.layer.gate().record_halt(halt);
+                    self.halt = Some(halt.clone());
+                    return Err(NodeError::Halted(halt));
+                }
+                if l.state.active_key().is_some() && !self.layer.is_sealing() {
+                    self.layer.set_wrapper(Some(l.wrapper.clone()));
+                    tracing::info!(index = entry.index, "a key is active: this node seals new proposals");
+                }
+                let (index, term) = (entry.index, entry.term);
+                self.sm.apply_control(index, term, None);
+                self.applied = index;
+                out.push(AppliedEntry {
+                    index,
+                    term,
+                    kind: EntryKind::Control,
+                    proposal: None,
+                    response: None,
+                });
                 continue;
             }
             let kind = classify(&entry);
@@ -141,12 +251,14 @@ impl<SM: StateMachine> EnvelopeApplier<SM> {
                     AppliedEntry { index, term, kind, proposal: None, response: None }
                 }
                 _ => {
-                    let proposal = match kind {
-                        EntryKind::Envelope => {
-                            EnvelopeHeader::parse(entry.get_data()).ok().map(|h| h.proposal_id)
-                        }
+                    let header = match kind {
+                        EntryKind::Envelope => EnvelopeHeader::parse(entry.get_data()).ok(),
                         _ => None,
                     };
+                    if let (Some(l), Some(h)) = (&self.lifecycle, &header) {
+                        l.state.record_sealed_entry(index, h.key_id);
+                    }
+                    let proposal = header.map(|h| h.proposal_id);
                     let response = self.sm.apply(index, term, decision.as_bytes());
                     AppliedEntry { index, term, kind, proposal, response: Some(response) }
                 }
@@ -192,6 +304,8 @@ impl<SM> fmt::Debug for EnvelopeApplier<SM> {
             .field("applied", &self.applied)
             .field("halt", &self.halt)
             .field("layer", &self.layer)
+            .field("layer_state", &self.lifecycle.as_ref().map(|l| &l.state))
+            .field("held", &self.held.len())
             .finish_non_exhaustive()
     }
 }

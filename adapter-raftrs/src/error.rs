@@ -1,6 +1,6 @@
 //! The adapter's errors. None of them ever holds key material or payload bytes.
 
-use raft_envelope_core::{FailureReason, FatalApplyError, SealError};
+use raft_envelope_core::{ControlError, FailureReason, FatalApplyError, SealError};
 
 /// A proposal was not applied, or its outcome could not be established.
 ///
@@ -45,6 +45,20 @@ pub enum ProposeError {
         /// The leader this node knows of (0 when none).
         leader: u64,
     },
+    /// This node's layer does not seal yet but its log holds a layer control entry it has not
+    /// applied (for example the promote of an enable): a cleartext entry appended now could end
+    /// up above an enforce entry. Nothing was appended; retry once the node applied it (it then
+    /// seals).
+    #[error("proposal refused before appending: a layer control entry is not applied yet on this node")]
+    ControlPending,
+    /// An admin command needs a node built with a layer state
+    /// ([`EnvelopeNode::with_layer_state`](crate::EnvelopeNode::with_layer_state)).
+    #[error("this node has no layer state (key lifecycle through the log is not enabled)")]
+    NoLayerState,
+    /// An admin command could not be prepared (a new key could not be created or wrapped).
+    /// Nothing was appended.
+    #[error("admin command refused before appending: {0}")]
+    Control(#[source] ControlError),
     /// raft-rs dropped the proposal at once (no leader known, leadership transfer in progress,
     /// uncommitted-size limit, ...). Nothing was appended; retry, possibly on another node.
     #[error("raft-rs dropped the proposal (no leader, transfer in progress or size limit)")]
@@ -88,6 +102,7 @@ impl ProposeError {
             self,
             ProposeError::Refused(_)
                 | ProposeError::NotSealing { .. }
+                | ProposeError::ControlPending
                 | ProposeError::NotLeader { .. }
                 | ProposeError::Dropped
                 | ProposeError::Superseded { .. }
@@ -127,6 +142,16 @@ pub enum StepError {
     /// (SPEC R4).
     #[error("forwarded cleartext proposal from node {from} refused: this node seals or its log reached the cutover")]
     CleartextProposalRefused {
+        /// The node the message came from.
+        from: u64,
+    },
+    /// A forwarded proposal carried a layer control entry: admin commands are proposed on the
+    /// leader only ([`EnvelopeNode::propose_control`](crate::EnvelopeNode::propose_control)), so
+    /// a forwarded one is refused.
+    #[error(
+        "forwarded layer control entry from node {from} refused: admin commands are proposed on the leader"
+    )]
+    ControlProposalRefused {
         /// The node the message came from.
         from: u64,
     },

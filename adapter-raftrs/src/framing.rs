@@ -8,7 +8,7 @@
 //! offset  size  field
 //!      0     8  magic        E5 52 45 4E 56 0D 0A 1A   ("\xE5RENV\r\n\x1A")
 //!      8     1  version      0x01
-//!      9     1  kind         0x01 envelope, 0x02 switch-on barrier
+//!      9     1  kind         0x01 envelope, 0x02 switch-on barrier, 0x03 layer control
 //!     10     8  proposal id  u64 big-endian
 //! ```
 //!
@@ -17,6 +17,7 @@
 //! | `EntryConfChange`, `EntryConfChangeV2` | [`EntryKind::Control`] |
 //! | `EntryNormal`, empty `data` and empty `context` (the leader's no-op, a refused conf change) | [`EntryKind::Control`] |
 //! | `EntryNormal`, context = barrier marker, empty `data` | [`EntryKind::Control`] |
+//! | `EntryNormal`, context = layer control marker (`data` = [`LayerState::encode_entry`](raft_envelope_core::LayerState::encode_entry) bytes) | [`EntryKind::Control`]; applied by [`LayerState::apply_control`](raft_envelope_core::LayerState::apply_control), never by the gate nor the user's state machine ([`is_layer_control`]) |
 //! | `EntryNormal`, context = envelope marker | [`EntryKind::Envelope`] |
 //! | `EntryNormal`, context starts with the magic but is anything else | [`EntryKind::Envelope`] (it then fails to open: fail closed) |
 //! | any other `EntryNormal` | [`EntryKind::Cleartext`] |
@@ -27,6 +28,13 @@
 //! is not authenticated, so accepting one would put user bytes in the clear above the cutover).
 //! The magic borrows PNG's signature idea: a high-bit byte, CR LF and ^Z, so a text context
 //! never starts with it by accident.
+//!
+//! A layer control entry is classified [`EntryKind::Control`] so that nothing that only knows
+//! the three kinds (the gate, a check for cleartext above the cutover) ever treats its `data` as
+//! a payload; the applier recognises it first ([`is_layer_control`]) and hands its `data` to the
+//! layer state, which applies the control table of `DESIGN.md` §10.2 (clear at or below the
+//! cutover, sealed above it, fail closed otherwise). Whatever `data` holds, it never reaches the
+//! user's state machine: at worst it halts the replica.
 //!
 //! The marker's proposal id is informational only and never completes a proposal: it is not
 //! authenticated. The adapter routes a forwarded envelope by the proposal id of the envelope
@@ -49,6 +57,7 @@ pub const CONTEXT_LEN: usize = 18;
 
 const KIND_ENVELOPE: u8 = 1;
 const KIND_BARRIER: u8 = 2;
+const KIND_LAYER_CONTROL: u8 = 3;
 
 /// What a context marker says an entry is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -58,6 +67,10 @@ pub enum MarkerKind {
     Envelope,
     /// The switch-on barrier: a control entry with empty `data`, never handed to the state machine.
     Barrier,
+    /// A layer control entry: `data` is a control entry as
+    /// [`LayerState::encode_entry`](raft_envelope_core::LayerState::encode_entry) wrote it (clear
+    /// or sealed), applied by the layer state, never handed to the state machine.
+    LayerControl,
 }
 
 /// A decoded context marker.
@@ -80,6 +93,11 @@ impl ContextMarker {
         Self { kind: MarkerKind::Barrier, proposal_id }
     }
 
+    /// The marker of a layer control entry.
+    pub fn layer_control(proposal_id: ProposalId) -> Self {
+        Self { kind: MarkerKind::LayerControl, proposal_id }
+    }
+
     /// The marker's [`CONTEXT_LEN`] wire bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(CONTEXT_LEN);
@@ -88,6 +106,7 @@ impl ContextMarker {
         out.push(match self.kind {
             MarkerKind::Envelope => KIND_ENVELOPE,
             MarkerKind::Barrier => KIND_BARRIER,
+            MarkerKind::LayerControl => KIND_LAYER_CONTROL,
         });
         out.extend_from_slice(&self.proposal_id.0.to_be_bytes());
         out
@@ -108,6 +127,7 @@ impl ContextMarker {
         let kind = match bytes[9] {
             KIND_ENVELOPE => MarkerKind::Envelope,
             KIND_BARRIER => MarkerKind::Barrier,
+            KIND_LAYER_CONTROL => MarkerKind::LayerControl,
             _ => return Some(Err(())),
         };
         let mut id = [0u8; 8];
@@ -138,9 +158,23 @@ pub fn classify_normal(context: &[u8], data: &[u8]) -> EntryKind {
         // A barrier carrying data is no barrier this adapter wrote: treat the data as cleartext,
         // which halts above the cutover.
         Some(Ok(ContextMarker { kind: MarkerKind::Barrier, .. })) => EntryKind::Cleartext,
+        // The layer's own entry: routed to the layer state before the gate (`is_layer_control`).
+        Some(Ok(ContextMarker { kind: MarkerKind::LayerControl, .. })) => EntryKind::Control,
         // An envelope, or a marker from another version: never passed on as plaintext.
         Some(_) => EntryKind::Envelope,
     }
+}
+
+/// True when `entry` is a layer control entry (a normal entry whose context is the layer control
+/// marker): its `data` goes to
+/// [`LayerState::apply_control`](raft_envelope_core::LayerState::apply_control), never to the
+/// gate's payload path nor to the user's state machine.
+pub fn is_layer_control(entry: &Entry) -> bool {
+    entry.get_entry_type() == EntryType::EntryNormal
+        && matches!(
+            ContextMarker::decode(entry.get_context()),
+            Some(Ok(ContextMarker { kind: MarkerKind::LayerControl, .. }))
+        )
 }
 
 /// The proposal id a context marker names, if any. Not authenticated: for diagnostics only, the
@@ -180,6 +214,16 @@ mod tests {
         cc.set_entry_type(EntryType::EntryConfChange);
         assert_eq!(classify(&cc), EntryKind::Control);
         assert_eq!(marker_proposal_id(&normal(&env, b"x")), Some(ProposalId(7)));
+        let ctl = ContextMarker::layer_control(ProposalId(9)).encode();
+        assert_eq!(ctl[9], 0x03);
+        assert_eq!(classify(&normal(&ctl, b"\xE5RCTL")), EntryKind::Control);
+        assert_eq!(classify(&normal(&ctl, b"")), EntryKind::Control);
+        assert!(is_layer_control(&normal(&ctl, b"x")));
+        assert!(!is_layer_control(&normal(&bar, b"")));
+        assert!(!is_layer_control(&normal(&env, b"x")));
+        let mut cc_ctl = normal(&ctl, b"x");
+        cc_ctl.set_entry_type(EntryType::EntryConfChange);
+        assert!(!is_layer_control(&cc_ctl));
     }
 
     #[test]

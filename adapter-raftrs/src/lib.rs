@@ -35,6 +35,15 @@
 //!   compacted log of a cluster with a cutover. Inert, snapshots are restored as before.
 //! - **Barriers** are proposed on the leader only ([`ProposeError::NotLeader`]) and matched
 //!   only by `(index, term)`: their marker id is not authenticated.
+//! - **Keys and cutover through the log.** [`EnvelopeNode::with_layer_state`] builds the layer
+//!   from a replicated [`LayerState`](raft_envelope_core::LayerState): layer control entries
+//!   (context marker kind `0x03`, [`framing::is_layer_control`]) are applied by
+//!   `LayerState::apply_control` (a halt there is a halt like any other), never reach the user's
+//!   state machine, and are held until the driver prefetched their keys
+//!   ([`EnvelopeNode::prefetch_pending`]). Admin: [`EnvelopeNode::propose_install`],
+//!   [`EnvelopeNode::propose_control`], [`EnvelopeNode::encryption_status`], and on the test
+//!   cluster `enable_encryption`, `rotate_key`, `retire_key`, `destroy_key`,
+//!   `encryption_status`.
 //! - [`testing::Cluster`] runs a real multi-node raft-rs cluster in one process on a
 //!   deterministic message pump, with fault hooks and the switch-on procedure.
 //!
@@ -92,7 +101,7 @@ mod tracker;
 
 pub use applier::{AppliedEntry, EnvelopeApplier};
 pub use error::{NodeError, ProposeError, StepError};
-pub use node::{EnvelopeNode, DEFAULT_PROPOSAL_TIMEOUT_TICKS};
+pub use node::{EncryptionStatus, EnvelopeNode, DEFAULT_PROPOSAL_TIMEOUT_TICKS};
 pub use proposer::{EnvelopeProposer, Ticket};
 pub use state_machine::{LogStore, StateMachine};
 pub use tracker::{Applied, Completion, ProposalTracker};

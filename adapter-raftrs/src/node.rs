@@ -5,15 +5,18 @@ use std::sync::Arc;
 
 use raft::eraftpb::{Message, MessageType};
 use raft::{Config, RawNode, ReadState, SnapshotStatus, StateRole};
-use raft_envelope_core::{EntryKind, EnvelopeLayer, FailureReason, FatalApplyError};
+use raft_envelope_core::{
+    Algorithm, ApplyGate, ControlCommand, ControlError, EntryKind, EnvelopeLayer, FailureReason,
+    FatalApplyError, KeyId, KeyProvider, LayerKey, LayerState,
+};
 use raft_proto::ConfChangeI;
 
 use slog::Logger;
 
 use crate::applier::{AppliedEntry, EnvelopeApplier};
 use crate::error::{NodeError, ProposeError, StepError};
-use crate::framing::classify;
-use crate::proposer::{cleartext_would_land_above_cutover, EnvelopeProposer, Ticket};
+use crate::framing::{classify, is_layer_control, ContextMarker};
+use crate::proposer::{append, cleartext_would_land_above_cutover, EnvelopeProposer, Ticket};
 use crate::state_machine::{LogStore, StateMachine};
 use crate::tracker::{Completion, ProposalTracker};
 
@@ -49,6 +52,39 @@ pub struct EnvelopeNode<S: LogStore, SM: StateMachine> {
     stopped: Option<String>,
     last_messages: Vec<Message>,
     read_states: Vec<ReadState>,
+    provider: Option<Arc<dyn KeyProvider>>,
+    /// Highest index of a layer control entry seen in this node's log (an over-approximation:
+    /// truncated entries are not forgotten, which only refuses more).
+    control_hint: u64,
+}
+
+/// The layer's replicated key state as one replica sees it ([`EnvelopeNode::encryption_status`],
+/// [`Cluster::encryption_status`](crate::testing::Cluster::encryption_status)). Never holds key
+/// material.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EncryptionStatus {
+    /// Every installed key with its state, KEK, install index, sealed entries and last sealed
+    /// index ([`LayerState::keys`]).
+    pub keys: Vec<LayerKey>,
+    /// The cutover set by the enforce entry, if any ([`LayerState::cutover`]).
+    pub cutover: Option<u64>,
+    /// The active (sealing) key, if any ([`LayerState::active_key`]).
+    pub active_key: Option<KeyId>,
+    /// The last index the layer state took into account ([`LayerState::applied_index`]).
+    pub applied_index: Option<u64>,
+}
+
+impl EncryptionStatus {
+    /// The status of `state`.
+    pub fn of(state: &LayerState) -> Self {
+        Self {
+            keys: state.keys(),
+            cutover: state.cutover(),
+            active_key: state.active_key(),
+            applied_index: state.applied_index(),
+        }
+    }
 }
 
 impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
@@ -75,7 +111,179 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
             stopped: None,
             last_messages: Vec::new(),
             read_states: Vec::new(),
+            provider: None,
+            control_hint: 0,
         })
+    }
+
+    /// Starts (or restarts) a node whose keys and cutover come from the replicated `state`
+    /// (key lifecycle through the log, `DESIGN.md` §10): the layer's gate reads
+    /// `state.cutover_source()` and opens with `state.cipher()`, which also seals new proposals
+    /// once a key is active (at once if `state` already has one, otherwise from the promote
+    /// entry on). `provider` unwraps the keys of install entries ahead of applying them
+    /// ([`prefetch_pending`](Self::prefetch_pending)).
+    ///
+    /// `state` must be persisted with the state machine (same applied index): on a restart pass
+    /// the same state back. `config.applied` is overridden with `sm.applied_index()`.
+    ///
+    /// The driver must call [`prefetch_pending`](Self::prefetch_pending) (async) whenever
+    /// [`pending_prefetch`](Self::pending_prefetch) is not empty, before
+    /// [`on_ready`](Self::on_ready): a committed layer control entry is held, with everything
+    /// after it, until then ([`needs_driving`](Self::needs_driving) says when).
+    ///
+    /// Sealing starts when this node applies a promote and never stops: after a retire of the
+    /// only active key, proposals are refused ([`ProposeError::Refused`]), never sent in the
+    /// clear.
+    ///
+    /// # Errors
+    /// [`NodeError::Raft`] when raft-rs refuses the configuration or storage.
+    pub fn with_layer_state(
+        config: &Config,
+        storage: S,
+        sm: SM,
+        state: Arc<LayerState>,
+        provider: Arc<dyn KeyProvider>,
+        logger: &Logger,
+    ) -> Result<Self, NodeError> {
+        let cipher = Arc::new(state.cipher());
+        let gate = ApplyGate::new(state.cutover_source()).with_unwrapper(cipher.clone());
+        let layer = Arc::new(EnvelopeLayer::new(gate));
+        let mut node = Self::new(config, storage, sm, layer, logger)?;
+        node.applier.set_layer_state(state, cipher);
+        node.provider = Some(provider);
+        Ok(node)
+    }
+
+    /// The replicated layer state, when this node runs the key lifecycle
+    /// ([`with_layer_state`](Self::with_layer_state)).
+    pub fn layer_state(&self) -> Option<&Arc<LayerState>> {
+        self.applier.layer_state()
+    }
+
+    /// The key provider this node prefetches install entries with.
+    pub fn key_provider(&self) -> Option<&Arc<dyn KeyProvider>> {
+        self.provider.as_ref()
+    }
+
+    /// The layer state's status on this replica (`None` without a layer state).
+    pub fn encryption_status(&self) -> Option<EncryptionStatus> {
+        self.layer_state().map(|s| EncryptionStatus::of(s))
+    }
+
+    /// The committed layer control entries this node holds until they are prefetched
+    /// (`(index, data)`, log order). A driver that prefetches itself calls
+    /// [`LayerState::prefetch`] for each, in order, then [`mark_prefetched`](Self::mark_prefetched);
+    /// [`prefetch_pending`](Self::prefetch_pending) does both with the node's provider.
+    pub fn pending_prefetch(&self) -> Vec<(u64, Vec<u8>)> {
+        self.applier.pending_prefetch()
+    }
+
+    /// Lets the held layer control entries up to `index` be applied (on the next
+    /// [`on_ready`](Self::on_ready)).
+    pub fn mark_prefetched(&mut self, index: u64) {
+        self.applier.mark_prefetched(index);
+    }
+
+    /// True when this node has held entries it can apply now, or layer control entries waiting
+    /// for [`prefetch_pending`](Self::prefetch_pending): drive it even without a raft-rs Ready.
+    pub fn needs_driving(&self) -> bool {
+        self.check_running().is_ok()
+            && (self.applier.can_resume() || !self.applier.pending_prefetch().is_empty())
+    }
+
+    /// Prefetches, with the node's [`KeyProvider`], the keys of the held layer control entries,
+    /// in log order, outside the apply path (raft-rs applies synchronously, so the provider is
+    /// called here, never in [`on_ready`](Self::on_ready)). Run it in the driver before
+    /// `on_ready` (for example with a current-thread runtime's `block_on`).
+    ///
+    /// An entry whose prefetch succeeds may be applied. When it fails and every entry before it
+    /// has been applied (so the failure cannot be cured by applying more), the entry is released
+    /// anyway: applying it halts the replica there (`key_unavailable` for a key this replica
+    /// cannot unwrap; fail closed), and a restart with a provider that holds the KEK resumes
+    /// from it. Otherwise (a sealed entry under a key an earlier, not yet applied entry
+    /// installs) it is retried on the next call. Returns the failure that released an entry, if
+    /// any.
+    pub async fn prefetch_pending(&mut self) -> Option<(u64, ControlError)> {
+        let state = self.layer_state()?.clone();
+        for (index, data) in self.applier.pending_prefetch() {
+            let result = match &self.provider {
+                Some(p) => state.prefetch(&data, p.as_ref()).await.map(|_| ()),
+                None => Ok(()),
+            };
+            match result {
+                Ok(()) => self.applier.mark_prefetched(index),
+                Err(e) if index == self.applier.applied().saturating_add(1) => {
+                    tracing::warn!(index, key_id = e.key_id().map(|k| k.0), "prefetch failed: {e}");
+                    self.applier.mark_prefetched(index);
+                    return Some((index, e));
+                }
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// Proposes a layer control entry for `command` (admin, on the leader only), sealed under the
+    /// active key when there is one ([`LayerState::encode_entry`]), and tracks it; matched by
+    /// `(index, term)` like a barrier. Propose admin commands one at a time, each after the
+    /// previous one applied on the leader.
+    ///
+    /// # Errors
+    /// [`ProposeError::NotLeader`], [`ProposeError::NoLayerState`], [`ProposeError::Refused`]
+    /// when the entry cannot be sealed (a cutover with no active key), raft-rs errors, the halt.
+    pub fn propose_control(&mut self, command: &ControlCommand) -> Result<Ticket, ProposeError> {
+        self.propose_check()?;
+        let state = self.layer_state().ok_or(ProposeError::NoLayerState)?.clone();
+        if self.raw.raft.state != StateRole::Leader {
+            return Err(ProposeError::NotLeader { leader: self.raw.raft.leader_id });
+        }
+        let id = self.proposer.layer().next_proposal_id();
+        let data = state.encode_entry(id, command).map_err(ProposeError::Refused)?;
+        let context = ContextMarker::layer_control(id).encode();
+        let ticket = append(&mut self.raw, id, EntryKind::Control, context, data)?;
+        self.control_hint = self.control_hint.max(self.raw.raft.raft_log.last_index());
+        self.tracker.track(&ticket);
+        tracing::info!(
+            command = command.name(),
+            key_id = command.key_id().map(|k| k.0),
+            "layer control entry proposed"
+        );
+        Ok(ticket)
+    }
+
+    /// Creates a new data key (id [`LayerState::next_key_id`] over this node's applied state),
+    /// wraps it under `provider`'s KEK and proposes its install entry (admin, on the leader).
+    /// Returns the key id and the ticket.
+    ///
+    /// # Errors
+    /// [`ProposeError::Control`] when the key cannot be created or wrapped; see
+    /// [`propose_control`](Self::propose_control).
+    pub async fn propose_install(
+        &mut self,
+        provider: &dyn KeyProvider,
+        algorithm: Algorithm,
+    ) -> Result<(KeyId, Ticket), ProposeError> {
+        self.propose_check()?;
+        let state = self.layer_state().ok_or(ProposeError::NoLayerState)?.clone();
+        if self.raw.raft.state != StateRole::Leader {
+            return Err(ProposeError::NotLeader { leader: self.raw.raft.leader_id });
+        }
+        let key_id = state.next_key_id();
+        let command =
+            state.generate_install(key_id, algorithm, provider).await.map_err(ProposeError::Control)?;
+        Ok((key_id, self.propose_control(&command)?))
+    }
+
+    /// True when this node may not append a cleartext entry because its log holds a layer control
+    /// entry it has not applied yet (for example a promote): once applied it may seal, and an
+    /// enforce may follow. See [`Cluster::enable_encryption`](crate::testing::Cluster::enable_encryption).
+    fn unapplied_control_in_log(&self) -> bool {
+        if self.layer_state().is_none() {
+            return false;
+        }
+        let unstable = self.raw.raft.raft_log.unstable_entries().iter().rev().find(|e| is_layer_control(e));
+        let hint = self.control_hint.max(unstable.map_or(0, |e| e.index));
+        hint > self.applier.applied()
     }
 
     /// Sets after how many ticks a proposal without an outcome times out.
@@ -121,6 +329,9 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
         payload: Vec<u8>,
     ) -> Result<Ticket, ProposeError> {
         self.propose_check()?;
+        if !self.proposer.layer().is_sealing() && self.unapplied_control_in_log() {
+            return Err(ProposeError::ControlPending);
+        }
         let ticket = self.proposer.propose_with_context(&mut self.raw, context, payload)?;
         self.tracker.track(&ticket);
         Ok(ticket)
@@ -173,10 +384,19 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
             return Err(StepError::Stopped(why.clone()));
         }
         if message.get_msg_type() == MessageType::MsgPropose
+            && message.get_entries().iter().any(is_layer_control)
+        {
+            tracing::warn!(
+                from = message.from,
+                "refused a forwarded layer control entry: admin commands are proposed on the leader"
+            );
+            return Err(StepError::ControlProposalRefused { from: message.from });
+        }
+        if message.get_msg_type() == MessageType::MsgPropose
             && message.get_entries().iter().any(|e| classify(e) == EntryKind::Cleartext)
         {
             let layer = self.proposer.layer();
-            let sealing = layer.is_sealing();
+            let sealing = layer.is_sealing() || self.unapplied_control_in_log();
             // The k-th entry of the message (0-based) would be appended after last + k.
             let last = self.raw.raft.raft_log.last_index();
             let above = message.get_entries().iter().enumerate().find_map(|(k, e)| {
@@ -292,6 +512,12 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
     }
 
     fn ready_inner(&mut self) -> Result<Vec<Message>, NodeError> {
+        if self.applier.can_resume() {
+            // Held entries whose layer control entries have been prefetched meanwhile.
+            self.apply(Vec::new())?;
+            self.raw.advance_apply_to(self.applier.applied());
+            self.tracker.on_log_changed(&self.raw);
+        }
         if !self.raw.has_ready() {
             return Ok(Vec::new());
         }
@@ -311,6 +537,11 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
             self.applier.restored_to(index);
         }
         store.append(rd.entries()).map_err(NodeError::Raft)?;
+        if self.applier.layer_state().is_some() {
+            if let Some(e) = rd.entries().iter().rev().find(|e| is_layer_control(e)) {
+                self.control_hint = self.control_hint.max(e.index);
+            }
+        }
         if let Some(hs) = rd.hs() {
             store.set_hard_state(hs).map_err(NodeError::Raft)?;
         }
@@ -340,11 +571,18 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
     /// message install arbitrary state and move the applied index past entries never opened.
     /// Fail closed instead: the node halts at the snapshot's index, before anything of it is
     /// restored or persisted. Inert (no cutover), snapshots are restored as before.
+    ///
+    /// A node with a layer state ([`with_layer_state`](Self::with_layer_state)) refuses every
+    /// snapshot, cutover or not: snapshots do not carry the layer state yet, so one could skip
+    /// the install, promote and enforce entries it covers and leave this replica without the
+    /// cutover its peers enforce (cleartext above `C` would then pass here).
     fn refuse_snapshot(&mut self, index: u64) -> Option<FatalApplyError> {
-        let cutover = self.applier.layer().gate().cutover().filter(|c| *c != u64::MAX)?;
+        let cutover = self.applier.layer().gate().cutover().filter(|c| *c != u64::MAX);
+        if cutover.is_none() && self.applier.layer_state().is_none() {
+            return None;
+        }
         let gate = self.applier.layer().gate();
-        let halt =
-            gate.record_halt(FatalApplyError::new(index, FailureReason::UnsealedSnapshot, Some(cutover)));
+        let halt = gate.record_halt(FatalApplyError::new(index, FailureReason::UnsealedSnapshot, cutover));
         self.applier.halt(halt.clone());
         Some(halt)
     }
@@ -361,7 +599,7 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
     }
 
     fn apply(&mut self, entries: Vec<raft::eraftpb::Entry>) -> Result<(), NodeError> {
-        if entries.is_empty() {
+        if entries.is_empty() && !self.applier.can_resume() {
             return Ok(());
         }
         let store = self.raw.store().clone();

@@ -152,7 +152,7 @@ impl EnvelopeProposer {
     }
 }
 
-fn append<T: Storage>(
+pub(crate) fn append<T: Storage>(
     node: &mut RawNode<T>,
     id: ProposalId,
     kind: EntryKind,

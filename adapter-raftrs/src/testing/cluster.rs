@@ -2,16 +2,21 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 
 use raft::eraftpb::{Entry, Message, MessageType};
 use raft::storage::MemStorage;
 use raft::{Config, GetEntriesContext, Storage};
-use raft_envelope_core::{EnvelopeLayer, FatalApplyError, PayloadWrapper, ProposalId};
+use raft_envelope_core::{
+    Algorithm, ControlCommand, ControlError, EnvelopeLayer, FatalApplyError, KekId, KeyId, KeyProvider,
+    KeyProviderError, LayerState, PayloadWrapper, ProposalId,
+};
 use slog::Logger;
 
 use crate::error::{NodeError, ProposeError};
-use crate::node::EnvelopeNode;
+use crate::node::{EncryptionStatus, EnvelopeNode};
 use crate::proposer::raft_error;
 use crate::state_machine::StateMachine;
 use crate::tracker::Applied;
@@ -57,11 +62,55 @@ pub enum ClusterError {
     /// The storage refused an operation.
     #[error("storage: {0}")]
     Storage(String),
+    /// An admin command could not be prepared (key creation or wrapping failed).
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// Retiring the active key was refused: rotate to a new key instead.
+    #[error("{0} is the active key: rotate instead of retiring it")]
+    RetireActiveKey(KeyId),
+    /// The node has no layer state (started with a plain layer).
+    #[error("node {0} has no layer state")]
+    NoLayerState(u64),
+}
+
+/// How a node's layer is configured.
+#[derive(Clone)]
+enum Setup {
+    /// A plain layer: keys and cutover from the node's configuration.
+    Layer(Arc<EnvelopeLayer>),
+    /// Keys and cutover through the log: the replicated layer state and the node's key provider.
+    Lifecycle(Arc<LayerState>, Arc<dyn KeyProvider>),
 }
 
 struct Slot<SM: StateMachine> {
     storage: MemStorage,
     node: Option<EnvelopeNode<MemStorage, SM>>,
+    /// The layer state kept across restarts (persisted with the state machine).
+    state: Option<Arc<LayerState>>,
+}
+
+/// Wakes the blocked thread.
+struct ThreadWaker(std::thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Runs `future` to completion on this thread (for key providers that need no async runtime,
+/// like [`FileKekProvider`](raft_envelope_core::FileKekProvider)): the test driver's way of
+/// calling async providers outside the synchronous raft-rs apply path.
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(out) => return out,
+            Poll::Pending => std::thread::park(),
+        }
+    }
 }
 
 /// A raft-rs cluster of [`EnvelopeNode`]s over [`MemStorage`] in one process.
@@ -106,6 +155,29 @@ impl<SM: StateMachine> Cluster<SM> {
     pub fn with_config(
         cfg: ClusterConfig,
         layers: Vec<Arc<EnvelopeLayer>>,
+        make_sm: impl FnMut(u64) -> SM,
+    ) -> Result<Self, ClusterError> {
+        Self::build(cfg, layers.into_iter().map(Setup::Layer).collect(), make_sm)
+    }
+
+    /// Starts one node per `(layer state, key provider)` (ids 1..=n), whose keys and cutover
+    /// change only through layer control entries ([`EnvelopeNode::with_layer_state`]); the
+    /// cluster prefetches install entries with each node's provider outside the apply path.
+    /// Switch encryption on with [`enable_encryption`](Self::enable_encryption).
+    ///
+    /// # Errors
+    /// [`ClusterError`] when a node cannot start or no leader is elected.
+    pub fn with_layer_states(
+        cfg: ClusterConfig,
+        nodes: Vec<(Arc<LayerState>, Arc<dyn KeyProvider>)>,
+        make_sm: impl FnMut(u64) -> SM,
+    ) -> Result<Self, ClusterError> {
+        Self::build(cfg, nodes.into_iter().map(|(s, p)| Setup::Lifecycle(s, p)).collect(), make_sm)
+    }
+
+    fn build(
+        cfg: ClusterConfig,
+        layers: Vec<Setup>,
         mut make_sm: impl FnMut(u64) -> SM,
     ) -> Result<Self, ClusterError> {
         let logger = Logger::root(slog::Discard, slog::o!());
@@ -124,8 +196,12 @@ impl<SM: StateMachine> Cluster<SM> {
         };
         for (id, layer) in ids.iter().zip(layers) {
             let storage = MemStorage::new_with_conf_state((ids.clone(), vec![]));
+            let state = match &layer {
+                Setup::Lifecycle(state, _) => Some(state.clone()),
+                Setup::Layer(_) => None,
+            };
             let node = cluster.start_node(*id, storage.clone(), make_sm(*id), layer)?;
-            cluster.slots.insert(*id, Slot { storage, node: Some(node) });
+            cluster.slots.insert(*id, Slot { storage, node: Some(node), state });
         }
         if let Some(first) = ids.first() {
             cluster.node_mut(*first)?.campaign()?;
@@ -141,7 +217,7 @@ impl<SM: StateMachine> Cluster<SM> {
         id: u64,
         storage: MemStorage,
         sm: SM,
-        layer: Arc<EnvelopeLayer>,
+        setup: Setup,
     ) -> Result<EnvelopeNode<MemStorage, SM>, ClusterError> {
         let config = Config {
             id,
@@ -149,8 +225,13 @@ impl<SM: StateMachine> Cluster<SM> {
             heartbeat_tick: self.cfg.heartbeat_tick,
             ..Config::default()
         };
-        Ok(EnvelopeNode::new(&config, storage, sm, layer, &self.logger)?
-            .with_proposal_timeout(self.cfg.proposal_timeout_ticks))
+        let node = match setup {
+            Setup::Layer(layer) => EnvelopeNode::new(&config, storage, sm, layer, &self.logger)?,
+            Setup::Lifecycle(state, provider) => {
+                EnvelopeNode::with_layer_state(&config, storage, sm, state, provider, &self.logger)?
+            }
+        };
+        Ok(node.with_proposal_timeout(self.cfg.proposal_timeout_ticks))
     }
 
     /// The node ids.
@@ -228,6 +309,10 @@ impl<SM: StateMachine> Cluster<SM> {
                     continue;
                 }
                 let Some(node) = self.slots.get_mut(id).and_then(|s| s.node.as_mut()) else { continue };
+                if !node.pending_prefetch().is_empty() {
+                    // Outside the apply path: the provider may be slow; apply never waits for it.
+                    let _ = block_on(node.prefetch_pending());
+                }
                 match node.on_ready() {
                     Ok(messages) => {
                         moved |= !messages.is_empty();
@@ -249,7 +334,8 @@ impl<SM: StateMachine> Cluster<SM> {
                 self.deliver(m);
             }
             let pending = ids.iter().any(|id| {
-                self.running(*id) && self.node(*id).map(|n| n.raw_node().has_ready()).unwrap_or(false)
+                self.running(*id)
+                    && self.node(*id).map(|n| n.raw_node().has_ready() || n.needs_driving()).unwrap_or(false)
             });
             if !moved && !pending {
                 return;
@@ -457,6 +543,172 @@ impl<SM: StateMachine> Cluster<SM> {
         Ok(cutover)
     }
 
+    /// The leader, once its applied state includes every committed entry: it has committed an
+    /// entry of its own term (so everything any earlier leader committed is in its commit index)
+    /// and applied up to its commit index. Admin commands are prepared from this state (key ids,
+    /// the active key that seals the entry), so they are serial and never conflict.
+    fn admin_leader(&mut self) -> Result<u64, ClusterError> {
+        let leader = self.wait_leader()?;
+        let ready = self.wait_until(|c| {
+            c.node(leader).is_ok_and(|n| {
+                n.is_leader() && n.raw_node().raft.commit_to_current_term() && n.applied() >= n.commit_index()
+            })
+        });
+        if !ready {
+            return Err(ClusterError::Timeout("the leader to apply its commit index"));
+        }
+        if self.node(leader)?.layer_state().is_none() {
+            return Err(ClusterError::NoLayerState(leader));
+        }
+        Ok(leader)
+    }
+
+    /// Proposes one admin command through the leader and waits until the leader applied it;
+    /// returns its index.
+    fn run_control(&mut self, command: &ControlCommand) -> Result<u64, ClusterError> {
+        let leader = self.admin_leader()?;
+        let ticket = self.node_mut(leader)?.propose_control(command)?;
+        Ok(self.wait_completion(ticket.id)?.index)
+    }
+
+    /// Installs a new key (wrapped under `provider`'s KEK) and promotes it, through the leader;
+    /// returns the key id and the promote entry's index.
+    fn install_and_promote(
+        &mut self,
+        provider: &dyn KeyProvider,
+        algorithm: Algorithm,
+    ) -> Result<(KeyId, u64), ClusterError> {
+        let leader = self.admin_leader()?;
+        let node = self.node_mut(leader)?;
+        let (key_id, ticket) = block_on(node.propose_install(provider, algorithm))?;
+        self.wait_completion(ticket.id)?;
+        let promoted = self.run_control(&ControlCommand::PromoteKey { key_id })?;
+        Ok((key_id, promoted))
+    }
+
+    /// Switches encryption on through the log and returns the cutover `C`:
+    ///
+    /// 1. **Install**: a new data key (id `next_key_id()` over the leader's applied state),
+    ///    wrapped under `kek_id` by `provider`, in an install entry; every replica unwraps it with
+    ///    its own provider before applying it (prefetch), or halts there (`key_unavailable`).
+    /// 2. **Promote**: the key becomes active on every replica at the promote entry's index `P`;
+    ///    each node seals its new proposals from the moment it applied `P`, and from then on
+    ///    its `step` refuses forwarded cleartext.
+    /// 3. **Drain**: wait (bounded) until every running node applied `P`; not needed for safety,
+    ///    it only spares writers refusals.
+    /// 4. **Enforce**: an enforce entry (sealed under the new key); its index is `C` on every
+    ///    replica.
+    ///
+    /// Why no cleartext can land above `C`: take an entry `e` committed at `i > C`. The leader
+    /// that created `e` appended it after its log prefix `1..i`, which is the committed prefix
+    /// (Log Matching), so at that moment its log held the promote at `P < C`. Either that leader
+    /// had applied `P` — then its layer sealed (a node never stops sealing once a key is active,
+    /// and a restart with the persisted layer state seals from the start), so it sealed its own
+    /// proposal (sealing and appending happen in one `&mut RawNode` call) and its `step` refused
+    /// a forwarded cleartext one — or it had not, and then its log held a layer control entry
+    /// above its applied index, for which a node that does not seal refuses cleartext from its
+    /// own proposer ([`ProposeError::ControlPending`]) and from `step`. Either way `e` is not
+    /// cleartext. This depends only on the creating leader's log and applied index, so it holds
+    /// through leader changes and with nodes that are down (they catch up from the log). A
+    /// cleartext proposal in flight from before is refused and its client sees a retryable
+    /// error or a timeout, never a halt.
+    ///
+    /// Idempotent: when a cutover is already set, returns it; when a key is already active,
+    /// skips steps 1 and 2.
+    ///
+    /// # Errors
+    /// [`ClusterError`]: the command that failed; a failed attempt leaves the cluster
+    /// consistent (every replica applies the same prefix) and can be retried.
+    pub fn enable_encryption(
+        &mut self,
+        provider: &dyn KeyProvider,
+        kek_id: &KekId,
+        algorithm: Algorithm,
+    ) -> Result<u64, ClusterError> {
+        let leader = self.admin_leader()?;
+        let state = self.node(leader)?.layer_state().cloned().ok_or(ClusterError::NoLayerState(leader))?;
+        if let Some(cutover) = state.cutover() {
+            return Ok(cutover);
+        }
+        if provider.kek_id() != kek_id {
+            return Err(ClusterError::Control(ControlError::Provider {
+                key_id: state.next_key_id(),
+                source: KeyProviderError::UnknownKek {
+                    requested: kek_id.clone(),
+                    held: provider.kek_id().clone(),
+                },
+            }));
+        }
+        if state.active_key().is_none() {
+            let (_, promoted) = self.install_and_promote(provider, algorithm)?;
+            self.wait_until(|c| {
+                c.ids().iter().all(|id| !c.running(*id) || c.applied(*id).is_ok_and(|a| a >= promoted))
+            });
+        }
+        let enforce = self.run_control(&ControlCommand::Enforce)?;
+        let cutover = self.node(leader).ok().and_then(|n| n.layer_state()?.cutover()).unwrap_or(enforce);
+        tracing::info!(cutover, "encryption enabled through the log");
+        Ok(cutover)
+    }
+
+    /// Rotates: installs a new key wrapped under `provider`'s KEK and promotes it (the previous
+    /// active key becomes decrypt-only: old entries still open). Returns the new key id.
+    ///
+    /// # Errors
+    /// [`ClusterError`].
+    pub fn rotate_key(
+        &mut self,
+        provider: &dyn KeyProvider,
+        algorithm: Algorithm,
+    ) -> Result<KeyId, ClusterError> {
+        let (key_id, _) = self.install_and_promote(provider, algorithm)?;
+        Ok(key_id)
+    }
+
+    /// Retires `key_id` to decrypt-only through the log. Returns the entry's index.
+    ///
+    /// The active key is refused ([`ClusterError::RetireActiveKey`]; rotate instead): with a
+    /// cutover in force and no active key, no control entry could be sealed any more, so no key
+    /// could ever be promoted again.
+    ///
+    /// # Errors
+    /// [`ClusterError`].
+    pub fn retire_key(&mut self, key_id: KeyId) -> Result<u64, ClusterError> {
+        let leader = self.admin_leader()?;
+        if self.node(leader)?.layer_state().and_then(|s| s.active_key()) == Some(key_id) {
+            return Err(ClusterError::RetireActiveKey(key_id));
+        }
+        self.run_control(&ControlCommand::RetireKey { key_id })
+    }
+
+    /// Destroys `key_id` through the log: every replica drops its material; envelopes under it no
+    /// longer open (an unapplied one halts with `destroyed_key`). Returns the entry's index.
+    /// Destroy-with-proof (refusing while an entry sealed under the key is still needed) is not
+    /// checked yet.
+    ///
+    /// # Errors
+    /// [`ClusterError`].
+    pub fn destroy_key(&mut self, key_id: KeyId) -> Result<u64, ClusterError> {
+        self.run_control(&ControlCommand::DestroyKey { key_id })
+    }
+
+    /// The layer state's status on the leader (keys, cutover, active key).
+    ///
+    /// # Errors
+    /// [`ClusterError::NoLeader`], [`ClusterError::NoLayerState`].
+    pub fn encryption_status(&mut self) -> Result<EncryptionStatus, ClusterError> {
+        let leader = self.wait_leader()?;
+        self.encryption_status_of(leader)
+    }
+
+    /// The layer state's status on node `id`.
+    ///
+    /// # Errors
+    /// [`ClusterError::NoSuchNode`], [`ClusterError::NoLayerState`].
+    pub fn encryption_status_of(&self, id: u64) -> Result<EncryptionStatus, ClusterError> {
+        self.node(id)?.encryption_status().ok_or(ClusterError::NoLayerState(id))
+    }
+
     /// Restarts node `id` with `layer`: drops its `RawNode`, rebuilds it on the same storage and
     /// state machine (`Config.applied` = its last good index), and lets it catch up (or halt).
     ///
@@ -466,7 +718,31 @@ impl<SM: StateMachine> Cluster<SM> {
         let slot = self.slots.get_mut(&id).ok_or(ClusterError::NoSuchNode(id))?;
         let old = slot.node.take().ok_or(ClusterError::NoSuchNode(id))?;
         let (storage, sm) = old.into_parts();
-        let node = self.start_node(id, storage, sm, layer)?;
+        slot.state = None;
+        let node = self.start_node(id, storage, sm, Setup::Layer(layer))?;
+        self.finish_restart(id, node)
+    }
+
+    /// Restarts node `id` of a [`with_layer_states`](Self::with_layer_states) cluster with the
+    /// same layer state (persisted with its state machine) and `provider`, for example one that
+    /// now holds the KEK it lacked: the node resumes from its last good index.
+    ///
+    /// # Errors
+    /// [`ClusterError`] when the node cannot be rebuilt or has no layer state.
+    pub fn restart_with_provider(
+        &mut self,
+        id: u64,
+        provider: Arc<dyn KeyProvider>,
+    ) -> Result<(), ClusterError> {
+        let slot = self.slots.get_mut(&id).ok_or(ClusterError::NoSuchNode(id))?;
+        let state = slot.state.clone().ok_or(ClusterError::NoLayerState(id))?;
+        let old = slot.node.take().ok_or(ClusterError::NoSuchNode(id))?;
+        let (storage, sm) = old.into_parts();
+        let node = self.start_node(id, storage, sm, Setup::Lifecycle(state, provider))?;
+        self.finish_restart(id, node)
+    }
+
+    fn finish_restart(&mut self, id: u64, node: EnvelopeNode<MemStorage, SM>) -> Result<(), ClusterError> {
         if let Some(slot) = self.slots.get_mut(&id) {
             slot.node = Some(node);
         }
