@@ -236,7 +236,7 @@ impl<C: RaftTypeConfig, SM> EnvelopeStateMachine<C, SM> {
             let error = FatalApplyError::new(index, FailureReason::InvalidControl, gate.cutover());
             return Err(gate.record_halt(error));
         };
-        lifecycle.state.apply_control(index, bytes)?;
+        lifecycle.state.apply_control(index, bytes).map_err(|e| gate.record_halt(e))?;
         if lifecycle.state.active_key().is_some() && !self.layer.is_sealing() {
             // Every proposal prepared from now on is sealed. A cleartext proposal prepared before
             // is counted by its `EnvelopeRaft` until Raft answers for it; the admin drains those

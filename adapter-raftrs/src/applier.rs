@@ -204,8 +204,7 @@ impl<SM: StateMachine> EnvelopeApplier<SM> {
                     return Ok(());
                 }
                 if let Err(halt) = l.state.apply_control(entry.index, entry.get_data()) {
-                    // Counted by the gate like every other halt (`record_halt` also traces it, so a
-                    // control halt emits two error events: the layer state's and the gate's).
+                    // Counted and traced by the gate, like every other halt.
                     let halt = self.layer.gate().record_halt(halt);
                     self.halt = Some(halt.clone());
                     return Err(NodeError::Halted(halt));

@@ -590,7 +590,9 @@ impl LayerState {
     /// # Errors
     /// A [`FatalApplyError`] naming `index`, the key and the reason ([`FatalApplyError::control`]
     /// has the details): the replica must halt without advancing its applied index. Nothing
-    /// changed; the same entry applies once the cause is repaired.
+    /// changed; the same entry applies once the cause is repaired. Pass it to
+    /// [`ApplyGate::record_halt`](crate::ApplyGate::record_halt) so it is counted and traced like
+    /// every other halt (this method does neither).
     pub fn apply_control(&self, index: u64, entry: &[u8]) -> Result<ControlOutcome, FatalApplyError> {
         let mut inner = lock(&self.inner);
         if inner.applied.is_some_and(|applied| index <= applied) {
@@ -612,16 +614,9 @@ impl LayerState {
                 Ok(outcome)
             }
             Err(error) => {
-                let error = FatalApplyError::from_control(index, error, cutover);
-                tracing::error!(
-                    index = error.index,
-                    key_id = error.key_id.map(|k| k.0),
-                    reason = error.reason.as_str(),
-                    cutover = error.cutover,
-                    entry_kind = "layer-control",
-                    "envelope layer halted apply: {error}"
-                );
-                Err(error)
+                // Not traced here: the adapter hands it to `ApplyGate::record_halt`, which counts
+                // and traces every halt in one place.
+                Err(FatalApplyError::from_control(index, error, cutover))
             }
         }
     }
