@@ -4,17 +4,18 @@
 //! cargo run -p raft-envelope-openraft --example cluster
 //! ```
 //!
-//! Writes a few keys in the clear, switches encryption on while the cluster runs, writes more,
-//! shows one replica's stored log and applied state, then tampers with one stored entry on one
-//! replica: that replica halts at the entry with a typed error while the others keep serving.
+//! Writes a few keys in the clear, switches encryption on while the cluster runs through
+//! replicated control entries (install a data key wrapped under a key-encryption key, promote it,
+//! enforce the cutover), writes more, rotates the key the same way, shows one replica's stored log
+//! and applied state, then tampers with one stored entry on one replica: that replica halts at the
+//! entry with a typed error while the others keep serving.
 
 use std::error::Error;
 use std::sync::Arc;
 use std::time::Duration;
 
 use raft_envelope_core::{
-    Algorithm, ApplyGate, ClusterId, Cutover, EntryKind, EnvelopeCipher, EnvelopeLayer, KeyId, Keyring,
-    SecretKey,
+    Algorithm, ClusterId, EntryKind, FileKekProvider, KekId, KeyProvider, LayerState, SecretKey,
 };
 use raft_envelope_openraft::testing::{KvApp, TestCluster};
 
@@ -24,46 +25,51 @@ const WAIT: Duration = Duration::from_secs(5);
 async fn main() -> Result<(), Box<dyn Error>> {
     println!("raft-envelope on openraft 0.9: a 3-node cluster in one process\n");
 
-    // One data key, distributed out of band; every node has its own keyring holding a copy.
-    let material = *SecretKey::generate()?.expose_secret();
-    let cipher = || -> Result<Arc<EnvelopeCipher>, Box<dyn Error>> {
-        let ring = Keyring::with_active_key(KeyId(1), Algorithm::Aes256Gcm, SecretKey::from_bytes(material))?;
-        Ok(Arc::new(EnvelopeCipher::new(ClusterId::new("demo-cluster")?, Arc::new(ring))))
-    };
-    let ciphers = [cipher()?, cipher()?, cipher()?];
-    let cutovers: Vec<Arc<Cutover>> = (0..3).map(|_| Arc::new(Cutover::inert())).collect();
+    // Every node holds the key-encryption key (KEK). In production it comes from a file only
+    // its owner may read (`FileKekProvider::load`) or from a KMS; data keys never do: they travel
+    // through the log wrapped under the KEK.
+    let kek_id = KekId::new("demo-kek")?;
+    let provider: Arc<dyn KeyProvider> =
+        Arc::new(FileKekProvider::from_key(kek_id.clone(), SecretKey::generate()?)?);
+    let cluster_id = ClusterId::new("demo-cluster")?;
 
-    step(1, "start 3 nodes; the layer is installed but inert (no sealing, no cutover)");
+    step(1, "start 3 nodes; the layer is installed but inert (no key, no cutover)");
     let nodes = (0..3)
-        .map(|i| {
-            let gate = ApplyGate::new(cutovers[i].clone()).with_unwrapper(ciphers[i].clone());
-            (Arc::new(EnvelopeLayer::new(gate)), KvApp::default())
-        })
+        .map(|_| (Arc::new(LayerState::new(cluster_id.clone())), Some(provider.clone()), KvApp::default()))
         .collect();
-    let cluster = TestCluster::start(nodes).await?;
+    let cluster = TestCluster::start_with_layer_states(nodes).await?;
     println!("   leader: node {}", cluster.wait_leader(WAIT).await?);
+    print_status(&cluster, 1)?;
 
     step(2, "write a few keys (stored in the clear: encryption is not on yet)");
     for kv in ["user:1=alice", "user:2=bob", "plan:1=free"] {
         put(&cluster, kv).await?;
     }
 
-    step(3, "switch encryption on: seal on every node -> drain -> commit a barrier -> set the cutover");
-    let cutover = cluster.switch_on(ciphers[0].clone(), &cutovers, WAIT).await?;
+    step(3, "switch encryption on through the log: install key -> promote -> drain -> enforce");
+    let enabled = cluster.enable_encryption(provider.as_ref(), &kek_id, Algorithm::Aes256Gcm).await?;
     println!(
-        "   cutover C = {cutover} (the barrier entry): every payload above {cutover} must be an envelope"
+        "   {} active; cutover C = {} (the enforce entry): every payload above it must be an envelope",
+        enabled.key_id, enabled.cutover
     );
+    print_status(&cluster, 1)?;
 
     step(4, "write more keys (sealed before they reach the log)");
     for kv in ["card:1=4111-1111-1111-1111", "card:2=5500-0000-0000-0004", "user:1=alice-smith"] {
         put(&cluster, kv).await?;
     }
+
+    step(5, "rotate the data key through the log (install + promote); the old key stays decrypt-only");
+    let rotated = cluster.rotate_key(provider.as_ref(), &kek_id, Algorithm::Aes256Gcm).await?;
+    println!("   {rotated} is now active");
+    put(&cluster, "user:2=bob-jones").await?;
     let last = cluster.last_index()?;
     for id in cluster.ids() {
         cluster.wait_applied(id, last, WAIT).await?;
     }
+    print_status(&cluster, 3)?;
 
-    step(5, "node 3's stored log (what its disk holds) and its applied state");
+    step(6, "node 3's stored log (what its disk holds) and its applied state");
     print_log(&cluster, 3)?;
     print_state(&cluster, 3)?;
     for id in cluster.ids() {
@@ -71,7 +77,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         println!("   card number in node {id}'s stored log bytes: {}", if leaked { "FOUND" } else { "no" });
     }
 
-    step(6, "tamper: flip one bit of a stored envelope on node 3, before node 3 applies it");
+    step(7, "tamper: flip one bit of a stored envelope on node 3, before node 3 applies it");
     cluster.hold_commit(3, true)?; // node 3 stores the next entry but does not learn it is committed yet
     let tampered = put(&cluster, "card:3=3400-0000-0000-009").await?;
     cluster.wait_stored(3, tampered, WAIT).await?;
@@ -90,7 +96,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         if running == Some(true) { "yes" } else { "no (Fatal: stopped)" }
     );
 
-    step(7, "the other nodes keep serving");
+    step(8, "the other nodes keep serving");
     let index = put(&cluster, "plan:1=pro").await?;
     for id in [1, 2] {
         cluster.wait_applied(id, index, WAIT).await?;
@@ -102,12 +108,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
     print_state(&cluster, 1)?;
 
-    step(8, "restart node 3 with the same log and keys: it fails on the same entry again (sticky)");
-    let layer = |i: usize| {
-        let gate = ApplyGate::new(cutovers[i].clone()).with_unwrapper(ciphers[i].clone());
-        Arc::new(EnvelopeLayer::new(gate).with_wrapper(ciphers[i].clone()))
-    };
-    cluster.restart(3, layer(2)).await?;
+    step(9, "restart node 3 with the same log and KEK: it fails on the same entry again (sticky)");
+    cluster.restart_with_provider(3, Some(provider.clone())).await?;
     match cluster.node(3)?.halt.get() {
         Some(halt) => println!("   Raft::new on node 3 failed again: {halt}"),
         None => println!("   node 3 started (unexpected)"),
@@ -115,13 +117,13 @@ async fn main() -> Result<(), Box<dyn Error>> {
     println!("   node 3 applied index: {}", cluster.applied_index(3)?);
 
     step(
-        9,
+        10,
         "repair: restore the entry's bytes from a healthy replica, restart node 3: it resumes and converges",
     );
     if let Some((kind, bytes)) = cluster.read_entry(1, tampered)? {
         cluster.write_entry(3, tampered, kind, bytes)?;
     }
-    cluster.restart(3, layer(2)).await?;
+    cluster.restart_with_provider(3, Some(provider.clone())).await?;
     cluster.wait_applied(3, index, WAIT).await?;
     println!(
         "   node 3 applied index: {}; halted: {}",
@@ -150,7 +152,7 @@ async fn put(cluster: &TestCluster<KvApp>, kv: &str) -> Result<u64, Box<dyn Erro
 }
 
 fn print_log(cluster: &TestCluster<KvApp>, id: u64) -> Result<(), Box<dyn Error>> {
-    println!("   {:>5}  {:>4}  {:<10}  {:<7}  first bytes", "index", "term", "kind", "key");
+    println!("   {:>5}  {:>4}  {:<13}  {:<7}  first bytes", "index", "term", "kind", "key");
     for e in cluster.stored_entries(id)? {
         let key = e.key_id.map(|k| k.to_string()).unwrap_or_else(|| "-".into());
         let shown = match e.kind {
@@ -163,7 +165,27 @@ fn print_log(cluster: &TestCluster<KvApp>, id: u64) -> Result<(), Box<dyn Error>
             }
             _ => "-".into(),
         };
-        println!("   {:>5}  {:>4}  {:<10}  {:<7}  {shown}", e.index, e.term, e.label, key);
+        println!("   {:>5}  {:>4}  {:<13}  {:<7}  {shown}", e.index, e.term, e.label, key);
+    }
+    Ok(())
+}
+
+fn print_status(cluster: &TestCluster<KvApp>, id: u64) -> Result<(), Box<dyn Error>> {
+    let Some(status) = cluster.layer_snapshot(id)? else { return Ok(()) };
+    let cutover = status.cutover.map_or_else(|| "none (inert)".to_string(), |c| c.to_string());
+    println!("   encryption status on node {id}: cutover {cutover}");
+    for k in &status.keys {
+        println!(
+            "     {:<6} {:<12} {:<12} installed at index {:>2}, sealed entries applied: {}",
+            k.key_id.to_string(),
+            format!("{:?}", k.state),
+            k.algorithm.to_string(),
+            k.installed_at,
+            k.sealed_entries
+        );
+    }
+    if status.keys.is_empty() {
+        println!("     no keys");
     }
     Ok(())
 }
