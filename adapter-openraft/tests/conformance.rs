@@ -6,12 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raft_envelope_conformance::{
-    AppliedPayload, Capabilities, Cluster, ClusterBuilder, HarnessError, NodeId, ProposeError,
+    AppliedPayload, Capabilities, Cluster, ClusterBuilder, HarnessError, ManagedNode, NodeId, ProposeError,
     RecordingStateMachine, Response, StoredEntry,
 };
-use raft_envelope_core::{EntryKind, EnvelopeLayer, FatalApplyError};
+use raft_envelope_core::{
+    Algorithm, EntryKind, EnvelopeLayer, FatalApplyError, KeyId, KeyProvider, LayerSnapshot,
+};
 use raft_envelope_openraft::testing::{Application, ClusterError, TestCluster, WriteFailure};
-use raft_envelope_openraft::WriteError;
+use raft_envelope_openraft::{AdminError, WriteError};
 
 /// The suite's state machine as the test cluster's application.
 struct Recording(RecordingStateMachine);
@@ -53,15 +55,35 @@ impl ClusterBuilder for OpenraftBuilder {
     }
 
     fn build(&self, layers: Vec<Arc<EnvelopeLayer>>) -> Result<(OpenraftCluster, ()), HarnessError> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(|e| HarnessError::Engine(e.to_string()))?;
+        let runtime = runtime()?;
         let nodes = layers.into_iter().map(|l| (l, Recording(RecordingStateMachine::default()))).collect();
         let cluster = runtime.block_on(TestCluster::start(nodes)).map_err(engine)?;
         Ok((OpenraftCluster { cluster, runtime }, ()))
     }
+
+    /// `TestCluster::start_with_layer_states`: a node without a provider halts at an install
+    /// entry whose key it did not create.
+    fn build_managed(&self, nodes: Vec<ManagedNode>) -> Result<(OpenraftCluster, ()), HarnessError> {
+        let runtime = runtime()?;
+        let nodes = nodes
+            .into_iter()
+            .map(|n| (n.layer_state, n.provider, Recording(RecordingStateMachine::default())))
+            .collect();
+        let cluster = runtime.block_on(TestCluster::start_with_layer_states(nodes)).map_err(engine)?;
+        Ok((OpenraftCluster { cluster, runtime }, ()))
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, HarnessError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| HarnessError::Engine(e.to_string()))
+}
+
+fn admin(e: AdminError<u64, openraft::BasicNode>) -> HarnessError {
+    HarnessError::Engine(e.to_string())
 }
 
 impl Cluster for OpenraftCluster {
@@ -133,6 +155,44 @@ impl Cluster for OpenraftCluster {
     fn append_unchecked(&self, entry: StoredEntry) -> Result<u64, HarnessError> {
         let kind = if entry.kind == EntryKind::Envelope { EntryKind::Envelope } else { EntryKind::Cleartext };
         self.runtime.block_on(self.cluster.append_unchecked(kind, entry.bytes)).map_err(engine)
+    }
+
+    fn enable_encryption(&self, provider: Arc<dyn KeyProvider>) -> Result<u64, HarnessError> {
+        let enabled = self.runtime.block_on(self.cluster.enable_encryption(
+            provider.as_ref(),
+            provider.kek_id(),
+            Algorithm::Aes256Gcm,
+        ));
+        match enabled {
+            Ok(enabled) => Ok(enabled.cutover),
+            Err(AdminError::AlreadyEnforced { cutover }) => Ok(cutover),
+            Err(e) => Err(admin(e)),
+        }
+    }
+
+    fn rotate_key(&self, provider: Arc<dyn KeyProvider>) -> Result<KeyId, HarnessError> {
+        self.runtime
+            .block_on(self.cluster.rotate_key(provider.as_ref(), provider.kek_id(), Algorithm::Aes256Gcm))
+            .map_err(admin)
+    }
+
+    fn destroy_key(&self, key: KeyId) -> Result<(), HarnessError> {
+        self.runtime.block_on(self.cluster.destroy_key(key)).map_err(admin)
+    }
+
+    fn layer_snapshot(&self, node: NodeId) -> Result<LayerSnapshot, HarnessError> {
+        self.cluster
+            .layer_snapshot(node)
+            .map_err(|_| HarnessError::NoSuchNode(node))?
+            .ok_or(HarnessError::Unsupported("layer_snapshot: node started without a layer state"))
+    }
+
+    fn restart_with_provider(
+        &self,
+        node: NodeId,
+        provider: Option<Arc<dyn KeyProvider>>,
+    ) -> Result<(), HarnessError> {
+        self.runtime.block_on(self.cluster.restart_with_provider(node, provider)).map_err(engine)
     }
 }
 

@@ -7,12 +7,15 @@ use std::time::{Duration, Instant};
 
 use raft::eraftpb::ConfState;
 use raft_envelope_conformance::{
-    AppliedPayload, Capabilities, ClusterBuilder, HarnessError, NodeId, ProposeError as SuiteProposeError,
-    RecordingStateMachine, Response, StoredEntry,
+    AppliedPayload, Capabilities, ClusterBuilder, HarnessError, ManagedNode, NodeId,
+    ProposeError as SuiteProposeError, RecordingStateMachine, Response, StoredEntry,
 };
-use raft_envelope_core::{EntryKind, EnvelopeHeader, EnvelopeLayer, FatalApplyError, ProposalId};
+use raft_envelope_core::{
+    Algorithm, EntryKind, EnvelopeHeader, EnvelopeLayer, FatalApplyError, FileKekProvider, KekId, KeyId,
+    KeyProvider, LayerSnapshot, ProposalId, SecretKey,
+};
 use raft_envelope_raftrs::framing::{classify, ContextMarker};
-use raft_envelope_raftrs::testing::{Cluster, ClusterError};
+use raft_envelope_raftrs::testing::{Cluster, ClusterConfig, ClusterError};
 use raft_envelope_raftrs::{Applied, ProposeError, StateMachine};
 
 /// The suite's recording state machine, with the applied index the raft-rs node restarts from.
@@ -60,6 +63,30 @@ impl ClusterBuilder for RaftRsBuilder {
         };
         Ok((raft_rs, ()))
     }
+
+    /// `Cluster::with_layer_states`; a node without a provider gets [`no_kek`].
+    fn build_managed(&self, nodes: Vec<ManagedNode>) -> Result<(RaftRs, ()), HarnessError> {
+        let nodes = nodes
+            .into_iter()
+            .map(|n| Ok((n.layer_state, n.provider.map_or_else(no_kek, Ok)?)))
+            .collect::<Result<Vec<_>, HarnessError>>()?;
+        let cluster = Cluster::with_layer_states(ClusterConfig::default(), nodes, |_| Recorder::default())
+            .map_err(engine)?;
+        let raft_rs = RaftRs {
+            cluster: Mutex::new(cluster),
+            holding: AtomicBool::new(false),
+            held: AtomicUsize::new(0),
+        };
+        Ok((raft_rs, ()))
+    }
+}
+
+/// A provider for a replica without a KEK (raft-rs nodes always have one): a fresh random KEK
+/// under a name no install entry uses, so every unwrap fails.
+fn no_kek() -> Result<Arc<dyn KeyProvider>, HarnessError> {
+    let kek_id = KekId::new("no-kek-on-this-replica").map_err(engine)?;
+    let kek = SecretKey::generate().map_err(engine)?;
+    Ok(Arc::new(FileKekProvider::from_key(kek_id, kek).map_err(engine)?))
 }
 
 /// A [`Cluster`] behind a lock: proposals from several threads take turns on the pump.
@@ -240,6 +267,37 @@ impl raft_envelope_conformance::Cluster for RaftRs {
             c.release_held();
             Ok(self.held.swap(0, Ordering::SeqCst))
         }
+    }
+
+    fn enable_encryption(&self, provider: Arc<dyn KeyProvider>) -> Result<u64, HarnessError> {
+        self.lock()
+            .enable_encryption(provider.as_ref(), provider.kek_id(), Algorithm::Aes256Gcm)
+            .map_err(engine)
+    }
+
+    fn rotate_key(&self, provider: Arc<dyn KeyProvider>) -> Result<KeyId, HarnessError> {
+        self.lock().rotate_key(provider.as_ref(), Algorithm::Aes256Gcm).map_err(engine)
+    }
+
+    fn destroy_key(&self, key: KeyId) -> Result<(), HarnessError> {
+        self.lock().destroy_key(key).map(|_| ()).map_err(engine)
+    }
+
+    fn layer_snapshot(&self, node: NodeId) -> Result<LayerSnapshot, HarnessError> {
+        let c = self.settled();
+        let state = c.node(node).map_err(node_error)?.layer_state().cloned();
+        state
+            .map(|s| s.snapshot())
+            .ok_or(HarnessError::Unsupported("layer_snapshot: node started without a layer state"))
+    }
+
+    fn restart_with_provider(
+        &self,
+        node: NodeId,
+        provider: Option<Arc<dyn KeyProvider>>,
+    ) -> Result<(), HarnessError> {
+        let provider = provider.map_or_else(no_kek, Ok)?;
+        self.lock().restart_with_provider(node, provider).map_err(node_error)
     }
 }
 

@@ -71,7 +71,8 @@ impl Fault {
     ];
 }
 
-/// Builds [`DoubleCluster`]s; [`Capabilities::ALL`].
+/// Builds [`DoubleCluster`]s; [`Capabilities::ALL`] except `key_lifecycle` (the double has no
+/// layer control entries: the lifecycle cases skip on it).
 ///
 /// ```
 /// use raft_envelope_conformance::double::DoubleBuilder;
@@ -96,7 +97,7 @@ impl ClusterBuilder for DoubleBuilder {
     type Guard = ();
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::ALL
+        Capabilities { key_lifecycle: false, ..Capabilities::ALL }
     }
 
     fn wait_timeout(&self) -> Duration {

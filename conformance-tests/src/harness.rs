@@ -4,7 +4,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use raft_envelope_core::{EntryKind, EnvelopeLayer, FatalApplyError, SealError};
+use raft_envelope_core::{
+    EntryKind, EnvelopeLayer, FatalApplyError, KeyId, KeyProvider, LayerSnapshot, LayerState, SealError,
+};
 
 /// Identifies one replica of a test cluster, as the harness numbers them.
 pub type NodeId = u64;
@@ -41,6 +43,11 @@ pub struct Capabilities {
     /// [`Cluster::hold_forwarded`] works: proposals forwarded by followers can be held in flight
     /// between the follower and the leader, then released.
     pub hold_forwarded: bool,
+    /// Key lifecycle through the log: [`ClusterBuilder::build_managed`] starts replicas whose
+    /// keys and cutover change only through layer control entries, and
+    /// [`Cluster::enable_encryption`], [`Cluster::rotate_key`], [`Cluster::destroy_key`],
+    /// [`Cluster::layer_snapshot`] and [`Cluster::restart_with_provider`] work on them.
+    pub key_lifecycle: bool,
 }
 
 impl Capabilities {
@@ -52,6 +59,7 @@ impl Capabilities {
         unchecked_append: true,
         follower_proposals: true,
         hold_forwarded: true,
+        key_lifecycle: true,
     };
     /// Only the required operations.
     pub const NONE: Capabilities = Capabilities {
@@ -61,6 +69,7 @@ impl Capabilities {
         unchecked_append: false,
         follower_proposals: false,
         hold_forwarded: false,
+        key_lifecycle: false,
     };
 }
 
@@ -212,6 +221,27 @@ pub enum HarnessError {
     Engine(String),
 }
 
+/// One replica of a cluster started by [`ClusterBuilder::build_managed`]: its keys and cutover
+/// live in `layer_state` and change only through layer control entries.
+#[derive(Clone)]
+pub struct ManagedNode {
+    /// The replica's own layer state, starting empty (inert). The suite keeps a handle to it and
+    /// may open entries with its cipher; the harness keeps the same instance across
+    /// [`Cluster::restart_with_provider`] (as it keeps the state machine).
+    pub layer_state: Arc<LayerState>,
+    /// The replica's key provider, which unwraps the data keys of install entries; `None`: the
+    /// replica holds no key-encryption key and halts (`key_unavailable`) at the first install
+    /// entry. An engine whose nodes need a provider gives such a replica one that always fails.
+    pub provider: Option<Arc<dyn KeyProvider>>,
+}
+
+/// Shows only whether a provider is set.
+impl fmt::Debug for ManagedNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManagedNode").field("provider", &self.provider.is_some()).finish_non_exhaustive()
+    }
+}
+
 /// Makes a fresh cluster for each case, like `openraft::testing::log::StoreBuilder`.
 ///
 /// The suite builds every replica's [`EnvelopeLayer`] itself (keys, cutover source, unwrapper,
@@ -244,6 +274,23 @@ pub trait ClusterBuilder {
     /// # Errors
     /// Any [`HarnessError`]: the case fails.
     fn build(&self, layers: Vec<Arc<EnvelopeLayer>>) -> Result<(Self::Cluster, Self::Guard), HarnessError>;
+
+    /// Starts a cluster of `nodes.len()` replicas (the suite asks for 3) whose layers are built
+    /// from each node's [`ManagedNode::layer_state`] (gate over its cutover, its cipher as
+    /// unwrapper, sealing once a key is active) and whose keys and cutover change only through
+    /// layer control entries, which never reach the state machine. Otherwise as
+    /// [`build`](Self::build): leader elected, start-up entries applied everywhere, a
+    /// [`RecordingStateMachine`] per replica, and every [`Cluster`] method working as there.
+    /// For these clusters [`Cluster::read_entry`] reports layer control entries with kind
+    /// [`EntryKind::Control`] and their stored bytes.
+    /// Capability [`Capabilities::key_lifecycle`].
+    ///
+    /// # Errors
+    /// Any [`HarnessError`]; [`HarnessError::Unsupported`] by default.
+    fn build_managed(&self, nodes: Vec<ManagedNode>) -> Result<(Self::Cluster, Self::Guard), HarnessError> {
+        let _ = nodes;
+        Err(HarnessError::Unsupported("build_managed"))
+    }
 }
 
 /// A running test cluster. Every method is synchronous; an async engine blocks on its runtime
@@ -406,5 +453,72 @@ pub trait Cluster: Sync {
     fn hold_forwarded(&self, hold: bool) -> Result<usize, HarnessError> {
         let _ = hold;
         Err(HarnessError::Unsupported("hold_forwarded"))
+    }
+
+    /// Switches encryption on through the log, on a [`build_managed`](ClusterBuilder::build_managed)
+    /// cluster: installs a new AES-256-GCM data key wrapped under `provider`'s KEK, promotes it,
+    /// waits until every running replica seals and no cleartext proposal is left in flight, then
+    /// commits the enforce entry, whose index becomes the cutover C on every replica. Safe under
+    /// concurrent [`propose`](Self::propose) calls and leader changes (proposals may be refused
+    /// or fail meanwhile, never halt a replica). Returns C; when a cutover is already set,
+    /// returns it. Capability [`Capabilities::key_lifecycle`].
+    ///
+    /// # Errors
+    /// Any [`HarnessError`]; [`HarnessError::Unsupported`] by default.
+    fn enable_encryption(&self, provider: Arc<dyn KeyProvider>) -> Result<u64, HarnessError> {
+        let _ = provider;
+        Err(HarnessError::Unsupported("enable_encryption"))
+    }
+
+    /// Rotates through the log: installs a new AES-256-GCM data key wrapped under `provider`'s
+    /// KEK and promotes it (the previous active key becomes decrypt-only). Returns the new key's
+    /// id once the promote is applied on the leader.
+    /// Capability [`Capabilities::key_lifecycle`].
+    ///
+    /// # Errors
+    /// Any [`HarnessError`]; [`HarnessError::Unsupported`] by default.
+    fn rotate_key(&self, provider: Arc<dyn KeyProvider>) -> Result<KeyId, HarnessError> {
+        let _ = provider;
+        Err(HarnessError::Unsupported("rotate_key"))
+    }
+
+    /// Destroys `key` through the log (a decrypt-only key: the suite never destroys the active
+    /// one), returning once the destroy entry is applied on the leader.
+    /// Capability [`Capabilities::key_lifecycle`].
+    ///
+    /// # Errors
+    /// Any [`HarnessError`] (including the engine refusing); [`HarnessError::Unsupported`] by
+    /// default.
+    fn destroy_key(&self, key: KeyId) -> Result<(), HarnessError> {
+        let _ = key;
+        Err(HarnessError::Unsupported("destroy_key"))
+    }
+
+    /// `node`'s layer state as it has applied it ([`LayerState::snapshot`]: keys, states, counts,
+    /// cutover, applied index). Capability [`Capabilities::key_lifecycle`].
+    ///
+    /// # Errors
+    /// Any [`HarnessError`]; [`HarnessError::Unsupported`] by default.
+    fn layer_snapshot(&self, node: NodeId) -> Result<LayerSnapshot, HarnessError> {
+        let _ = node;
+        Err(HarnessError::Unsupported("layer_snapshot"))
+    }
+
+    /// Restarts `node` of a [`build_managed`](ClusterBuilder::build_managed) cluster, keeping its
+    /// log, state machine and layer state, with `provider` as its key provider (`None`: no KEK,
+    /// as in [`ManagedNode::provider`]). It applies again from its applied index + 1; a halted
+    /// replica halts again on the same entry unless the provider repairs the cause. As for
+    /// [`restart`](Self::restart), halting while restarting is reported by
+    /// [`halted`](Self::halted), not as an error. Capability [`Capabilities::key_lifecycle`].
+    ///
+    /// # Errors
+    /// Any [`HarnessError`]; [`HarnessError::Unsupported`] by default.
+    fn restart_with_provider(
+        &self,
+        node: NodeId,
+        provider: Option<Arc<dyn KeyProvider>>,
+    ) -> Result<(), HarnessError> {
+        let _ = (node, provider);
+        Err(HarnessError::Unsupported("restart_with_provider"))
     }
 }

@@ -11,7 +11,7 @@ mod harness;
 mod trace;
 
 pub use harness::{
-    AppliedPayload, Capabilities, Cluster, ClusterBuilder, HarnessError, NodeId, ProposeError,
+    AppliedPayload, Capabilities, Cluster, ClusterBuilder, HarnessError, ManagedNode, NodeId, ProposeError,
     RecordingStateMachine, Response, StoredEntry,
 };
 
@@ -180,6 +180,12 @@ macro_rules! __cases {
             // R8
             halt_emits_error_event,
             counters_track_seals_opens_failures,
+            // Key lifecycle through the log (issue 7)
+            switch_on_through_control_entries_under_load_never_halts,
+            rotation_under_load_old_entries_still_open,
+            replica_without_kek_halts_at_install_and_resumes,
+            control_entries_never_reach_the_state_machine,
+            layer_state_identical_on_all_replicas,
         }
     };
     (@tests [$builder:expr] $($case:ident,)+) => {

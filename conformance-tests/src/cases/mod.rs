@@ -12,6 +12,7 @@ pub mod envelope;
 pub mod fail_closed;
 pub mod inert;
 pub mod keys;
+pub mod lifecycle;
 pub mod observability;
 pub mod proposals;
 
@@ -34,6 +35,11 @@ pub use inert::{inert_passthrough, inert_stored_log_unchanged};
 pub use keys::{
     no_key_bytes_in_debug_or_errors, nonce_unique_across_replicas_and_restarts,
     retired_key_opens_never_seals, seal_budget_enforced,
+};
+pub use lifecycle::{
+    control_entries_never_reach_the_state_machine, layer_state_identical_on_all_replicas,
+    replica_without_kek_halts_at_install_and_resumes, rotation_under_load_old_entries_still_open,
+    switch_on_through_control_entries_under_load_never_halts,
 };
 pub use observability::{counters_track_seals_opens_failures, halt_emits_error_event};
 pub use proposals::{
