@@ -8,8 +8,8 @@ use std::time::Duration;
 use openraft::error::{CheckIsLeaderError, ForwardToLeader, RaftError};
 use openraft::{Entry, RaftTypeConfig};
 use raft_envelope_core::{
-    Algorithm, ControlCommand, ControlError, KekId, KeyId, KeyProvider, KeyState, LayerKey, LayerState,
-    SealError,
+    Algorithm, ControlCommand, ControlError, EncryptionStatus, KekId, KeyId, KeyProvider, KeyState,
+    LayerState, SealError,
 };
 
 use crate::payload::EnvelopePayload;
@@ -40,21 +40,6 @@ impl Admin {
     pub(crate) fn state(&self) -> &Arc<LayerState> {
         &self.state
     }
-}
-
-/// The layer's replicated key state as this node has applied it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct EncryptionStatus {
-    /// Every installed key (state, algorithm, KEK, install index, sealed entries, last sealed
-    /// index), in key id order.
-    pub keys: Vec<LayerKey>,
-    /// The cutover set by the enforce entry, if encryption is enforced.
-    pub cutover: Option<u64>,
-    /// The key new proposals are sealed under, if any.
-    pub active_key: Option<KeyId>,
-    /// The last log index the layer state has taken into account.
-    pub applied_index: Option<u64>,
 }
 
 /// What [`EnvelopeRaft::enable_encryption`] did.
@@ -192,14 +177,7 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
     /// # Errors
     /// [`AdminError::NoLayerState`].
     pub fn encryption_status(&self) -> Result<EncryptionStatus, C> {
-        let state = self.admin()?.state();
-        let snapshot = state.snapshot();
-        Ok(EncryptionStatus {
-            active_key: snapshot.active_key(),
-            keys: snapshot.keys,
-            cutover: snapshot.cutover,
-            applied_index: snapshot.applied_index,
-        })
+        Ok(self.admin()?.state().status())
     }
 
     /// Proposes one layer control entry on this node (the leader) and waits until this node has

@@ -10,11 +10,12 @@ mod state_machine;
 mod switch_on;
 pub mod testing;
 
-pub use admin::{AdminError, Enabled, EncryptionStatus, DEFAULT_ADMIN_TIMEOUT};
+pub use admin::{AdminError, Enabled, DEFAULT_ADMIN_TIMEOUT};
 pub use codec::{BytesCodec, CodecError, JsonCodec, PayloadCodec};
 pub use config::{Sealed, SealedRaft};
 pub use payload::EnvelopePayload;
 pub use raft::{ClientWriteRaftError, DrainTimeout, EnvelopeRaft, PreparedWrite, WriteError};
+pub use raft_envelope_core::EncryptionStatus;
 pub use state_machine::{
     layer_from_state, EnvelopeSnapshotBuilder, EnvelopeStateMachine, HaltRecord, DEFAULT_PREFETCH_TIMEOUT,
 };

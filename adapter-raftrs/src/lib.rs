@@ -101,7 +101,8 @@ mod tracker;
 
 pub use applier::{AppliedEntry, EnvelopeApplier};
 pub use error::{NodeError, ProposeError, StepError};
-pub use node::{EncryptionStatus, EnvelopeNode, DEFAULT_PROPOSAL_TIMEOUT_TICKS};
+pub use node::{EnvelopeNode, DEFAULT_PROPOSAL_TIMEOUT_TICKS};
 pub use proposer::{EnvelopeProposer, Ticket};
+pub use raft_envelope_core::EncryptionStatus;
 pub use state_machine::{LogStore, StateMachine};
 pub use tracker::{Applied, Completion, ProposalTracker};

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use raft::eraftpb::{Message, MessageType};
 use raft::{Config, RawNode, ReadState, SnapshotStatus, StateRole};
 use raft_envelope_core::{
-    Algorithm, ApplyGate, ControlCommand, ControlError, EntryKind, EnvelopeLayer, FailureReason,
-    FatalApplyError, KeyId, KeyProvider, LayerKey, LayerState,
+    Algorithm, ApplyGate, ControlCommand, ControlError, EncryptionStatus, EntryKind, EnvelopeLayer,
+    FailureReason, FatalApplyError, KeyId, KeyProvider, LayerState,
 };
 use raft_proto::ConfChangeI;
 
@@ -56,35 +56,6 @@ pub struct EnvelopeNode<S: LogStore, SM: StateMachine> {
     /// Highest index of a layer control entry seen in this node's log (an over-approximation:
     /// truncated entries are not forgotten, which only refuses more).
     control_hint: u64,
-}
-
-/// The layer's replicated key state as one replica sees it ([`EnvelopeNode::encryption_status`],
-/// [`Cluster::encryption_status`](crate::testing::Cluster::encryption_status)). Never holds key
-/// material.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct EncryptionStatus {
-    /// Every installed key with its state, KEK, install index, sealed entries and last sealed
-    /// index ([`LayerState::keys`]).
-    pub keys: Vec<LayerKey>,
-    /// The cutover set by the enforce entry, if any ([`LayerState::cutover`]).
-    pub cutover: Option<u64>,
-    /// The active (sealing) key, if any ([`LayerState::active_key`]).
-    pub active_key: Option<KeyId>,
-    /// The last index the layer state took into account ([`LayerState::applied_index`]).
-    pub applied_index: Option<u64>,
-}
-
-impl EncryptionStatus {
-    /// The status of `state`.
-    pub fn of(state: &LayerState) -> Self {
-        Self {
-            keys: state.keys(),
-            cutover: state.cutover(),
-            active_key: state.active_key(),
-            applied_index: state.applied_index(),
-        }
-    }
 }
 
 impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
@@ -167,7 +138,7 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
 
     /// The layer state's status on this replica (`None` without a layer state).
     pub fn encryption_status(&self) -> Option<EncryptionStatus> {
-        self.layer_state().map(|s| EncryptionStatus::of(s))
+        self.layer_state().map(|s| s.status())
     }
 
     /// The committed layer control entries this node holds until they are prefetched

@@ -147,6 +147,22 @@ pub struct LayerKey {
     pub last_sealed_index: Option<u64>,
 }
 
+/// The layer's replicated key state as one replica has applied it, for operators and admin
+/// endpoints ([`LayerState::status`]). Never holds key material.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EncryptionStatus {
+    /// Every installed key with its state, algorithm, KEK, install index, sealed entries and last
+    /// sealed index, in key id order.
+    pub keys: Vec<LayerKey>,
+    /// The cutover set by the enforce entry, if encryption is enforced.
+    pub cutover: Option<u64>,
+    /// The key new proposals are sealed under, if any.
+    pub active_key: Option<KeyId>,
+    /// The last log index the layer state has taken into account.
+    pub applied_index: Option<u64>,
+}
+
 /// What applying a control entry did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -446,6 +462,16 @@ impl LayerState {
     pub fn next_key_id(&self) -> KeyId {
         let inner = lock(&self.inner);
         KeyId(inner.keys.keys().next_back().map_or(1, |k| k.0.saturating_add(1)))
+    }
+
+    /// The replicated key state and cutover this replica has applied, for status endpoints.
+    pub fn status(&self) -> EncryptionStatus {
+        EncryptionStatus {
+            keys: self.keys(),
+            cutover: self.cutover(),
+            active_key: self.active_key(),
+            applied_index: self.applied_index(),
+        }
     }
 
     /// The snapshot form of this state.

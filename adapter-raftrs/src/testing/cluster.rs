@@ -16,10 +16,11 @@ use raft_envelope_core::{
 use slog::Logger;
 
 use crate::error::{NodeError, ProposeError};
-use crate::node::{EncryptionStatus, EnvelopeNode};
+use crate::node::EnvelopeNode;
 use crate::proposer::raft_error;
 use crate::state_machine::StateMachine;
 use crate::tracker::Applied;
+use raft_envelope_core::EncryptionStatus;
 
 /// Timing of a test [`Cluster`], in logical ticks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
