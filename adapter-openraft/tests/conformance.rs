@@ -96,7 +96,14 @@ impl Cluster for OpenraftCluster {
     }
 
     fn propose(&self, payload: Vec<u8>) -> Result<Response, ProposeError> {
-        match self.runtime.block_on(self.cluster.write(payload)) {
+        // Bounded: a write to a leader that lost its quorum may wait until it learns a new term;
+        // a case must see an error (and retry) rather than hang.
+        let write =
+            async { tokio::time::timeout(Duration::from_secs(10), self.cluster.write(payload)).await };
+        let Ok(result) = self.runtime.block_on(write) else {
+            return Err(ProposeError::Engine("no response within 10 s".into()));
+        };
+        match result {
             Ok(r) => Ok(Response { index: r.log_id.index, data: r.data }),
             Err(WriteFailure::Write(WriteError::Seal(e))) => Err(ProposeError::Refused(e)),
             Err(e) => Err(ProposeError::Engine(e.to_string())),
