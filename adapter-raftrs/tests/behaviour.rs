@@ -17,6 +17,8 @@ use raft_envelope_raftrs::framing::{classify, ContextMarker, CONTEXT_MAGIC};
 use raft_envelope_raftrs::testing::{Cluster, KvStore};
 use raft_envelope_raftrs::{ProposeError, StateMachine, StepError};
 
+mod common;
+
 const KEY: KeyId = KeyId(1);
 
 /// Keys, ciphers, cutovers and layers of a 3-node test cluster (one keyring instance per node).
@@ -287,48 +289,16 @@ fn thirty_two_writers_during_switch_on_twenty_times_never_halt() {
                 scope.spawn(move || {
                     for k in 0..EACH {
                         let payload = format!("w{w}k{k}=run{run}").into_bytes();
-                        // Bounded by time, not attempts: refusals come back at once and may repeat.
-                        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-                        loop {
-                            assert!(std::time::Instant::now() < deadline, "run {run}: writer {w} gave up");
-                            let id = {
-                                let mut c = cluster.lock().unwrap();
-                                // While inert, propose on the leader: a forwarded cleartext
-                                // proposal carries no identity and could only time out. Once
-                                // sealing, go through every node (followers forward envelopes).
-                                let sealing = c.node(1).unwrap().layer().is_sealing();
-                                let via = match c.leader() {
-                                    Some(l) if !sealing => l,
-                                    _ => 1 + ((w + k) % 3) as u64,
-                                };
-                                c.propose_async(via, payload.clone())
-                            };
-                            let Ok(id) = id else {
-                                thread::sleep(std::time::Duration::from_millis(1));
-                                continue;
-                            };
-                            let outcome = loop {
-                                let mut c = cluster.lock().unwrap();
-                                c.settle();
-                                if let Some(o) = c.outcome(id) {
-                                    break o;
-                                }
-                                c.tick(1);
-                                drop(c);
-                                thread::yield_now();
-                            };
-                            match outcome {
-                                Ok(applied) => {
-                                    acked.lock().unwrap().push((payload.clone(), applied.index));
-                                    break;
-                                }
-                                Err(e) if !matches!(e, ProposeError::Halted { .. }) => {
-                                    retries.fetch_add(1, Ordering::Relaxed);
-                                    continue;
-                                }
-                                Err(e) => panic!("run {run}: a writer saw a halt: {e}"),
-                            }
-                        }
+                        let index = common::write_until_applied(
+                            cluster,
+                            &payload,
+                            |c| common::leader_until_sealing(c, (w + k) as u64),
+                            || {
+                                retries.fetch_add(1, Ordering::Relaxed);
+                            },
+                            &format!("run {run}: writer {w}"),
+                        );
+                        acked.lock().unwrap().push((payload, index));
                         done.fetch_add(1, Ordering::SeqCst);
                     }
                 });

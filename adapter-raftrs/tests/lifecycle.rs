@@ -18,6 +18,8 @@ use raft_envelope_raftrs::framing::{classify, is_layer_control, ContextMarker};
 use raft_envelope_raftrs::testing::{block_on, Cluster, ClusterConfig, ClusterError, KvStore};
 use raft_envelope_raftrs::{ProposeError, StepError};
 
+mod common;
+
 const KEK_BYTES: u8 = 7;
 
 fn kek_id() -> KekId {
@@ -150,37 +152,14 @@ fn rotation_under_load_never_halts_and_old_entries_still_open() {
             scope.spawn(move || {
                 for k in 0..EACH {
                     let payload = format!("w{w}k{k}=v").into_bytes();
-                    // Bounded by time, not attempts: refusals come back at once and may repeat.
-                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-                    loop {
-                        assert!(std::time::Instant::now() < deadline, "writer {w} gave up");
-                        let id = {
-                            let mut c = cluster.lock().unwrap();
-                            c.propose_async(1 + ((w + k) % 3) as u64, payload.clone())
-                        };
-                        let Ok(id) = id else {
-                            thread::sleep(std::time::Duration::from_millis(1));
-                            continue;
-                        };
-                        let outcome = loop {
-                            let mut c = cluster.lock().unwrap();
-                            c.settle();
-                            if let Some(o) = c.outcome(id) {
-                                break o;
-                            }
-                            c.tick(1);
-                            drop(c);
-                            thread::yield_now();
-                        };
-                        match outcome {
-                            Ok(applied) => {
-                                acked.lock().unwrap().push((payload.clone(), applied.index));
-                                break;
-                            }
-                            Err(e @ ProposeError::Halted { .. }) => panic!("writer {w} saw a halt: {e}"),
-                            Err(_) => continue,
-                        }
-                    }
+                    let index = common::write_until_applied(
+                        cluster,
+                        &payload,
+                        |_| 1 + ((w + k) % 3) as u64,
+                        || {},
+                        &format!("writer {w}"),
+                    );
+                    acked.lock().unwrap().push((payload, index));
                     done.fetch_add(1, Ordering::SeqCst);
                 }
             });
@@ -411,45 +390,16 @@ fn enable_under_concurrent_writers_with_a_leader_change_never_halts() {
                 scope.spawn(move || {
                     for k in 0..EACH {
                         let payload = format!("w{w}k{k}=run{run}").into_bytes();
-                        // Bounded by time, not attempts: refusals (`ControlPending` while the install
-                        // or promote is unapplied) come back at once and may repeat many times.
-                        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-                        loop {
-                            assert!(std::time::Instant::now() < deadline, "run {run}: writer {w} gave up");
-                            let id = {
-                                let mut c = cluster.lock().unwrap();
-                                // Inert cleartext forwarded by a follower has no identity: write
-                                // through the leader until a key is active, then anywhere.
-                                let sealing = c.node(1).unwrap().layer().is_sealing();
-                                let via = match c.leader() {
-                                    Some(l) if !sealing => l,
-                                    _ => 1 + ((w + k) % 3) as u64,
-                                };
-                                c.propose_async(via, payload.clone())
-                            };
-                            let Ok(id) = id else {
-                                thread::sleep(std::time::Duration::from_millis(1));
-                                continue;
-                            };
-                            let outcome = loop {
-                                let mut c = cluster.lock().unwrap();
-                                c.settle();
-                                if let Some(o) = c.outcome(id) {
-                                    break o;
-                                }
-                                c.tick(1);
-                                drop(c);
-                                thread::yield_now();
-                            };
-                            match outcome {
-                                Ok(applied) => {
-                                    acked.lock().unwrap().push((payload.clone(), applied.index));
-                                    break;
-                                }
-                                Err(e @ ProposeError::Halted { .. }) => panic!("run {run}: writer {w}: {e}"),
-                                Err(_) => continue,
-                            }
-                        }
+                        // Refusals (`ControlPending` while the install or promote is unapplied) are
+                        // retried by `write_until_applied`.
+                        let index = common::write_until_applied(
+                            cluster,
+                            &payload,
+                            |c| common::leader_until_sealing(c, (w + k) as u64),
+                            || {},
+                            &format!("run {run}: writer {w}"),
+                        );
+                        acked.lock().unwrap().push((payload, index));
                         done.fetch_add(1, Ordering::SeqCst);
                     }
                 });
