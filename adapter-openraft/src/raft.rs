@@ -285,10 +285,9 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
         if self.drain.cleartext_guard_off.load(Ordering::SeqCst) {
             return None;
         }
-        let cutover = self.layer.gate().cutover().filter(|c| *c != u64::MAX)?;
         // The metric only lags behind the log: if it reached the cutover, the log did.
         let last = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
-        (last >= cutover).then_some(cutover)
+        self.layer.cleartext_would_land_above_cutover(last)
     }
 
     /// Proposes a prepared write and waits for its response.

@@ -16,7 +16,7 @@ use slog::Logger;
 use crate::applier::{AppliedEntry, EnvelopeApplier};
 use crate::error::{NodeError, ProposeError, StepError};
 use crate::framing::{classify, is_layer_control, ContextMarker};
-use crate::proposer::{append, cleartext_would_land_above_cutover, EnvelopeProposer, Ticket};
+use crate::proposer::{append, EnvelopeProposer, Ticket};
 use crate::state_machine::{LogStore, StateMachine};
 use crate::tracker::{Completion, ProposalTracker};
 
@@ -373,7 +373,7 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
             let above = message.get_entries().iter().enumerate().find_map(|(k, e)| {
                 let before = last.saturating_add(k as u64);
                 (classify(e) == EntryKind::Cleartext)
-                    .then(|| cleartext_would_land_above_cutover(layer, before))
+                    .then(|| layer.cleartext_would_land_above_cutover(before))
                     .flatten()
             });
             if sealing || above.is_some() {

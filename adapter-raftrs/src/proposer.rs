@@ -104,7 +104,7 @@ impl EnvelopeProposer {
                 // Checked after `prepare`: the kind it returned is what would be appended, even
                 // if the wrapper was switched meanwhile.
                 let last = node.raft.raft_log.last_index();
-                if let Some(cutover) = cleartext_would_land_above_cutover(&self.layer, last) {
+                if let Some(cutover) = self.layer.cleartext_would_land_above_cutover(last) {
                     tracing::warn!(
                         cutover,
                         last_index = last,
@@ -172,11 +172,6 @@ pub(crate) fn append<T: Storage>(
 /// The cutover, when a cleartext entry appended to a log whose last index is `last_index` could
 /// only land above it: a cutover is in force (`Some(c)`, `c != u64::MAX`) and `last_index >= c`.
 /// The layer's sealing state is the caller's to check.
-pub(crate) fn cleartext_would_land_above_cutover(layer: &EnvelopeLayer, last_index: u64) -> Option<u64> {
-    let cutover = layer.gate().cutover().filter(|c| *c != u64::MAX)?;
-    (last_index >= cutover).then_some(cutover)
-}
-
 pub(crate) fn raft_error(e: raft::Error) -> ProposeError {
     match e {
         raft::Error::ProposalDropped => ProposeError::Dropped,

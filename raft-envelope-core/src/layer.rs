@@ -96,6 +96,16 @@ impl EnvelopeLayer {
         self.wrapper.read().unwrap_or_else(PoisonError::into_inner).is_some()
     }
 
+    /// The cutover, when a cleartext entry appended after `last_log_index` could only land above
+    /// it: a cutover is in force (not `None`, not `u64::MAX`) and the log already reaches it.
+    /// Such an entry would halt every replica that applies it, so an adapter whose layer is not
+    /// sealing refuses the proposal instead (SPEC R4: refuse or seal). The one rule both adapters
+    /// apply before appending cleartext.
+    pub fn cleartext_would_land_above_cutover(&self, last_log_index: u64) -> Option<u64> {
+        let cutover = self.gate.cutover().filter(|c| *c != u64::MAX)?;
+        (last_log_index >= cutover).then_some(cutover)
+    }
+
     /// The apply-side gate.
     pub fn gate(&self) -> &ApplyGate {
         &self.gate

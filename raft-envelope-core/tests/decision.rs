@@ -241,6 +241,19 @@ fn sealing_layer_binds_the_proposal_id_and_opens_through_its_gate() {
 }
 
 #[test]
+fn cleartext_is_refused_only_once_the_log_reaches_the_cutover() {
+    let cutover = Arc::new(Cutover::inert());
+    let layer = EnvelopeLayer::new(ApplyGate::new(cutover.clone()));
+    assert_eq!(layer.cleartext_would_land_above_cutover(C + 5), None, "no cutover");
+    cutover.set(Some(C));
+    assert_eq!(layer.cleartext_would_land_above_cutover(C - 2), None, "the next entry lands at or below C");
+    assert_eq!(layer.cleartext_would_land_above_cutover(C - 1), None, "the next entry lands at C");
+    assert_eq!(layer.cleartext_would_land_above_cutover(C), Some(C), "the next entry lands above C");
+    cutover.set(Some(u64::MAX));
+    assert_eq!(layer.cleartext_would_land_above_cutover(u64::MAX), None, "u64::MAX is inert");
+}
+
+#[test]
 fn seal_failure_is_returned_to_the_proposer() {
     let ring = Arc::new(Keyring::new()); // no active key
     let c = Arc::new(EnvelopeCipher::new(common::cluster("c"), ring));
