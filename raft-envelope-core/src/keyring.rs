@@ -444,8 +444,22 @@ impl Keyring {
         proposal_id: ProposalId,
         payload: &[u8],
     ) -> Result<Vec<u8>, SealError> {
+        let active = self.read().active.ok_or(SealError::NoActiveKey)?;
+        self.seal_under(active, purpose, cluster, proposal_id, payload)
+    }
+
+    /// Seals `payload` under `key_id`, which must hold material (active or decrypt-only), with
+    /// its nonce counter and budget: for a snapshot framed with the layer state of an earlier
+    /// index, whose active key has since been rotated.
+    pub(crate) fn seal_under(
+        &self,
+        key_id: KeyId,
+        purpose: Purpose,
+        cluster: &ClusterId,
+        proposal_id: ProposalId,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, SealError> {
         let inner = self.read();
-        let key_id = inner.active.ok_or(SealError::NoActiveKey)?;
         let slot = inner.slots.get(&key_id).ok_or(SealError::NoActiveKey)?;
         let key = slot.key.as_ref().ok_or(SealError::NoActiveKey)?;
 

@@ -14,6 +14,7 @@ use crate::error::{ConfigError, FailureReason, FatalApplyError, OpenError, SealE
 use crate::ids::{Algorithm, ClusterId, KekId, KeyId, ProposalId, Purpose};
 use crate::keyring::{KeyState, Keyring, SealBudget, SecretKey};
 use crate::provider::{KeyProvider, KeyProviderError, WrapContext, WrappedKey};
+use crate::retention::RetainedSnapshot;
 use crate::traits::Cutover;
 
 /// Why a layer control entry (or a layer snapshot) could not be applied. Never holds key bytes.
@@ -74,6 +75,17 @@ pub enum ControlError {
         /// What is wrong.
         what: &'static str,
     },
+    /// With a cutover in force, the command would retire or destroy the only key that seals:
+    /// rotate to a new key first ([`LayerState::check_command`]).
+    #[error("{0} is the active key and a cutover is in force: rotate to a new key first")]
+    ActiveKeyNeeded(KeyId),
+    /// A sealed snapshot did not open (tampering, another cluster or index, a key not held here).
+    #[error("sealed snapshot did not open: {0}")]
+    SnapshotOpen(OpenError),
+    /// A snapshot in the clear whose layer state has a cutover or an active key: such snapshots
+    /// must be sealed.
+    #[error("snapshot in the clear, but its layer state requires sealing")]
+    UnsealedSnapshot,
     /// A layer snapshot contradicts this layer state (it is older, or another history).
     #[error("layer snapshot inconsistent with this layer state{}: {what}", key_id.map(|k| format!(" ({k})")).unwrap_or_default())]
     InconsistentSnapshot {
@@ -89,8 +101,10 @@ impl ControlError {
     pub fn key_id(&self) -> Option<KeyId> {
         match self {
             ControlError::Open(e) => e.key_id(),
+            ControlError::SnapshotOpen(e) => e.key_id(),
             ControlError::UnknownKey(k)
             | ControlError::KeyDestroyed(k)
+            | ControlError::ActiveKeyNeeded(k)
             | ControlError::ConflictingInstall(k) => Some(*k),
             ControlError::KeyUnavailable { key_id, .. } | ControlError::Provider { key_id, .. } => {
                 Some(*key_id)
@@ -99,6 +113,7 @@ impl ControlError {
             ControlError::Decode(_)
             | ControlError::CleartextAboveCutover { .. }
             | ControlError::Keyring(_)
+            | ControlError::UnsealedSnapshot
             | ControlError::MalformedSnapshot { .. } => None,
         }
     }
@@ -106,7 +121,8 @@ impl ControlError {
     /// The fieldless reason, for counters, metrics and [`FatalApplyError::reason`].
     pub fn reason(&self) -> FailureReason {
         match self {
-            ControlError::Open(e) => e.reason(),
+            ControlError::Open(e) | ControlError::SnapshotOpen(e) => e.reason(),
+            ControlError::UnsealedSnapshot => FailureReason::UnsealedSnapshot,
             ControlError::CleartextAboveCutover { .. } => FailureReason::CleartextAboveCutover,
             ControlError::KeyUnavailable { .. } | ControlError::Provider { .. } => {
                 FailureReason::KeyUnavailable
@@ -116,6 +132,7 @@ impl ControlError {
             | ControlError::UnknownKey(_)
             | ControlError::KeyDestroyed(_)
             | ControlError::ConflictingInstall(_)
+            | ControlError::ActiveKeyNeeded(_)
             | ControlError::MalformedSnapshot { .. }
             | ControlError::InconsistentSnapshot { .. } => FailureReason::InvalidControl,
         }
@@ -161,6 +178,13 @@ pub struct EncryptionStatus {
     pub active_key: Option<KeyId>,
     /// The last log index the layer state has taken into account.
     pub applied_index: Option<u64>,
+    /// For each key that can still seal or open, how many more entries this replica may seal
+    /// under it: the budget less the larger of the seals made here and the sealed entries
+    /// applied. Only the active key's figure matters for sealing.
+    pub budget_remaining: BTreeMap<KeyId, u64>,
+    /// Whether the active key's budget is low enough that it should be rotated
+    /// ([`LayerState::rotation_due`]).
+    pub rotation_due: bool,
 }
 
 /// What applying a control entry did.
@@ -318,9 +342,9 @@ impl LayerSnapshot {
 }
 
 /// A key unwrapped ahead of its install entry (or of a snapshot restore), waiting to be applied.
-struct Unwrapped {
-    install: InstallKey,
-    key: SecretKey,
+pub(crate) struct Unwrapped {
+    pub(crate) install: InstallKey,
+    pub(crate) key: SecretKey,
 }
 
 #[derive(Default)]
@@ -394,26 +418,90 @@ struct Inner {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct LayerState {
-    cluster: ClusterId,
-    keyring: Arc<Keyring>,
+    pub(crate) cluster: ClusterId,
+    pub(crate) keyring: Arc<Keyring>,
     cutover: Arc<Cutover>,
     inner: Mutex<Inner>,
-    unwrapped: Mutex<BTreeMap<KeyId, Unwrapped>>,
+    pub(crate) unwrapped: Mutex<BTreeMap<KeyId, Unwrapped>>,
+    seal_limit: u64,
+    /// Local, not replicated: the snapshot this replica keeps, for its destroy-proof report.
+    retained: Mutex<Option<RetainedSnapshot>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl LayerState {
     /// An empty layer state for `cluster`: no keys, no cutover (inert).
     pub fn new(cluster: ClusterId) -> Self {
+        Self::with_seal_limit(cluster, SealBudget::NIST_LIMIT)
+    }
+
+    /// An empty layer state whose keys may each seal at most `limit` entries (lowered to
+    /// [`SealBudget::NIST_LIMIT`]); [`rotation_due`](Self::rotation_due) reports the active key
+    /// once an eighth of that is left. Every replica of a cluster must use the same limit. A small
+    /// limit is for tests of rotation; [`new`](Self::new) uses the NIST limit.
+    pub fn with_seal_limit(cluster: ClusterId, limit: u64) -> Self {
         Self {
             cluster,
             keyring: Arc::new(Keyring::new()),
             cutover: Arc::new(Cutover::inert()),
             inner: Mutex::new(Inner::default()),
             unwrapped: Mutex::new(BTreeMap::new()),
+            seal_limit: SealBudget::new(limit).limit(),
+            retained: Mutex::new(None),
+        }
+    }
+
+    /// Records the snapshot this replica now keeps (it built or installed one), for
+    /// [`retained_snapshot`](Self::retained_snapshot). A local fact, not replicated; an older
+    /// snapshot than the one recorded is ignored.
+    pub fn record_retained_snapshot(&self, snapshot: RetainedSnapshot) {
+        let mut retained = lock(&self.retained);
+        if !retained.is_some_and(|r| r.last_index > snapshot.last_index) {
+            *retained = Some(snapshot);
+        }
+    }
+
+    /// The snapshot this replica keeps, as last recorded: its index and the key its body is
+    /// sealed under. What goes into its [`Retention`](crate::Retention) report.
+    pub fn retained_snapshot(&self) -> Option<RetainedSnapshot> {
+        *lock(&self.retained)
+    }
+
+    /// The most entries one key may seal ([`with_seal_limit`](Self::with_seal_limit)).
+    pub fn seal_limit(&self) -> u64 {
+        self.seal_limit
+    }
+
+    /// The active key when it should be replaced: its remaining sealing budget is at or below an
+    /// eighth of [`seal_limit`](Self::seal_limit), counting the larger of the seals this process
+    /// made under it and the sealed entries every replica applied (replicated, so a new leader
+    /// sees the same count). An admin loop on the leader rotates when this returns `Some`.
+    pub fn rotation_due(&self) -> Option<KeyId> {
+        let active = self.keyring.active_key()?;
+        let budget = SealBudget::new(self.seal_limit);
+        let replicated = lock(&self.inner).keys.get(&active).map_or(0, |k| k.sealed_entries);
+        let remaining_replicated = budget.limit().saturating_sub(replicated);
+        let remaining_local = self.keyring.budget_remaining(active).unwrap_or(0);
+        (remaining_replicated.min(remaining_local) <= budget.low_watermark()).then_some(active)
+    }
+
+    /// Checks, before proposing, that `command` will not leave the cluster stuck: with a cutover
+    /// in force, retiring or destroying the active key would leave nothing to seal control
+    /// entries and payloads under (every later clear entry halts). Rotate first.
+    ///
+    /// # Errors
+    /// [`ControlError::ActiveKeyNeeded`].
+    pub fn check_command(&self, command: &ControlCommand) -> Result<(), ControlError> {
+        match command {
+            ControlCommand::RetireKey { key_id } | ControlCommand::DestroyKey { key_id }
+                if self.cutover().is_some() && self.active_key() == Some(*key_id) =>
+            {
+                Err(ControlError::ActiveKeyNeeded(*key_id))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -471,7 +559,23 @@ impl LayerState {
             cutover: self.cutover(),
             active_key: self.active_key(),
             applied_index: self.applied_index(),
+            budget_remaining: self.budgets(),
+            rotation_due: self.rotation_due().is_some(),
         }
+    }
+
+    fn budgets(&self) -> BTreeMap<KeyId, u64> {
+        let inner = lock(&self.inner);
+        inner
+            .keys
+            .values()
+            .filter(|k| k.state != KeyState::Destroyed)
+            .map(|k| {
+                let replicated = self.seal_limit.saturating_sub(k.sealed_entries);
+                let local = self.keyring.budget_remaining(k.key_id).unwrap_or(0);
+                (k.key_id, replicated.min(local))
+            })
+            .collect()
     }
 
     /// The snapshot form of this state.
@@ -745,7 +849,9 @@ impl LayerState {
             }
             _ => return Err(ControlError::KeyUnavailable { key_id, kek_id: install.kek_id.clone() }),
         };
-        self.keyring.insert(key_id, install.algorithm, key).map_err(ControlError::Keyring)?;
+        self.keyring
+            .insert_with_budget(key_id, install.algorithm, key, SealBudget::new(self.seal_limit))
+            .map_err(ControlError::Keyring)?;
         cache.remove(&key_id);
         inner.keys.insert(
             key_id,
@@ -882,7 +988,7 @@ impl LayerState {
         for key in &snapshot.keys {
             match incoming.remove(&key.key_id) {
                 Some(Some(material)) => {
-                    let budget = SealBudget::default().with_already_used(key.sealed_entries);
+                    let budget = SealBudget::new(self.seal_limit).with_already_used(key.sealed_entries);
                     self.keyring
                         .insert_with_budget(key.key_id, key.algorithm, material, budget)
                         .map_err(ControlError::Keyring)?;

@@ -64,6 +64,8 @@ mod keyring;
 mod layer;
 mod layer_state;
 mod provider;
+mod retention;
+mod snapshot;
 mod traits;
 
 /// The `async-trait` attribute, re-exported so a [`KeyProvider`] can be implemented without
@@ -87,4 +89,6 @@ pub use layer_state::{
     ControlError, ControlOutcome, EncryptionStatus, LayerKey, LayerSnapshot, LayerState, LAYER_SNAPSHOT_MAGIC,
 };
 pub use provider::{FileKekProvider, KeyProvider, KeyProviderError, WrapContext, WrappedKey};
+pub use retention::{DestroyRefused, RetainedSnapshot, Retention};
+pub use snapshot::{is_layer_snapshot, SnapshotHeader, SNAPSHOT_MAGIC};
 pub use traits::{Cutover, CutoverSource, PayloadUnwrapper, PayloadWrapper};

@@ -1,0 +1,142 @@
+//! The proof needed before destroying a key: no replica still retains an entry or a snapshot
+//! sealed under it (`DESIGN.md` §10.11).
+
+use std::fmt;
+
+use crate::ids::KeyId;
+use crate::keyring::KeyState;
+use crate::layer_state::LayerState;
+
+/// A snapshot one replica retains, as it reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetainedSnapshot {
+    /// The last log index it includes.
+    pub last_index: u64,
+    /// The key its body is sealed under (`None`: in the clear).
+    pub sealed_under: Option<KeyId>,
+}
+
+impl RetainedSnapshot {
+    /// A retained snapshot.
+    pub fn new(last_index: u64, sealed_under: Option<KeyId>) -> Self {
+        Self { last_index, sealed_under }
+    }
+}
+
+/// What one replica still stores that may hold entries sealed under a key: reported by each
+/// replica (the adapters' `retention()`), gathered by the admin, checked by
+/// [`LayerState::check_destroy`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Retention {
+    /// The replica, as the engine names it.
+    pub replica: String,
+    /// The lowest log index still in its log: everything below was compacted (purged).
+    pub first_log_index: u64,
+    /// The snapshot it retains, if any.
+    pub snapshot: Option<RetainedSnapshot>,
+}
+
+impl Retention {
+    /// A replica's report.
+    pub fn new(replica: impl fmt::Display, first_log_index: u64, snapshot: Option<RetainedSnapshot>) -> Self {
+        Self { replica: replica.to_string(), first_log_index, snapshot }
+    }
+}
+
+/// Why a key may not be destroyed yet. Names the replica and what it still retains.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DestroyRefused {
+    /// The key was never installed.
+    #[error("{0} was never installed")]
+    UnknownKey(KeyId),
+    /// The key seals new entries: rotate to a new key first.
+    #[error("{0} is the active key: rotate to a new key first")]
+    ActiveKey(KeyId),
+    /// A member sent no report, so nothing is known about what it retains.
+    #[error("replica {replica} has not reported what it retains")]
+    NoReport {
+        /// The member.
+        replica: String,
+    },
+    /// A replica's log still holds entries sealed under the key.
+    #[error(
+        "replica {replica} still holds entries sealed under {key_id} in its log (first retained index \
+         {first_log_index}, last entry sealed under the key at {last_sealed_index}): compact past it first"
+    )]
+    InLog {
+        /// The replica.
+        replica: String,
+        /// The key.
+        key_id: KeyId,
+        /// The lowest index still in its log.
+        first_log_index: u64,
+        /// The last entry sealed under the key.
+        last_sealed_index: u64,
+    },
+    /// A replica retains a snapshot sealed under the key.
+    #[error("replica {replica} retains a snapshot at index {snapshot_index} sealed under {key_id}: take a new snapshot first")]
+    InSnapshot {
+        /// The replica.
+        replica: String,
+        /// The key.
+        key_id: KeyId,
+        /// The snapshot's last index.
+        snapshot_index: u64,
+    },
+}
+
+impl LayerState {
+    /// The proof needed before proposing `DestroyKey { key_id }`: every member in `members` has
+    /// reported in `reports`, and none retains an entry sealed under the key in its log (its first
+    /// retained index is above the last entry sealed under the key,
+    /// [`LayerKey::last_sealed_index`](crate::LayerKey::last_sealed_index)) or a snapshot sealed
+    /// under it. The active key is never destroyed; a key already destroyed passes (destroying it
+    /// again changes nothing).
+    ///
+    /// Call it on the leader after its applied index has caught up with its log and no proposal
+    /// sealed under the key is in flight (the adapters' `destroy_key` does both), so that
+    /// `last_sealed_index` is final. The install entry and older snapshots still hold a copy of
+    /// the key wrapped under its KEK until they are compacted (or the KEK is retired).
+    ///
+    /// # Errors
+    /// The first [`DestroyRefused`] found, naming the replica.
+    pub fn check_destroy(
+        &self,
+        key_id: KeyId,
+        members: &[String],
+        reports: &[Retention],
+    ) -> Result<(), DestroyRefused> {
+        let key =
+            self.keys().into_iter().find(|k| k.key_id == key_id).ok_or(DestroyRefused::UnknownKey(key_id))?;
+        match key.state {
+            KeyState::Destroyed => return Ok(()),
+            KeyState::Active => return Err(DestroyRefused::ActiveKey(key_id)),
+            KeyState::DecryptOnly => {}
+        }
+        for member in members {
+            let report = reports
+                .iter()
+                .find(|r| &r.replica == member)
+                .ok_or_else(|| DestroyRefused::NoReport { replica: member.clone() })?;
+            if let Some(last) = key.last_sealed_index.filter(|&last| report.first_log_index <= last) {
+                return Err(DestroyRefused::InLog {
+                    replica: member.clone(),
+                    key_id,
+                    first_log_index: report.first_log_index,
+                    last_sealed_index: last,
+                });
+            }
+            if let Some(snapshot) = report.snapshot.filter(|s| s.sealed_under == Some(key_id)) {
+                return Err(DestroyRefused::InSnapshot {
+                    replica: member.clone(),
+                    key_id,
+                    snapshot_index: snapshot.last_index,
+                });
+            }
+        }
+        Ok(())
+    }
+}

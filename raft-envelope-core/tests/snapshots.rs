@@ -1,0 +1,289 @@
+//! Snapshots that carry the layer state, the destroy proof, and rotation when the budget runs low.
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+mod common;
+
+use raft_envelope_core::*;
+
+fn kek(byte: u8) -> FileKekProvider {
+    FileKekProvider::from_key(KekId::new("kek-1").unwrap(), SecretKey::from_bytes([byte; 32])).unwrap()
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+}
+
+/// A leader that installed key 1, promoted it and enforced at index 12, then rotated to key 2
+/// (install 13, promote 14), with payloads sealed under key 1 at 20..=22.
+fn enforced_leader(provider: &FileKekProvider) -> LayerState {
+    let leader = LayerState::new(common::cluster("cluster-a"));
+    let mut index = 10;
+    let mut append = |command: &ControlCommand| {
+        let entry = leader.encode_entry(ProposalId(index), command).unwrap();
+        leader.apply_control(index, &entry).unwrap();
+        index += 1;
+    };
+    append(&block_on(leader.generate_install(KeyId(1), Algorithm::Aes256Gcm, provider)).unwrap());
+    append(&ControlCommand::PromoteKey { key_id: KeyId(1) });
+    append(&ControlCommand::Enforce);
+    for i in 20..=22 {
+        leader.record_sealed_entry(i, KeyId(1));
+    }
+    let install2 = block_on(leader.generate_install(KeyId(2), Algorithm::Aes256Gcm, provider)).unwrap();
+    for (i, command) in [(23, install2), (24, ControlCommand::PromoteKey { key_id: KeyId(2) })] {
+        let entry = leader.encode_entry(ProposalId(i), &command).unwrap();
+        leader.apply_control(i, &entry).unwrap();
+    }
+    leader
+}
+
+#[test]
+fn a_new_replica_reaches_the_leaders_layer_state_from_a_snapshot_alone() {
+    let provider = kek(7);
+    let leader = enforced_leader(&provider);
+    let sealed = leader.seal_snapshot(30, b"user state").unwrap();
+    assert!(is_layer_snapshot(&sealed));
+    assert!(!sealed.windows(10).any(|w| w == b"user state"), "the user's snapshot is sealed");
+
+    let joiner = LayerState::new(common::cluster("cluster-a"));
+    block_on(joiner.prefetch_sealed_snapshot(&sealed, &provider)).unwrap();
+    let data = joiner.install_snapshot(30, &sealed).unwrap();
+    assert_eq!(data, b"user state");
+    assert_eq!(joiner.snapshot(), leader.snapshot());
+    assert_eq!(joiner.cutover_source().cutover(), Some(12));
+    // Entries sealed under either key open on the joiner.
+    let envelope = leader.cipher().seal(ProposalId(1), b"x").unwrap();
+    assert_eq!(joiner.cipher().open(&envelope).unwrap(), b"x");
+}
+
+#[test]
+fn a_snapshot_taken_before_a_rotation_is_sealed_under_the_key_active_then() {
+    let provider = kek(7);
+    let leader = LayerState::new(common::cluster("cluster-a"));
+    let install = block_on(leader.generate_install(KeyId(1), Algorithm::Aes256Gcm, &provider)).unwrap();
+    leader.apply_control(1, &leader.encode_entry(ProposalId(1), &install).unwrap()).unwrap();
+    let promote = ControlCommand::PromoteKey { key_id: KeyId(1) };
+    leader.apply_control(2, &leader.encode_entry(ProposalId(2), &promote).unwrap()).unwrap();
+    let captured = leader.snapshot();
+    // Entries go on applying while the snapshot is built: a rotation.
+    let install2 = block_on(leader.generate_install(KeyId(2), Algorithm::Aes256Gcm, &provider)).unwrap();
+    leader.apply_control(3, &leader.encode_entry(ProposalId(3), &install2).unwrap()).unwrap();
+    let promote2 = ControlCommand::PromoteKey { key_id: KeyId(2) };
+    leader.apply_control(4, &leader.encode_entry(ProposalId(4), &promote2).unwrap()).unwrap();
+
+    let sealed = leader.seal_snapshot_of(&captured, 2, b"state at 2").unwrap();
+    assert_eq!(SnapshotHeader::read(&sealed).unwrap().sealed_under, Some(KeyId(1)));
+    let joiner = LayerState::new(common::cluster("cluster-a"));
+    block_on(joiner.prefetch_sealed_snapshot(&sealed, &provider)).unwrap();
+    assert_eq!(joiner.install_snapshot(2, &sealed).unwrap(), b"state at 2");
+    assert_eq!(joiner.snapshot(), captured);
+    assert_eq!(joiner.retained_snapshot(), Some(RetainedSnapshot::new(2, Some(KeyId(1)))));
+}
+
+#[test]
+fn a_snapshot_header_is_readable_without_keys() {
+    let provider = kek(7);
+    let leader = enforced_leader(&provider);
+    let sealed = leader.seal_snapshot(30, b"user state").unwrap();
+    let header = SnapshotHeader::read(&sealed).unwrap();
+    assert_eq!(header.last_index, 30);
+    assert_eq!(header.sealed_under, Some(KeyId(2)));
+    assert_eq!(header.layer, leader.snapshot());
+}
+
+#[test]
+fn an_inert_layer_state_frames_the_snapshot_in_the_clear() {
+    let leader = LayerState::new(common::cluster("cluster-a"));
+    let framed = leader.seal_snapshot(5, b"user state").unwrap();
+    assert!(framed.ends_with(b"user state"));
+    assert_eq!(SnapshotHeader::read(&framed).unwrap().sealed_under, None);
+    let joiner = LayerState::new(common::cluster("cluster-a"));
+    assert_eq!(joiner.install_snapshot(5, &framed).unwrap(), b"user state");
+}
+
+#[test]
+fn a_snapshot_without_its_keys_unwrapped_is_refused_as_key_unavailable() {
+    let provider = kek(7);
+    let sealed = enforced_leader(&provider).seal_snapshot(30, b"user state").unwrap();
+    let joiner = LayerState::new(common::cluster("cluster-a"));
+    let error = joiner.install_snapshot(30, &sealed).unwrap_err();
+    assert_eq!(error.reason(), FailureReason::KeyUnavailable);
+    assert_eq!(joiner.snapshot(), LayerSnapshot::default(), "nothing changed");
+}
+
+#[test]
+fn a_replica_with_another_kek_cannot_prefetch_a_snapshot() {
+    let sealed = enforced_leader(&kek(7)).seal_snapshot(30, b"user state").unwrap();
+    let joiner = LayerState::new(common::cluster("cluster-a"));
+    let error = block_on(joiner.prefetch_sealed_snapshot(&sealed, &kek(8))).unwrap_err();
+    assert_eq!(error.reason(), FailureReason::KeyUnavailable);
+}
+
+#[test]
+fn a_tampered_layer_section_is_refused() {
+    let provider = kek(7);
+    let leader = enforced_leader(&provider);
+    let mut forged = leader.snapshot();
+    forged.cutover = Some(1_000); // a lower or higher cutover than the real one
+    let sealed = leader.seal_snapshot(30, b"user state").unwrap();
+    let original_layer = leader.snapshot().encode();
+    let mut tampered = sealed[..22].to_vec();
+    let forged_bytes = forged.encode();
+    assert_eq!(forged_bytes.len(), original_layer.len());
+    tampered.extend_from_slice(&forged_bytes);
+    tampered.extend_from_slice(&sealed[22 + original_layer.len()..]);
+
+    let joiner = LayerState::new(common::cluster("cluster-a"));
+    block_on(joiner.prefetch_sealed_snapshot(&tampered, &provider)).unwrap();
+    let error = joiner.install_snapshot(30, &tampered).unwrap_err();
+    assert!(matches!(error, ControlError::MalformedSnapshot { .. }), "{error}");
+    assert_eq!(joiner.cutover(), None, "nothing changed");
+}
+
+#[test]
+fn a_flipped_body_bit_is_refused_as_authentication_failure() {
+    let provider = kek(7);
+    let mut sealed = enforced_leader(&provider).seal_snapshot(30, b"user state").unwrap();
+    let last = sealed.len() - 1;
+    sealed[last] ^= 1;
+    let joiner = LayerState::new(common::cluster("cluster-a"));
+    block_on(joiner.prefetch_sealed_snapshot(&sealed, &provider)).unwrap();
+    let error = joiner.install_snapshot(30, &sealed).unwrap_err();
+    assert_eq!(error.reason(), FailureReason::AuthenticationFailed);
+}
+
+#[test]
+fn a_snapshot_offered_for_another_index_is_refused() {
+    let provider = kek(7);
+    let sealed = enforced_leader(&provider).seal_snapshot(30, b"user state").unwrap();
+    let joiner = LayerState::new(common::cluster("cluster-a"));
+    block_on(joiner.prefetch_sealed_snapshot(&sealed, &provider)).unwrap();
+    assert!(joiner.install_snapshot(31, &sealed).is_err());
+    // Rewriting the clear index field does not help: the sealed body is bound to 30.
+    let mut rewritten = sealed.clone();
+    rewritten[10..18].copy_from_slice(&31u64.to_be_bytes());
+    assert!(joiner.install_snapshot(31, &rewritten).is_err());
+    assert_eq!(joiner.install_snapshot(30, &sealed).unwrap(), b"user state");
+}
+
+#[test]
+fn a_clear_snapshot_is_refused_once_the_layer_state_enforces() {
+    let provider = kek(7);
+    let leader = enforced_leader(&provider);
+    // A clear frame claiming an inert layer state, offered to an enforcing replica.
+    let clear = LayerState::new(common::cluster("cluster-a")).seal_snapshot(30, b"forged").unwrap();
+    let error = leader.install_snapshot(30, &clear).unwrap_err();
+    assert_eq!(error.reason(), FailureReason::UnsealedSnapshot);
+}
+
+#[test]
+fn a_snapshot_from_another_cluster_is_refused() {
+    let provider = kek(7);
+    let sealed = enforced_leader(&provider).seal_snapshot(30, b"user state").unwrap();
+    let other = LayerState::new(common::cluster("cluster-b"));
+    // The wrapped keys are bound to cluster-a: they do not even unwrap here.
+    assert!(block_on(other.prefetch_sealed_snapshot(&sealed, &provider)).is_err());
+}
+
+fn members() -> Vec<String> {
+    vec!["1".into(), "2".into(), "3".into()]
+}
+
+fn compacted(first: u64, snapshot_key: Option<KeyId>) -> Vec<Retention> {
+    (1..=3).map(|r| Retention::new(r, first, Some(RetainedSnapshot::new(first - 1, snapshot_key)))).collect()
+}
+
+#[test]
+fn destroying_is_refused_while_a_log_still_holds_entries_sealed_under_the_key() {
+    let leader = enforced_leader(&kek(7));
+    let mut reports = compacted(30, Some(KeyId(2)));
+    // Replica 2 still has index 22 on: payloads and the rotation's control entries (23, 24)
+    // were sealed under key 1.
+    reports[1].first_log_index = 22;
+    match leader.check_destroy(KeyId(1), &members(), &reports).unwrap_err() {
+        DestroyRefused::InLog { replica, key_id, first_log_index, last_sealed_index } => {
+            assert_eq!(
+                (replica.as_str(), key_id, first_log_index, last_sealed_index),
+                ("2", KeyId(1), 22, 24)
+            );
+        }
+        other => panic!("unexpected {other}"),
+    }
+}
+
+#[test]
+fn destroying_is_refused_while_a_snapshot_sealed_under_the_key_is_retained() {
+    let leader = enforced_leader(&kek(7));
+    let mut reports = compacted(30, Some(KeyId(2)));
+    reports[2].snapshot = Some(RetainedSnapshot::new(21, Some(KeyId(1))));
+    let error = leader.check_destroy(KeyId(1), &members(), &reports).unwrap_err();
+    assert_eq!(
+        error,
+        DestroyRefused::InSnapshot { replica: "3".into(), key_id: KeyId(1), snapshot_index: 21 }
+    );
+    assert!(error.to_string().contains("replica 3"));
+}
+
+#[test]
+fn destroying_is_refused_without_a_report_from_every_member() {
+    let leader = enforced_leader(&kek(7));
+    let mut reports = compacted(30, Some(KeyId(2)));
+    reports.pop();
+    let error = leader.check_destroy(KeyId(1), &members(), &reports).unwrap_err();
+    assert_eq!(error, DestroyRefused::NoReport { replica: "3".into() });
+}
+
+#[test]
+fn destroying_is_allowed_once_every_replica_compacted_past_the_key() {
+    let leader = enforced_leader(&kek(7));
+    leader.check_destroy(KeyId(1), &members(), &compacted(25, Some(KeyId(2)))).unwrap();
+    let error = leader.check_destroy(KeyId(1), &members(), &compacted(24, Some(KeyId(2)))).unwrap_err();
+    assert!(matches!(error, DestroyRefused::InLog { last_sealed_index: 24, .. }), "{error}");
+}
+
+#[test]
+fn destroying_the_active_key_is_always_refused() {
+    let leader = enforced_leader(&kek(7));
+    let error = leader.check_destroy(KeyId(2), &members(), &compacted(40, None)).unwrap_err();
+    assert_eq!(error, DestroyRefused::ActiveKey(KeyId(2)));
+    assert!(matches!(
+        leader.check_command(&ControlCommand::RetireKey { key_id: KeyId(2) }),
+        Err(ControlError::ActiveKeyNeeded(KeyId(2)))
+    ));
+    leader.check_command(&ControlCommand::RetireKey { key_id: KeyId(1) }).unwrap();
+}
+
+#[test]
+fn rotation_becomes_due_when_an_eighth_of_the_budget_is_left() {
+    let provider = kek(7);
+    let leader = LayerState::with_seal_limit(common::cluster("cluster-a"), 80);
+    let install = block_on(leader.generate_install(KeyId(1), Algorithm::Aes256Gcm, &provider)).unwrap();
+    leader.apply_control(1, &leader.encode_entry(ProposalId(1), &install).unwrap()).unwrap();
+    let promote = ControlCommand::PromoteKey { key_id: KeyId(1) };
+    leader.apply_control(2, &leader.encode_entry(ProposalId(2), &promote).unwrap()).unwrap();
+    assert_eq!(leader.rotation_due(), None);
+    // Replicated counts alone make it due (a new leader that sealed nothing itself).
+    for i in 3..3 + 70 {
+        leader.record_sealed_entry(i, KeyId(1));
+    }
+    assert_eq!(leader.rotation_due(), Some(KeyId(1)));
+    let status = leader.status();
+    assert!(status.rotation_due);
+    assert_eq!(status.budget_remaining.get(&KeyId(1)), Some(&10));
+}
+
+#[test]
+fn local_seals_alone_make_rotation_due() {
+    let provider = kek(7);
+    let leader = LayerState::with_seal_limit(common::cluster("cluster-a"), 80);
+    let install = block_on(leader.generate_install(KeyId(1), Algorithm::Aes256Gcm, &provider)).unwrap();
+    leader.apply_control(1, &leader.encode_entry(ProposalId(1), &install).unwrap()).unwrap();
+    let promote = ControlCommand::PromoteKey { key_id: KeyId(1) };
+    leader.apply_control(2, &leader.encode_entry(ProposalId(2), &promote).unwrap()).unwrap();
+    for i in 0..69 {
+        leader.cipher().seal(ProposalId(i), b"x").unwrap();
+    }
+    assert_eq!(leader.rotation_due(), None);
+    leader.cipher().seal(ProposalId(70), b"x").unwrap();
+    assert_eq!(leader.rotation_due(), Some(KeyId(1)));
+}
