@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raft_envelope_core::{
-    EntryKind, EnvelopeLayer, FatalApplyError, KeyId, KeyProvider, LayerSnapshot, LayerState, SealError,
+    DestroyRefused, EntryKind, EnvelopeLayer, FatalApplyError, KeyId, KeyProvider, LayerSnapshot, LayerState,
+    SealError,
 };
 
 /// Identifies one replica of a test cluster, as the harness numbers them.
@@ -48,6 +49,11 @@ pub struct Capabilities {
     /// [`Cluster::enable_encryption`], [`Cluster::rotate_key`], [`Cluster::destroy_key`],
     /// [`Cluster::layer_snapshot`] and [`Cluster::restart_with_provider`] work on them.
     pub key_lifecycle: bool,
+    /// Snapshots and compaction on [`build_managed`](ClusterBuilder::build_managed) clusters:
+    /// [`Cluster::compact`] and [`Cluster::add_member`] work, state-machine snapshots carry the
+    /// layer state, and [`Cluster::destroy_key`] checks every replica's retained log and
+    /// snapshot before destroying.
+    pub snapshots: bool,
 }
 
 impl Capabilities {
@@ -60,6 +66,7 @@ impl Capabilities {
         follower_proposals: true,
         hold_forwarded: true,
         key_lifecycle: true,
+        snapshots: true,
     };
     /// Only the required operations.
     pub const NONE: Capabilities = Capabilities {
@@ -70,6 +77,7 @@ impl Capabilities {
         follower_proposals: false,
         hold_forwarded: false,
         key_lifecycle: false,
+        snapshots: false,
     };
 }
 
@@ -167,6 +175,31 @@ impl RecordingStateMachine {
         out
     }
 
+    /// The state as snapshot bytes, for harnesses whose engine snapshots the state machine:
+    /// every payload with its index. [`from_snapshot`](Self::from_snapshot) reads it back.
+    pub fn to_snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in &self.payloads {
+            out.extend_from_slice(&p.index.to_be_bytes());
+            out.extend_from_slice(&(p.bytes.len() as u64).to_be_bytes());
+            out.extend_from_slice(&p.bytes);
+        }
+        out
+    }
+
+    /// Reads bytes made by [`to_snapshot`](Self::to_snapshot); `None` when they are not.
+    pub fn from_snapshot(mut bytes: &[u8]) -> Option<Self> {
+        let mut payloads = Vec::new();
+        while !bytes.is_empty() {
+            let index = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+            let len = usize::try_from(u64::from_be_bytes(bytes.get(8..16)?.try_into().ok()?)).ok()?;
+            let end = 16usize.checked_add(len)?;
+            payloads.push(AppliedPayload { index, bytes: bytes.get(16..end)?.to_vec() });
+            bytes = &bytes[end..];
+        }
+        Some(Self { payloads })
+    }
+
     /// FNV-1a 64 of `bytes`: identifies a payload in responses without revealing it.
     pub fn digest(bytes: &[u8]) -> u64 {
         bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
@@ -216,6 +249,10 @@ pub enum HarnessError {
     /// No replica with this id.
     #[error("no node {0}")]
     NoSuchNode(NodeId),
+    /// [`Cluster::destroy_key`] refused: a replica still retains entries or a snapshot sealed
+    /// under the key, or did not report what it retains.
+    #[error("destroy refused: {0}")]
+    DestroyRefused(#[source] DestroyRefused),
     /// Anything else the engine reports. Must never carry payload or key bytes.
     #[error("{0}")]
     Engine(String),
@@ -483,12 +520,16 @@ pub trait Cluster: Sync {
     }
 
     /// Destroys `key` through the log (a decrypt-only key: the suite never destroys the active
-    /// one), returning once the destroy entry is applied on the leader.
-    /// Capability [`Capabilities::key_lifecycle`].
+    /// one), returning once the destroy entry is applied on the leader. First the proof: with no
+    /// proposal sealed under the key in flight and the leader's applied index caught up, every
+    /// replica reports what it retains (first log index, retained snapshot) and
+    /// [`LayerState::check_destroy`] must pass on the leader; otherwise nothing is proposed.
+    /// Capability [`Capabilities::key_lifecycle`] (with [`Capabilities::snapshots`], the suite
+    /// checks the refusal and compacts before destroying).
     ///
     /// # Errors
-    /// Any [`HarnessError`] (including the engine refusing); [`HarnessError::Unsupported`] by
-    /// default.
+    /// [`HarnessError::DestroyRefused`] when the proof fails, naming the replica; any other
+    /// [`HarnessError`]; [`HarnessError::Unsupported`] by default.
     fn destroy_key(&self, key: KeyId) -> Result<(), HarnessError> {
         let _ = key;
         Err(HarnessError::Unsupported("destroy_key"))
@@ -520,5 +561,30 @@ pub trait Cluster: Sync {
     ) -> Result<(), HarnessError> {
         let _ = (node, provider);
         Err(HarnessError::Unsupported("restart_with_provider"))
+    }
+
+    /// Makes `node` take a snapshot of its state machine (with its layer state) at its applied
+    /// index and compact its log up to it: afterwards `node` stores no entry at or below the
+    /// returned index ([`read_entry`](Self::read_entry) returns `None`), and a replica that needs
+    /// them gets the snapshot instead. Capability [`Capabilities::snapshots`].
+    ///
+    /// # Errors
+    /// Any [`HarnessError`]; [`HarnessError::Unsupported`] by default.
+    fn compact(&self, node: NodeId) -> Result<u64, HarnessError> {
+        let _ = node;
+        Err(HarnessError::Unsupported("compact"))
+    }
+
+    /// Adds a new replica to a [`build_managed`](ClusterBuilder::build_managed) cluster, with an
+    /// empty log, an empty [`RecordingStateMachine`] and `node`'s layer state and provider, and
+    /// makes it a member (voter or learner) that replicates the log. Returns its id once it is a
+    /// member; it catches up by itself (by snapshot when the leader compacted its log).
+    /// Capability [`Capabilities::snapshots`].
+    ///
+    /// # Errors
+    /// Any [`HarnessError`]; [`HarnessError::Unsupported`] by default.
+    fn add_member(&self, node: ManagedNode) -> Result<NodeId, HarnessError> {
+        let _ = node;
+        Err(HarnessError::Unsupported("add_member"))
     }
 }

@@ -186,6 +186,8 @@ macro_rules! __cases {
             replica_without_kek_halts_at_install_and_resumes,
             control_entries_never_reach_the_state_machine,
             layer_state_identical_on_all_replicas,
+            member_joins_by_snapshot_after_compaction_and_opens_everything,
+            destroy_refused_while_needed_allowed_after_compaction,
         }
     };
     (@tests [$builder:expr] $($case:ident,)+) => {
