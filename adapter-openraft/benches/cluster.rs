@@ -22,6 +22,15 @@ impl Application for Count {
         self.0 += payload.len() as u64;
         Vec::new()
     }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.0.to_be_bytes().to_vec()
+    }
+
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.0 = u64::from_be_bytes(bytes.try_into().map_err(|_| "not a count snapshot")?);
+        Ok(())
+    }
 }
 
 struct Cluster {

@@ -8,8 +8,8 @@ use std::time::Duration;
 use openraft::error::{CheckIsLeaderError, ForwardToLeader, RaftError};
 use openraft::{Entry, RaftTypeConfig};
 use raft_envelope_core::{
-    Algorithm, ControlCommand, ControlError, EncryptionStatus, KekId, KeyId, KeyProvider, KeyState,
-    LayerState, SealError,
+    Algorithm, ControlCommand, ControlError, DestroyRefused, EncryptionStatus, KekId, KeyId, KeyProvider,
+    KeyState, LayerState, Retention, SealError,
 };
 
 use crate::payload::EnvelopePayload;
@@ -22,6 +22,8 @@ pub const DEFAULT_ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The admin side of a node built with [`EnvelopeRaft::with_layer_state`], shared by its clones.
 pub(crate) struct Admin {
     state: Arc<LayerState>,
+    auto: std::sync::Mutex<Option<Arc<AutoRotation>>>,
+    rotating: std::sync::atomic::AtomicBool,
     /// Admin commands run one at a time on this node (two installs of one key id with different
     /// material would halt every replica).
     serial: tokio::sync::Mutex<()>,
@@ -32,6 +34,8 @@ impl Admin {
     pub(crate) fn new(state: Arc<LayerState>) -> Self {
         Self {
             state,
+            auto: std::sync::Mutex::new(None),
+            rotating: std::sync::atomic::AtomicBool::new(false),
             serial: tokio::sync::Mutex::new(()),
             timeout_ms: AtomicU64::new(DEFAULT_ADMIN_TIMEOUT.as_millis() as u64),
         }
@@ -118,6 +122,19 @@ pub enum AdminError<NID: openraft::NodeId, N: openraft::Node> {
     /// [`TestCluster`](crate::testing::TestCluster)).
     #[error("no leader to run the admin command on")]
     NoLeader,
+    /// The destroy proof failed: a replica still retains entries or a snapshot sealed under the
+    /// key, or did not report. Nothing was proposed; compact (or take a new snapshot) and retry.
+    #[error("destroy refused: {0}")]
+    DestroyRefused(#[source] DestroyRefused),
+    /// Envelopes sealed under the key were still being submitted on this node after the admin
+    /// timeout. Nothing was proposed; retry.
+    #[error("{in_flight} proposals sealed under {key_id} are still in flight")]
+    SealedInFlight {
+        /// The key.
+        key_id: KeyId,
+        /// How many.
+        in_flight: usize,
+    },
     /// A proposer did not drain its cleartext proposals in time.
     #[error("proposer #{node} did not drain its cleartext proposals: {source}")]
     Drain {
@@ -342,17 +359,24 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
         }
     }
 
-    /// Destroys `key_id`, on the leader: every replica drops its material when it applies the
-    /// entry; envelopes under it no longer open (`destroyed_key`). The active key is refused
-    /// (rotate first); destroying a destroyed key proposes nothing.
+    /// Destroys `key_id`, on the leader, once it is proven that nothing retained still needs it:
+    /// every replica drops its material when it applies the entry; envelopes under it no longer
+    /// open (`destroyed_key`). The active key is refused (rotate first); destroying a destroyed
+    /// key proposes nothing.
     ///
-    /// Not yet checked: that no replica's uncompacted log or snapshot still needs the key (an
-    /// entry sealed under it above the cutover that a lagging replica has not applied halts
-    /// that replica).
+    /// The proof, before anything is proposed: no envelope sealed under the key is still being
+    /// submitted on this node (every entry sealed under it is then in the log: a node that
+    /// applied the rotation refuses to submit one, [`WriteError::KeyRotated`](crate::WriteError::KeyRotated)),
+    /// a barrier is applied (so the per-key counts include all of them), and
+    /// [`LayerState::check_destroy`] passes with `reports`: one [`retention`](Self::retention)
+    /// from every member (voters and learners), none of which may still hold an entry sealed
+    /// under the key in its log or a snapshot sealed under it. Reports taken before the call are
+    /// fine: logs only get shorter, and new snapshots are sealed under the active key.
     ///
     /// # Errors
+    /// [`AdminError::DestroyRefused`] naming the replica, [`AdminError::SealedInFlight`],
     /// [`AdminError::Refused`] (unknown or active key), or a proposal error.
-    pub async fn destroy_key(&self, key_id: KeyId) -> Result<(), C> {
+    pub async fn destroy_key(&self, key_id: KeyId, reports: &[Retention]) -> Result<(), C> {
         let admin = self.admin()?;
         let state = admin.state();
         let _serial = admin.serial.lock().await;
@@ -360,6 +384,30 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
         if Self::check_changeable(state, key_id)? == KeyState::Destroyed {
             return Ok(());
         }
+        let timeout = Duration::from_millis(admin.timeout_ms.load(Ordering::SeqCst));
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let in_flight = self.sealed_in_flight(key_id);
+            if in_flight == 0 {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(AdminError::SealedInFlight { key_id, in_flight });
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        self.commit_barrier().await.map_err(|e| match e {
+            crate::WriteError::Raft(e) => AdminError::Raft(e),
+            other => AdminError::Refused {
+                key_id,
+                reason: if other.is_seal_refusal() { "barrier refused" } else { "barrier failed" },
+            },
+        })?;
+        let members: Vec<String> = {
+            let metrics = self.raft().metrics().borrow().clone();
+            metrics.membership_config.membership().nodes().map(|(id, _)| id.to_string()).collect()
+        };
+        state.check_destroy(key_id, &members, reports).map_err(AdminError::DestroyRefused)?;
         let index = self.propose_control(state, &ControlCommand::DestroyKey { key_id }).await?;
         let destroyed = state.keys().iter().any(|k| k.key_id == key_id && k.state == KeyState::Destroyed);
         if !destroyed {
@@ -367,5 +415,96 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
         }
         tracing::info!(key_id = key_id.0, index, "data key destroyed through the log");
         Ok(())
+    }
+
+    /// Rotates when the active key's sealing budget runs low
+    /// ([`LayerState::rotation_due`]): call it periodically on every node (it does nothing on
+    /// followers, or while the budget lasts), or let [`set_auto_rotation`](Self::set_auto_rotation)
+    /// call it after writes. Returns the new key's id when it rotated.
+    ///
+    /// # Errors
+    /// As [`rotate_key`](Self::rotate_key).
+    pub async fn rotate_if_due(
+        &self,
+        provider: &dyn KeyProvider,
+        kek_id: &KekId,
+        algorithm: Algorithm,
+    ) -> Result<Option<KeyId>, C> {
+        let admin = self.admin()?;
+        if admin.state().rotation_due().is_none() || !self.is_leader() {
+            return Ok(None);
+        }
+        let _serial = admin.serial.lock().await;
+        self.catch_up().await?;
+        // Another caller may have rotated while this one waited.
+        if admin.state().rotation_due().is_none() {
+            return Ok(None);
+        }
+        let key_id = self.install_and_promote(admin.state(), provider, kek_id, algorithm).await?;
+        tracing::info!(key_id = key_id.0, "data key rotated automatically: the sealing budget ran low");
+        Ok(Some(key_id))
+    }
+
+    /// Rotates automatically (as [`rotate_if_due`](Self::rotate_if_due), in a background task)
+    /// when a write through this node finds the active key's budget low; `None` switches it off.
+    /// Shared by clones. Needs a Tokio runtime.
+    pub fn set_auto_rotation(&self, rotation: Option<AutoRotation>) {
+        if let Some(admin) = &self.admin {
+            *admin.auto.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = rotation.map(Arc::new);
+        }
+    }
+
+    /// After a write: starts a rotation in the background when one is due and none is running.
+    pub(crate) fn maybe_rotate(&self) {
+        let Some(admin) = &self.admin else { return };
+        let Some(auto) = admin.auto.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone() else {
+            return;
+        };
+        if admin.state().rotation_due().is_none() || admin.rotating.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.rotate_if_due(auto.provider.as_ref(), &auto.kek_id, auto.algorithm).await {
+                tracing::warn!("automatic rotation failed, retried on a later write: {e}");
+            }
+            if let Some(admin) = &this.admin {
+                admin.rotating.store(false, Ordering::SeqCst);
+            }
+        });
+    }
+
+    fn is_leader(&self) -> bool {
+        let metrics = self.raft().metrics().borrow().clone();
+        metrics.current_leader == Some(metrics.id)
+    }
+}
+
+/// What [`EnvelopeRaft::set_auto_rotation`] rotates with.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct AutoRotation {
+    /// Wraps the new data keys.
+    pub provider: Arc<dyn KeyProvider>,
+    /// The KEK to wrap under (the provider's).
+    pub kek_id: KekId,
+    /// The new keys' algorithm.
+    pub algorithm: Algorithm,
+}
+
+impl AutoRotation {
+    /// Rotation with `provider`, under its own KEK, to `algorithm` keys.
+    pub fn new(provider: Arc<dyn KeyProvider>, algorithm: Algorithm) -> Self {
+        let kek_id = provider.kek_id().clone();
+        Self { provider, kek_id, algorithm }
+    }
+}
+
+impl fmt::Debug for AutoRotation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AutoRotation")
+            .field("kek_id", &self.kek_id)
+            .field("algorithm", &self.algorithm)
+            .finish()
     }
 }

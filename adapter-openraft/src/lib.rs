@@ -10,7 +10,7 @@ mod state_machine;
 mod switch_on;
 pub mod testing;
 
-pub use admin::{AdminError, Enabled, DEFAULT_ADMIN_TIMEOUT};
+pub use admin::{AdminError, AutoRotation, Enabled, DEFAULT_ADMIN_TIMEOUT};
 pub use codec::{BytesCodec, CodecError, JsonCodec, PayloadCodec};
 pub use config::{Sealed, SealedRaft};
 pub use payload::EnvelopePayload;

@@ -9,7 +9,9 @@ use std::time::Duration;
 use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 use openraft::raft::ClientWriteResponse;
 use openraft::{Entry, LogId, RaftTypeConfig};
-use raft_envelope_core::{EntryKind, EnvelopeLayer, PayloadWrapper, ProposalId, SealError};
+use raft_envelope_core::{
+    EntryKind, EnvelopeLayer, KeyId, PayloadWrapper, ProposalId, RetainedSnapshot, Retention, SealError,
+};
 
 use crate::codec::{CodecError, JsonCodec, PayloadCodec};
 use crate::config::{Sealed, SealedRaft};
@@ -29,6 +31,15 @@ pub enum WriteError<NID: openraft::NodeId, N: openraft::Node> {
     /// The request could not be encoded. Nothing was appended.
     #[error("proposal refused before it was appended: {0}")]
     Encode(#[source] CodecError),
+    /// The write was sealed under a key that is no longer the active key (a rotation applied
+    /// since it was prepared): nothing was appended. Prepare it again; it will be sealed under
+    /// the new key. Only nodes with a layer state refuse this, so that no entry sealed under a
+    /// retired key lands after the rotation and a later destroy can be proven safe.
+    #[error("proposal refused before it was appended: sealed under {key_id}, which is no longer active")]
+    KeyRotated {
+        /// The key it was sealed under.
+        key_id: KeyId,
+    },
     /// This node's layer is not sealing while its cutover is in force, so the proposal could
     /// only land above the cutover in the clear and halt every replica: it was refused and not
     /// appended. Retryable once the node's layer seals again (a configuration error).
@@ -47,10 +58,10 @@ pub enum WriteError<NID: openraft::NodeId, N: openraft::Node> {
 
 impl<NID: openraft::NodeId, N: openraft::Node> WriteError<NID, N> {
     /// True when the layer refused the proposal before it reached Raft ([`WriteError::Seal`],
-    /// [`WriteError::NotSealing`]): nothing was appended, and it may be retried as is once the
-    /// cause is fixed.
+    /// [`WriteError::NotSealing`], [`WriteError::KeyRotated`]): nothing was appended; retry once
+    /// the cause is fixed (prepare again after `KeyRotated`).
     pub fn is_seal_refusal(&self) -> bool {
-        matches!(self, WriteError::Seal(_) | WriteError::NotSealing { .. })
+        matches!(self, WriteError::Seal(_) | WriteError::NotSealing { .. } | WriteError::KeyRotated { .. })
     }
 
     /// The leader to retry on, when this node is not the leader.
@@ -80,6 +91,39 @@ struct Drain {
     cleartext_in_flight: AtomicUsize,
     /// True when the cleartext-above-cutover guard is switched off (`Default`: on).
     cleartext_guard_off: AtomicBool,
+    /// Envelopes being submitted, by key: destroying a key waits until none sealed under it is
+    /// left between `submit` and Raft's answer.
+    sealed_in_flight: std::sync::Mutex<std::collections::BTreeMap<KeyId, usize>>,
+}
+
+impl Drain {
+    fn sealed_in_flight(&self, key_id: KeyId) -> usize {
+        let map = self.sealed_in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(&key_id).copied().unwrap_or(0)
+    }
+}
+
+/// Counts one envelope under its key while `submit` runs.
+struct SealedInFlight<'a>(&'a Drain, KeyId);
+
+impl<'a> SealedInFlight<'a> {
+    fn new(drain: &'a Drain, key_id: KeyId) -> Self {
+        *drain.sealed_in_flight.lock().unwrap_or_else(PoisonError::into_inner).entry(key_id).or_default() +=
+            1;
+        Self(drain, key_id)
+    }
+}
+
+impl Drop for SealedInFlight<'_> {
+    fn drop(&mut self) {
+        let mut map = self.0.sealed_in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.1);
+            }
+        }
+    }
 }
 
 /// Keeps a cleartext proposal counted while `submit` waits for Raft's answer. When the caller
@@ -299,6 +343,18 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
         prepared: &PreparedWrite,
     ) -> Result<ClientWriteResponse<C>, WriteError<C::NodeId, C::Node>> {
         let payload = prepared.payload.clone();
+        // Counted before the check: a destroy that saw no envelope under the key in flight ran
+        // after the rotation, so this check sees the key inactive and refuses.
+        let _sealed = match (payload.key_id(), &self.admin) {
+            (Some(key_id), Some(admin)) => {
+                let counted = SealedInFlight::new(&self.drain, key_id);
+                if admin.state().active_key() != Some(key_id) {
+                    return Err(WriteError::KeyRotated { key_id });
+                }
+                Some(counted)
+            }
+            _ => None,
+        };
         let result = match &prepared.in_flight {
             None => self.raft.client_write(payload).await,
             Some(token) => {
@@ -311,6 +367,9 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
                 result
             }
         };
+        if result.is_ok() && prepared.payload.key_id().is_some() {
+            self.maybe_rotate();
+        }
         result.map(unseal_response).map_err(WriteError::Raft)
     }
 
@@ -366,6 +425,27 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+    }
+
+    /// How many envelopes sealed under `key_id` are being submitted on this node (and its clones)
+    /// and not yet answered by Raft.
+    pub fn sealed_in_flight(&self, key_id: KeyId) -> usize {
+        self.drain.sealed_in_flight(key_id)
+    }
+
+    /// What this node still retains that may hold entries sealed under a key: the first index
+    /// of its log (everything below was compacted) and the snapshot it keeps, with the key it is
+    /// sealed under. Gather one from every member and pass them to
+    /// [`destroy_key`](Self::destroy_key).
+    pub fn retention(&self) -> Retention {
+        let metrics = self.raft.metrics().borrow().clone();
+        let first = metrics.purged.as_ref().map_or(0, |p| p.index + 1);
+        let snapshot = match (&self.admin, &metrics.snapshot) {
+            (Some(admin), Some(_)) => admin.state().retained_snapshot(),
+            (None, Some(s)) => Some(RetainedSnapshot::new(s.index, None)),
+            _ => None,
+        };
+        Retention::new(metrics.id, first, snapshot)
     }
 
     /// Switch-on step 2, on the leader: commits a barrier entry (a layer-owned control entry the

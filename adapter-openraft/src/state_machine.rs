@@ -11,7 +11,7 @@ use openraft::{
 };
 use raft_envelope_core::{
     ApplyGate, EntryKind, EnvelopeLayer, FailureReason, FatalApplyError, KeyProvider, LayerState,
-    PayloadWrapper,
+    PayloadWrapper, RetainedSnapshot, SnapshotHeader,
 };
 
 use crate::codec::{JsonCodec, PayloadCodec};
@@ -77,6 +77,7 @@ struct Lifecycle {
     state: Arc<LayerState>,
     provider: Option<Arc<dyn KeyProvider>>,
     prefetch_timeout: Duration,
+    cache: Arc<FramedCache>,
 }
 
 /// How long the apply path waits for the key provider to unwrap the key of an install entry
@@ -126,7 +127,12 @@ impl<C: RaftTypeConfig, SM> EnvelopeStateMachine<C, SM> {
         state: Arc<LayerState>,
         codec: Arc<dyn PayloadCodec<C::D>>,
     ) -> Self {
-        let lifecycle = Lifecycle { state, provider: None, prefetch_timeout: DEFAULT_PREFETCH_TIMEOUT };
+        let lifecycle = Lifecycle {
+            state,
+            provider: None,
+            prefetch_timeout: DEFAULT_PREFETCH_TIMEOUT,
+            cache: Arc::default(),
+        };
         Self { inner, layer, codec, halt: HaltRecord::default(), lifecycle: Some(lifecycle) }
     }
 
@@ -295,6 +301,54 @@ impl<C: RaftTypeConfig, SM> EnvelopeStateMachine<C, SM> {
     }
 }
 
+impl<C, SM> EnvelopeStateMachine<C, SM>
+where
+    C: RaftTypeConfig<Entry = Entry<C>>,
+    SM: RaftStateMachine<C>,
+{
+    /// Installs a snapshot framed with the layer state: unwraps the keys it needs (bounded
+    /// wait), opens and authenticates it, restores the layer state, then hands the application's
+    /// bytes to the inner state machine. On any failure nothing is restored and the replica halts
+    /// at the snapshot's index (fail closed); a restart that brings the KEK resumes there.
+    async fn install_framed_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<C::NodeId, C::Node>,
+        mut snapshot: Box<C::SnapshotData>,
+    ) -> Result<(), StorageError<C::NodeId>> {
+        let Some(lifecycle) = &self.lifecycle else { return Ok(()) };
+        let index = meta.last_log_id.as_ref().map_or(0, |l| l.index);
+        let framed = read_all(&mut *snapshot).await.map_err(|e| read_error(meta, e))?;
+        if let Some(provider) = &lifecycle.provider {
+            let prefetch = lifecycle.state.prefetch_sealed_snapshot(&framed, provider.as_ref());
+            match tokio::time::timeout(lifecycle.prefetch_timeout, prefetch).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(index, "could not unwrap the keys of a snapshot: {e}"),
+                Err(_) => tracing::warn!(index, "the key provider did not answer in time"),
+            }
+        }
+        let gate = self.layer.gate();
+        let data = match lifecycle.state.install_snapshot(index, &framed) {
+            Ok(data) => data,
+            Err(e) => {
+                let error = gate.record_halt(FatalApplyError::from_control(index, e, gate.cutover()));
+                self.halt.set(error.clone());
+                return Err(
+                    StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&error)).into()
+                );
+            }
+        };
+        if lifecycle.state.active_key().is_some() && !self.layer.is_sealing() {
+            let cipher: Arc<dyn PayloadWrapper> = Arc::new(lifecycle.state.cipher());
+            self.layer.set_wrapper(Some(cipher));
+            tracing::info!(index, "envelope layer seals new proposals (a key is active after a snapshot)");
+        }
+        lifecycle.cache.put(meta.snapshot_id.clone(), framed);
+        let mut inner_data = self.inner.begin_receiving_snapshot().await?;
+        write_all(&mut *inner_data, &data).await.map_err(|e| read_error(meta, e))?;
+        self.inner.install_snapshot(meta, inner_data).await
+    }
+}
+
 fn halt_error<NID: openraft::NodeId>(log_id: LogId<NID>, error: &FatalApplyError) -> StorageError<NID> {
     StorageIOError::apply(log_id, AnyError::new(error)).into()
 }
@@ -304,7 +358,7 @@ where
     C: RaftTypeConfig<Entry = Entry<C>>,
     SM: RaftStateMachine<C>,
 {
-    type SnapshotBuilder = EnvelopeSnapshotBuilder<SM::SnapshotBuilder>;
+    type SnapshotBuilder = EnvelopeSnapshotBuilder<C, SM::SnapshotBuilder>;
 
     async fn applied_state(
         &mut self,
@@ -341,7 +395,20 @@ where
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        EnvelopeSnapshotBuilder(self.inner.get_snapshot_builder().await)
+        // The layer state is captured now, with the application's state: both at this applied
+        // index, while the build itself may run as entries go on applying.
+        // The framed snapshot goes into a fresh buffer from the application's state machine,
+        // never into the application's own snapshot storage.
+        let frame = match &self.lifecycle {
+            None => None,
+            Some(l) => Some(SnapshotFrame {
+                state: l.state.clone(),
+                layer: l.state.snapshot(),
+                cache: l.cache.clone(),
+                buffer: Mutex::new(Some(self.inner.begin_receiving_snapshot().await)),
+            }),
+        };
+        EnvelopeSnapshotBuilder { inner: self.inner.get_snapshot_builder().await, frame }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<C::SnapshotData>, StorageError<C::NodeId>> {
@@ -353,9 +420,12 @@ where
         meta: &SnapshotMeta<C::NodeId, C::Node>,
         snapshot: Box<C::SnapshotData>,
     ) -> Result<(), StorageError<C::NodeId>> {
-        // Snapshots are not sealed yet: above a cutover, a snapshot from the network could
-        // install any state without a key and move the applied index past entries never opened.
-        // Fail closed: the replica halts instead.
+        if self.lifecycle.is_some() {
+            return self.install_framed_snapshot(meta, snapshot).await;
+        }
+        // Without a layer state snapshots are not sealed: above a cutover, a snapshot from the
+        // network could install any state without a key and move the applied index past entries
+        // never opened. Fail closed: the replica halts instead.
         if let Some(error) = self.snapshot_refusal(meta) {
             return Err(StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&error)).into());
         }
@@ -363,6 +433,25 @@ where
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<Sealed<C>>>, StorageError<C::NodeId>> {
+        if let Some(lifecycle) = &self.lifecycle {
+            let Some(mut current) = self.inner.get_current_snapshot().await? else { return Ok(None) };
+            let cached = lifecycle.cache.get(&current.meta.snapshot_id);
+            return match cached {
+                Some(framed) => {
+                    let meta = current.meta.clone();
+                    let mut buffer = self.inner.begin_receiving_snapshot().await?;
+                    write_all(&mut *buffer, &framed).await.map_err(|e| read_error(&meta, e))?;
+                    current.snapshot = buffer;
+                    Ok(Some(seal_snapshot_type(current)))
+                }
+                // Framed by an earlier process (or never): frame the current state now, with the
+                // layer state at the same applied index.
+                None => {
+                    let mut builder = self.get_snapshot_builder().await;
+                    builder.build_snapshot().await.map(Some)
+                }
+            };
+        }
         // Never send the state machine's state in the clear once a cutover is in force: a
         // follower that needs a snapshot waits (it is not sent one) instead.
         if self.layer.gate().cutover().is_some_and(|c| c != u64::MAX) {
@@ -382,16 +471,109 @@ where
     Snapshot { meta: s.meta, snapshot: s.snapshot }
 }
 
-/// The snapshot builder of an [`EnvelopeStateMachine`]: the application's builder, unchanged.
-#[derive(Debug)]
-pub struct EnvelopeSnapshotBuilder<B>(B);
+/// The snapshot builder of an [`EnvelopeStateMachine`]: the application's builder; on a node with
+/// a layer state, its snapshot is framed with the layer state and sealed
+/// (`LayerState::seal_snapshot_of`, `DESIGN.md` §10.10).
+pub struct EnvelopeSnapshotBuilder<C: RaftTypeConfig, B> {
+    inner: B,
+    frame: Option<SnapshotFrame<C>>,
+}
 
-impl<C, B> RaftSnapshotBuilder<Sealed<C>> for EnvelopeSnapshotBuilder<B>
+impl<C: RaftTypeConfig, B> fmt::Debug for EnvelopeSnapshotBuilder<C, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnvelopeSnapshotBuilder")
+            .field("framed", &self.frame.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A buffer for a framed snapshot, or why the application's state machine could not give one.
+type SnapshotBuffer<C> =
+    Result<Box<<C as RaftTypeConfig>::SnapshotData>, StorageError<<C as RaftTypeConfig>::NodeId>>;
+
+/// What a builder frames its snapshot with: the layer state captured with the application's.
+struct SnapshotFrame<C: RaftTypeConfig> {
+    state: Arc<LayerState>,
+    layer: raft_envelope_core::LayerSnapshot,
+    cache: Arc<FramedCache>,
+    /// Where the framed snapshot goes (`begin_receiving_snapshot` of the application's state
+    /// machine); taken by the build. In a mutex only because builders must be `Sync`.
+    buffer: Mutex<Option<SnapshotBuffer<C>>>,
+}
+
+impl<C, B> RaftSnapshotBuilder<Sealed<C>> for EnvelopeSnapshotBuilder<C, B>
 where
     C: RaftTypeConfig<Entry = Entry<C>>,
     B: RaftSnapshotBuilder<C>,
 {
     async fn build_snapshot(&mut self) -> Result<Snapshot<Sealed<C>>, StorageError<C::NodeId>> {
-        Ok(seal_snapshot_type(self.0.build_snapshot().await?))
+        let mut snapshot = self.inner.build_snapshot().await?;
+        let Some(frame) = &self.frame else { return Ok(seal_snapshot_type(snapshot)) };
+        let meta = snapshot.meta.clone();
+        let index = meta.last_log_id.as_ref().map_or(0, |l| l.index);
+        let data = read_all(&mut snapshot.snapshot).await.map_err(|e| read_error(&meta, e))?;
+        let framed = frame.state.seal_snapshot_of(&frame.layer, index, &data).map_err(|e| {
+            StorageError::from(StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e)))
+        })?;
+        let buffer = frame.buffer.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let Some(buffer) = buffer else {
+            let error = AnyError::error("snapshot built twice");
+            return Err(StorageIOError::write_snapshot(Some(meta.signature()), error).into());
+        };
+        let mut buffer = buffer?;
+        write_all(&mut *buffer, &framed).await.map_err(|e| read_error(&meta, e))?;
+        snapshot.snapshot = buffer;
+        let sealed_under = SnapshotHeader::read(&framed).ok().and_then(|h| h.sealed_under);
+        frame.state.record_retained_snapshot(RetainedSnapshot::new(index, sealed_under));
+        frame.cache.put(meta.snapshot_id.clone(), framed);
+        tracing::info!(index, key_id = sealed_under.map(|k| k.0), "snapshot framed with the layer state");
+        Ok(seal_snapshot_type(snapshot))
     }
+}
+
+/// The framed bytes of the node's current snapshot, by snapshot id: what
+/// `get_current_snapshot` sends, since the application's state machine keeps only its own bytes.
+#[derive(Default)]
+pub(crate) struct FramedCache(Mutex<Option<(String, Arc<Vec<u8>>)>>);
+
+impl FramedCache {
+    fn get(&self, snapshot_id: &str) -> Option<Arc<Vec<u8>>> {
+        let cached = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        cached.as_ref().filter(|(id, _)| id == snapshot_id).map(|(_, bytes)| bytes.clone())
+    }
+
+    fn put(&self, snapshot_id: String, framed: Vec<u8>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some((snapshot_id, Arc::new(framed)));
+    }
+}
+
+async fn read_all<D>(data: &mut D) -> std::io::Result<Vec<u8>>
+where
+    D: tokio::io::AsyncRead + tokio::io::AsyncSeek + Unpin + ?Sized,
+{
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    data.seek(std::io::SeekFrom::Start(0)).await?;
+    let mut out = Vec::new();
+    data.read_to_end(&mut out).await?;
+    Ok(out)
+}
+
+/// Writes `bytes` from the start of `data` and rewinds it.
+async fn write_all<D>(data: &mut D, bytes: &[u8]) -> std::io::Result<()>
+where
+    D: tokio::io::AsyncWrite + tokio::io::AsyncSeek + Unpin + ?Sized,
+{
+    use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+    data.seek(std::io::SeekFrom::Start(0)).await?;
+    data.write_all(bytes).await?;
+    data.flush().await?;
+    data.seek(std::io::SeekFrom::Start(0)).await?;
+    Ok(())
+}
+
+fn read_error<NID: openraft::NodeId, N: openraft::Node>(
+    meta: &SnapshotMeta<NID, N>,
+    error: std::io::Error,
+) -> StorageError<NID> {
+    StorageIOError::read_snapshot(Some(meta.signature()), &error).into()
 }

@@ -404,7 +404,9 @@ async fn unsealed_snapshot_is_refused_above_the_cutover() {
     assert!(sm.get_current_snapshot().await.unwrap().is_none(), "no snapshot is sent in the clear above C");
 
     cutover.set(None); // inert: snapshots pass through as without the layer
-    let data = Box::new(std::io::Cursor::new(Vec::new()));
+    let data = Box::new(std::io::Cursor::new(raft_envelope_openraft::testing::Application::snapshot(
+        &KvApp::default(),
+    )));
     sm.install_snapshot(&meta, data).await.unwrap();
     assert_eq!(inner.last_applied(), Some(9));
 }

@@ -22,6 +22,15 @@ impl Application for Recording {
     fn apply(&mut self, index: u64, payload: &[u8]) -> Vec<u8> {
         self.0.apply(index, payload)
     }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.0.to_snapshot()
+    }
+
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.0 = RecordingStateMachine::from_snapshot(bytes).ok_or("not a recording snapshot")?;
+        Ok(())
+    }
 }
 
 /// Builds an openraft cluster on its own tokio runtime for each case.
@@ -83,7 +92,10 @@ fn runtime() -> Result<tokio::runtime::Runtime, HarnessError> {
 }
 
 fn admin(e: AdminError<u64, openraft::BasicNode>) -> HarnessError {
-    HarnessError::Engine(e.to_string())
+    match e {
+        AdminError::DestroyRefused(reason) => HarnessError::DestroyRefused(reason),
+        other => HarnessError::Engine(other.to_string()),
+    }
 }
 
 impl Cluster for OpenraftCluster {
@@ -200,6 +212,15 @@ impl Cluster for OpenraftCluster {
         provider: Option<Arc<dyn KeyProvider>>,
     ) -> Result<(), HarnessError> {
         self.runtime.block_on(self.cluster.restart_with_provider(node, provider)).map_err(engine)
+    }
+
+    fn compact(&self, node: NodeId) -> Result<u64, HarnessError> {
+        self.runtime.block_on(self.cluster.compact(node)).map_err(engine)
+    }
+
+    fn add_member(&self, node: ManagedNode) -> Result<NodeId, HarnessError> {
+        let app = Recording(RecordingStateMachine::default());
+        self.runtime.block_on(self.cluster.add_member(node.layer_state, node.provider, app)).map_err(engine)
     }
 }
 

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raft_envelope_core::{
-    Algorithm, ClusterId, EntryKind, FailureReason, FileKekProvider, KekId, KeyId, KeyProvider, KeyState,
-    LayerState, PayloadUnwrapper, SecretKey,
+    Algorithm, ClusterId, DestroyRefused, EntryKind, FailureReason, FileKekProvider, KekId, KeyId,
+    KeyProvider, KeyState, LayerState, PayloadUnwrapper, SealBudget, SecretKey,
 };
 use raft_envelope_openraft::testing::{Application, KvApp, TestCluster};
-use raft_envelope_openraft::AdminError;
+use raft_envelope_openraft::{AdminError, AutoRotation};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -27,6 +27,17 @@ impl Application for Recording {
         self.indexes.push(index);
         self.kv.apply(index, payload)
     }
+
+    fn snapshot(&self) -> Vec<u8> {
+        serde_json::to_vec(&(self.kv.snapshot(), &self.indexes)).unwrap()
+    }
+
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let (kv, indexes): (Vec<u8>, Vec<u64>) = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        self.kv.restore(&kv)?;
+        self.indexes = indexes;
+        Ok(())
+    }
 }
 
 fn kek_id() -> KekId {
@@ -38,11 +49,37 @@ fn kek() -> Arc<dyn KeyProvider> {
 }
 
 async fn start(providers: [Option<Arc<dyn KeyProvider>>; 3]) -> Arc<TestCluster<Recording>> {
+    start_with_limit(providers, SealBudget::NIST_LIMIT).await
+}
+
+async fn start_with_limit(
+    providers: [Option<Arc<dyn KeyProvider>>; 3],
+    limit: u64,
+) -> Arc<TestCluster<Recording>> {
     let nodes = providers
         .into_iter()
-        .map(|p| (Arc::new(LayerState::new(ClusterId::new("test").unwrap())), p, Recording::default()))
+        .map(|p| (Arc::new(LayerState::with_seal_limit(cluster_id(), limit)), p, Recording::default()))
         .collect();
     Arc::new(TestCluster::start_with_layer_states(nodes).await.unwrap())
+}
+
+fn cluster_id() -> ClusterId {
+    ClusterId::new("test").unwrap()
+}
+
+/// Enables encryption, writes under key 1, rotates to key 2, writes again, compacts every log:
+/// the install entries are gone from every log. Returns the last index written.
+async fn enabled_rotated_and_compacted(cluster: &TestCluster<Recording>) -> u64 {
+    cluster.enable_encryption(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
+    write(cluster, "one=under-key-1").await;
+    cluster.rotate_key(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
+    let last = write(cluster, "two=under-key-2").await;
+    wait_all(cluster, &[1, 2, 3], last).await;
+    for id in [1, 2, 3] {
+        cluster.compact(id).await.unwrap();
+        assert!(cluster.read_entry(id, 1).unwrap().is_none(), "node {id} compacted its log");
+    }
+    last
 }
 
 async fn write(cluster: &TestCluster<Recording>, kv: &str) -> u64 {
@@ -290,6 +327,16 @@ async fn destroyed_key_refused_while_active_and_old_envelope_above_cutover_then_
 
     cluster.rotate_key(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
     cluster.retire_key(KeyId(1)).await.unwrap(); // already decrypt-only: nothing to do
+                                                 // Every log still holds the entry sealed under key 1: refused, naming a replica.
+    let refused = cluster.destroy_key(KeyId(1)).await.unwrap_err();
+    assert!(
+        matches!(&refused, AdminError::DestroyRefused(DestroyRefused::InLog { key_id: KeyId(1), .. })),
+        "{refused}"
+    );
+    let (_, bytes) = cluster.read_entry(1, old).unwrap().unwrap();
+    for id in [1, 2, 3] {
+        cluster.compact(id).await.unwrap();
+    }
     cluster.destroy_key(KeyId(1)).await.unwrap();
     let after = write(&cluster, "new=under-key-2").await;
     wait_all(&cluster, &[1, 2, 3], after).await;
@@ -303,7 +350,6 @@ async fn destroyed_key_refused_while_active_and_old_envelope_above_cutover_then_
     // learned the commit before the leader stopped; otherwise it never applies it (openraft:
     // the halted leader cannot send the commit index any more, DESIGN.md §8.1 known limits).
     let leader = cluster.leader().unwrap();
-    let (_, bytes) = cluster.read_entry(1, old).unwrap().unwrap();
     let index = cluster.append_unchecked(EntryKind::Envelope, bytes).await.unwrap();
     let halt = cluster.wait_halted(leader, WAIT).await.unwrap();
     assert_eq!((halt.index, halt.reason, halt.key_id), (index, FailureReason::DestroyedKey, Some(KeyId(1))));
@@ -342,5 +388,77 @@ async fn tampered_sealed_control_entry_halts_that_replica_only() {
     let after = write(&cluster, "after=sealed-under-2").await;
     let others: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != victim).collect();
     wait_all(&cluster, &others, after).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_joining_after_compaction_installs_the_sealed_snapshot_and_opens_everything() {
+    let cluster = start([Some(kek()), Some(kek()), Some(kek())]).await;
+    let last = enabled_rotated_and_compacted(&cluster).await;
+    let state = Arc::new(LayerState::new(cluster_id()));
+    let joiner = cluster.add_member(state.clone(), Some(kek()), Recording::default()).await.unwrap();
+    wait_all(&cluster, &[joiner], last).await;
+    let after = write(&cluster, "three=after-join").await;
+    wait_all(&cluster, &[1, 2, 3, joiner], after).await;
+
+    let node = cluster.node(joiner).unwrap();
+    assert!(!node.is_halted(), "{:?}", node.halt.get());
+    let kv = node.sm.with_app(|a| a.kv.data.clone());
+    assert_eq!(kv.get("one").map(String::as_str), Some("under-key-1"), "state from the snapshot");
+    assert_eq!(kv.get("three").map(String::as_str), Some("after-join"), "entries after the snapshot");
+    assert_eq!(state.snapshot(), cluster.layer_snapshot(1).unwrap().unwrap(), "same layer state");
+    assert_eq!(state.active_key(), Some(KeyId(2)), "the joiner seals under the active key");
+    for e in cluster.stored_entries(joiner).unwrap() {
+        assert_ne!(e.kind, EntryKind::Cleartext, "the joiner stores no cleartext (entry {})", e.index);
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_without_the_kek_halts_at_the_snapshot_and_resumes_with_it() {
+    let cluster = start([Some(kek()), Some(kek()), Some(kek())]).await;
+    let last = enabled_rotated_and_compacted(&cluster).await;
+    let state = Arc::new(LayerState::new(cluster_id()));
+    let joiner = cluster.add_member(state.clone(), None, Recording::default()).await.unwrap();
+    let halt = cluster.wait_halted(joiner, WAIT).await.unwrap();
+    assert_eq!(halt.reason, FailureReason::KeyUnavailable, "{halt}");
+    assert!(halt.index >= last, "halted at the snapshot's index");
+    assert_eq!(cluster.applied_index(joiner).unwrap(), 0, "nothing of the snapshot was installed");
+    assert!(state.keys().is_empty(), "the layer state is unchanged");
+
+    cluster.restart_with_provider(joiner, Some(kek())).await.unwrap();
+    let after = write(&cluster, "three=after-repair").await;
+    wait_all(&cluster, &[joiner], after).await;
+    assert!(!cluster.node(joiner).unwrap().is_halted());
+    assert_eq!(state.snapshot(), cluster.layer_snapshot(1).unwrap().unwrap());
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_never_run_out_of_budget_when_rotation_is_automatic() {
+    // 200 seals per key: rotation is due with 25 left.
+    let cluster = start_with_limit([Some(kek()), Some(kek()), Some(kek())], 200).await;
+    for (_, raft) in cluster.running() {
+        raft.set_auto_rotation(Some(AutoRotation::new(kek(), Algorithm::Aes256Gcm)));
+    }
+    cluster.enable_encryption(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
+    let mut last = 0;
+    for i in 0..600 {
+        last = match cluster.write(format!("k{i}=v").into_bytes()).await {
+            Ok(r) => r.log_id.index,
+            Err(e) => panic!("write {i} failed: {e}"),
+        };
+    }
+    wait_all(&cluster, &[1, 2, 3], last).await;
+    let status = cluster.node(1).unwrap().raft.unwrap().encryption_status().unwrap();
+    let active = status.active_key.unwrap();
+    assert!(active.0 >= 3, "600 writes at 200 seals per key rotated at least twice: {active}");
+    for key in &status.keys {
+        assert!(key.sealed_entries <= 200, "{} sealed {} entries", key.key_id, key.sealed_entries);
+    }
+    for id in [1, 2, 3] {
+        assert!(!cluster.node(id).unwrap().is_halted(), "node {id} halted");
+    }
+    assert_same_layer_state(&cluster);
     cluster.shutdown().await;
 }

@@ -126,14 +126,17 @@ impl fmt::Debug for StoredEntryView {
     }
 }
 
-/// The engine configuration of the test cluster: short timers, no snapshots.
+/// The engine configuration of the test cluster: short timers, snapshots only on request.
 pub fn test_config() -> Result<Arc<Config>, ClusterError> {
     let config = Config {
         cluster_name: "raft-envelope-test".to_string(),
         heartbeat_interval: 50,
         election_timeout_min: 150,
         election_timeout_max: 300,
+        // Snapshots only when a test asks ([`TestCluster::compact`]), which then purges the whole
+        // log up to the snapshot.
         snapshot_policy: SnapshotPolicy::Never,
+        max_in_snapshot_log_to_keep: 0,
         ..Default::default()
     };
     config.validate().map(Arc::new).map_err(ClusterError::new)
@@ -375,6 +378,8 @@ impl<A: Application> TestCluster<A> {
             if let Some(raft) = leader {
                 match raft.client_write(payload.clone()).await {
                     Ok(r) => return Ok(r),
+                    // A rotation applied between sealing and submitting: seal again.
+                    Err(WriteError::KeyRotated { .. }) if tokio::time::Instant::now() < deadline => continue,
                     Err(e) if e.is_seal_refusal() => return Err(WriteFailure::Write(e)),
                     Err(e) if e.forward_to_leader().is_none() || tokio::time::Instant::now() >= deadline => {
                         return Err(WriteFailure::Write(e))
@@ -476,6 +481,23 @@ impl<A: Application> TestCluster<A> {
             .layer_state
             .ok_or_else(|| ClusterError::new(format!("node {id} has no layer state")))?;
         self.stop(id).await?;
+        {
+            // openraft cannot restart a node whose log was purged past its state machine: that is
+            // what a snapshot install that halted leaves (openraft purges the log for the
+            // snapshot even though the state machine refused it). Such a replica holds nothing
+            // the snapshot does not: the operator wipes its log and state and it rejoins,
+            // receiving the snapshot again.
+            let mut nodes = self.lock();
+            let node = nodes.get_mut(&id).ok_or_else(|| ClusterError::new(format!("no node {id}")))?;
+            if node.log.purged() > node.sm.last_applied() {
+                tracing::info!(
+                    id,
+                    "log purged past the state machine by a refused snapshot: wiped to rejoin"
+                );
+                node.log = MemLogStore::new();
+                node.sm.forget_applied();
+            }
+        }
         self.boot(id, NodeLayer::State(state, provider)).await
     }
 
@@ -497,7 +519,8 @@ impl<A: Application> TestCluster<A> {
         Ok(self.node(id)?.layer_state.map(|s| s.snapshot()))
     }
 
-    /// Runs `command` on the leader until it no longer answers "not the leader" (5 s).
+    /// Runs `command` on the leader until it no longer answers "not the leader" or "leadership
+    /// not confirmed" (5 s).
     async fn on_leader<T, F, Fut>(&self, command: F) -> Result<T, AdminError<u64, BasicNode>>
     where
         F: Fn(EnvelopeRaft<TestConfig>) -> Fut,
@@ -508,7 +531,11 @@ impl<A: Application> TestCluster<A> {
             let leader = self.leader().and_then(|id| self.raft_of(id).ok());
             if let Some(raft) = leader {
                 match command(raft).await {
-                    Err(e) if e.forward_to_leader().is_some() && tokio::time::Instant::now() < deadline => {}
+                    // Not (or no longer) the leader, or leadership not confirmed by a quorum
+                    // during an election: run it again on whoever leads next.
+                    Err(e)
+                        if (e.forward_to_leader().is_some() || matches!(e, AdminError::NotLeader(_)))
+                            && tokio::time::Instant::now() < deadline => {}
                     other => return other,
                 }
             }
@@ -563,12 +590,88 @@ impl<A: Application> TestCluster<A> {
         self.on_leader(|raft| async move { raft.retire_key(key_id).await }).await
     }
 
-    /// [`EnvelopeRaft::destroy_key`] on the leader.
+    /// [`EnvelopeRaft::destroy_key`] on the leader, with the [`EnvelopeRaft::retention`]
+    /// report of every running node (a node that is down sends none, and the destroy is refused
+    /// while it is a member).
     ///
     /// # Errors
-    /// [`AdminError`].
+    /// [`AdminError`], [`AdminError::DestroyRefused`] naming the replica.
     pub async fn destroy_key(&self, key_id: KeyId) -> Result<(), AdminError<u64, BasicNode>> {
-        self.on_leader(|raft| async move { raft.destroy_key(key_id).await }).await
+        self.on_leader(|raft| async move {
+            let reports: Vec<_> = self.running().iter().map(|(_, r)| r.retention()).collect();
+            raft.destroy_key(key_id, &reports).await
+        })
+        .await
+    }
+
+    /// Makes node `id` snapshot its state machine (with its layer state) at its applied index and
+    /// purge its log up to the snapshot; returns the snapshot's index.
+    ///
+    /// # Errors
+    /// The node is down, or the snapshot or purge did not finish within 10 s.
+    pub async fn compact(&self, id: u64) -> Result<u64, ClusterError> {
+        let raft = self.raft_of(id)?;
+        let engine = raft.raft();
+        let applied = engine.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        engine.trigger().snapshot().await.map_err(ClusterError::new)?;
+        let timeout = Duration::from_secs(10);
+        let snapshot = engine
+            .wait(Some(timeout))
+            .metrics(|m| m.snapshot.is_some_and(|s| s.index >= applied), "snapshot built")
+            .await
+            .map_err(ClusterError::new)?
+            .snapshot
+            .map_or(0, |s| s.index);
+        engine.trigger().purge_log(snapshot).await.map_err(ClusterError::new)?;
+        engine
+            .wait(Some(timeout))
+            .metrics(|m| m.purged.is_some_and(|p| p.index >= snapshot), "log purged")
+            .await
+            .map_err(ClusterError::new)?;
+        Ok(snapshot)
+    }
+
+    /// Starts a new node (the next id) with an empty log and state machine, `state` and
+    /// `provider`, and adds it to the cluster as a learner through the leader; returns its id
+    /// once it is a member. It catches up by itself (by snapshot when the leader purged its log).
+    ///
+    /// # Errors
+    /// The node does not start, or no leader adds it within 5 s.
+    pub async fn add_member(
+        &self,
+        state: Arc<LayerState>,
+        provider: Option<Arc<dyn KeyProvider>>,
+        app: A,
+    ) -> Result<u64, ClusterError> {
+        let id = self.ids().last().copied().unwrap_or(0) + 1;
+        let node = TestNode {
+            id,
+            raft: None,
+            layer: layer_from_state(&state),
+            log: MemLogStore::new(),
+            sm: MemStateMachine::new(app),
+            halt: HaltRecord::default(),
+            start_error: None,
+            layer_state: Some(state.clone()),
+            provider: provider.clone(),
+        };
+        self.lock().insert(id, node);
+        self.boot(id, NodeLayer::State(state, provider)).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let leader = self.leader().and_then(|l| self.raft_of(l).ok());
+            if let Some(leader) = leader {
+                match leader.raft().add_learner(id, BasicNode::default(), false).await {
+                    Ok(_) => return Ok(id),
+                    Err(e) if tokio::time::Instant::now() >= deadline => return Err(ClusterError::new(e)),
+                    Err(_) => {}
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClusterError::new("no leader to add the member"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Makes another running, non-halted node the leader: the current leader is cut off from the

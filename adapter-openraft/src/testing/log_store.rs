@@ -119,7 +119,12 @@ where
         Ok(true)
     }
 
-    /// The committed log id as last saved.
+    /// The index of the last purged entry, if any.
+    pub fn purged(&self) -> Option<u64> {
+        self.lock().last_purged.as_ref().map(|l| l.index)
+    }
+
+    /// The committed log id saved by the engine.
     pub fn committed(&self) -> Option<LogId<C::NodeId>> {
         self.lock().committed.clone()
     }

@@ -22,4 +22,4 @@ pub use cluster::{
 };
 pub use log_store::MemLogStore;
 pub use network::{Connection, NetworkFactory, Router};
-pub use state_machine::{Application, KvApp, MemStateMachine, TestConfig};
+pub use state_machine::{Application, KvApp, MemSnapshotBuilder, MemStateMachine, TestConfig};

@@ -24,6 +24,15 @@ openraft::declare_raft_types!(
 pub trait Application: Send + Sync + 'static {
     /// Applies the payload of the normal entry at `index`.
     fn apply(&mut self, index: u64, payload: &[u8]) -> Vec<u8>;
+
+    /// The application state as snapshot bytes.
+    fn snapshot(&self) -> Vec<u8>;
+
+    /// Replaces the application state with one read from [`snapshot`](Self::snapshot) bytes.
+    ///
+    /// # Errors
+    /// The bytes are not a snapshot of this application (a message without payload bytes).
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), String>;
 }
 
 /// A key-value application: a payload `key=value` sets `key`; the response is the previous
@@ -52,20 +61,34 @@ impl Application for KvApp {
             None => Vec::new(),
         }
     }
+
+    fn snapshot(&self) -> Vec<u8> {
+        serde_json::to_vec(&(&self.data, self.applied_payloads)).unwrap_or_default()
+    }
+
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let (data, applied_payloads) =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a KvApp snapshot: {e}"))?;
+        self.data = data;
+        self.applied_payloads = applied_payloads;
+        Ok(())
+    }
 }
 
 struct State<A> {
     last_applied: Option<LogId<u64>>,
     membership: StoredMembership<u64, openraft::BasicNode>,
     app: A,
+    /// The last snapshot built or installed: its meta and the application's bytes.
+    current: Option<(SnapshotMeta<u64, openraft::BasicNode>, Vec<u8>)>,
 }
 
 /// The application's state machine (`RaftStateMachine<TestConfig>`), in memory. Cloning gives
 /// another handle to the same state, so the state survives a node restart when the test keeps a
 /// handle (like a state machine on disk would).
 ///
-/// Snapshots carry the applied log id and membership only, not the application state: the test
-/// cluster never builds or ships one (`SnapshotPolicy::Never`).
+/// Snapshots carry the application state ([`Application::snapshot`]), captured when openraft asks
+/// for the builder; the last one built or installed is kept as the current snapshot.
 pub struct MemStateMachine<A> {
     state: Arc<Mutex<State<A>>>,
 }
@@ -90,6 +113,7 @@ impl<A> MemStateMachine<A> {
                 last_applied: None,
                 membership: StoredMembership::default(),
                 app,
+                current: None,
             })),
         }
     }
@@ -104,14 +128,36 @@ impl<A> MemStateMachine<A> {
         self.lock().last_applied.map(|l| l.index)
     }
 
+    /// Forgets how far this state machine got (applied index, membership, snapshot), for a
+    /// replica that rejoins by snapshot: the install replaces the application state.
+    pub(crate) fn forget_applied(&self) {
+        let mut state = self.lock();
+        state.last_applied = None;
+        state.membership = StoredMembership::default();
+        state.current = None;
+    }
+
     /// Reads the application state.
     pub fn with_app<T>(&self, f: impl FnOnce(&A) -> T) -> T {
         f(&self.lock().app)
     }
 }
 
+/// Builds a snapshot of the state captured when it was made.
+pub struct MemSnapshotBuilder<A> {
+    meta: SnapshotMeta<u64, openraft::BasicNode>,
+    data: Vec<u8>,
+    sm: MemStateMachine<A>,
+}
+
+impl<A> fmt::Debug for MemSnapshotBuilder<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemSnapshotBuilder").field("snapshot_id", &self.meta.snapshot_id).finish()
+    }
+}
+
 impl<A: Application> RaftStateMachine<TestConfig> for MemStateMachine<A> {
-    type SnapshotBuilder = Self;
+    type SnapshotBuilder = MemSnapshotBuilder<A>;
 
     async fn applied_state(
         &mut self,
@@ -143,7 +189,13 @@ impl<A: Application> RaftStateMachine<TestConfig> for MemStateMachine<A> {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        self.clone()
+        let state = self.lock();
+        let meta = SnapshotMeta {
+            last_log_id: state.last_applied,
+            last_membership: state.membership.clone(),
+            snapshot_id: format!("applied-{}", state.last_applied.map(|l| l.index).unwrap_or(0)),
+        };
+        MemSnapshotBuilder { meta, data: state.app.snapshot(), sm: self.clone() }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
@@ -153,27 +205,34 @@ impl<A: Application> RaftStateMachine<TestConfig> for MemStateMachine<A> {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, openraft::BasicNode>,
-        _snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<u64>> {
+        let data = snapshot.into_inner();
         let mut state = self.lock();
+        state.app.restore(&data).map_err(|e| {
+            StorageError::from(openraft::StorageIOError::read_snapshot(
+                Some(meta.signature()),
+                openraft::AnyError::error(e),
+            ))
+        })?;
         state.last_applied = meta.last_log_id;
         state.membership = meta.last_membership.clone();
+        state.current = Some((meta.clone(), data));
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TestConfig>>, StorageError<u64>> {
-        Ok(None)
+        let state = self.lock();
+        Ok(state.current.as_ref().map(|(meta, data)| Snapshot {
+            meta: meta.clone(),
+            snapshot: Box::new(Cursor::new(data.clone())),
+        }))
     }
 }
 
-impl<A: Application> RaftSnapshotBuilder<TestConfig> for MemStateMachine<A> {
+impl<A: Application> RaftSnapshotBuilder<TestConfig> for MemSnapshotBuilder<A> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TestConfig>, StorageError<u64>> {
-        let state = self.lock();
-        let meta = SnapshotMeta {
-            last_log_id: state.last_applied,
-            last_membership: state.membership.clone(),
-            snapshot_id: format!("applied-{}", state.last_applied.map(|l| l.index).unwrap_or(0)),
-        };
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(Vec::new())) })
+        self.sm.lock().current = Some((self.meta.clone(), self.data.clone()));
+        Ok(Snapshot { meta: self.meta.clone(), snapshot: Box::new(Cursor::new(self.data.clone())) })
     }
 }
