@@ -286,8 +286,9 @@ impl<C: RaftTypeConfig, SM> fmt::Debug for EnvelopeStateMachine<C, SM> {
 }
 
 impl<C: RaftTypeConfig, SM> EnvelopeStateMachine<C, SM> {
-    /// The halt for installing a snapshot while a cutover is in force (snapshots are not sealed
-    /// yet), recorded and traced; `None` when the layer enforces nothing.
+    /// The halt for installing a snapshot while a cutover is in force on a node without a layer
+    /// state (its snapshots are not sealed), recorded and traced; `None` when the layer enforces
+    /// nothing.
     fn snapshot_refusal(&self, meta: &SnapshotMeta<C::NodeId, C::Node>) -> Option<FatalApplyError> {
         let cutover = self.layer.gate().cutover().filter(|c| *c != u64::MAX)?;
         let index = meta.last_log_id.as_ref().map_or(0, |l| l.index);
@@ -461,9 +462,9 @@ where
     }
 }
 
-/// Snapshots are passed through unchanged while the layer is inert (snapshot sealing is a later
-/// issue); only the type config parameter changes. Once a cutover is in force they are neither
-/// sent nor installed (see `install_snapshot`).
+/// Only the type config parameter changes. A node without a layer state passes snapshots through
+/// unchanged while inert, and neither sends nor installs them once a cutover is in force (see
+/// `install_snapshot`); a node with one frames them first (`EnvelopeSnapshotBuilder`).
 fn seal_snapshot_type<C>(s: Snapshot<C>) -> Snapshot<Sealed<C>>
 where
     C: RaftTypeConfig<Entry = Entry<C>>,

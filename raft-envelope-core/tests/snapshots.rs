@@ -102,6 +102,16 @@ fn an_inert_layer_state_frames_the_snapshot_in_the_clear() {
 }
 
 #[test]
+fn an_inert_frame_matches_the_design_vector() {
+    // DESIGN.md §10.10: the frame of an inert layer state, last index 5, data "user state".
+    let expected = "e552534e500d0a1a010000000000000000050000001de5524c53540d0a1a01ffffffffffffffff\
+                    ffffffffffffffff0000000075736572207374617465";
+    let framed = LayerState::new(common::cluster("cluster-a")).seal_snapshot(5, b"user state").unwrap();
+    let hex: String = framed.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex, expected);
+}
+
+#[test]
 fn a_snapshot_without_its_keys_unwrapped_is_refused_as_key_unavailable() {
     let provider = kek(7);
     let sealed = enforced_leader(&provider).seal_snapshot(30, b"user state").unwrap();
