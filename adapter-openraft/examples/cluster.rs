@@ -8,7 +8,9 @@
 //! replicated control entries (install a data key wrapped under a key-encryption key, promote it,
 //! enforce the cutover), writes more, rotates the key the same way, shows one replica's stored log
 //! and applied state, then tampers with one stored entry on one replica: that replica halts at the
-//! entry with a typed error while the others keep serving.
+//! entry with a typed error while the others keep serving, until repaired. Finally it destroys
+//! the first key (refused until every log is compacted into a sealed snapshot) and adds a fourth
+//! node that catches up from that snapshot with nothing but the KEK.
 
 use std::error::Error;
 use std::sync::Arc;
@@ -134,6 +136,31 @@ async fn main() -> Result<(), Box<dyn Error>> {
         cluster.node(3)?.sm.with_app(|a| a.data.clone()) == cluster.node(1)?.sm.with_app(|a| a.data.clone());
     println!("   node 3 state equals node 1 state: {same}");
 
+    step(11, "destroy the first data key: refused while any log still holds entries sealed under it");
+    match cluster.destroy_key(enabled.key_id).await {
+        Err(refused) => println!("   refused: {refused}"),
+        Ok(()) => println!("   destroyed (unexpected)"),
+    }
+
+    step(12, "compact every log into a sealed snapshot (it carries the layer state), then destroy");
+    for id in cluster.ids() {
+        let at = cluster.compact(id).await?;
+        println!("   node {id}: snapshot at index {at}, log purged up to it");
+    }
+    cluster.destroy_key(enabled.key_id).await?;
+    println!("   {} destroyed on every replica", enabled.key_id);
+    print_status(&cluster, 1)?;
+
+    step(13, "a new node joins with only the KEK: it gets the sealed snapshot and opens everything");
+    let joiner_state = Arc::new(LayerState::new(cluster_id.clone()));
+    let joiner = cluster.add_member(joiner_state, Some(provider.clone()), KvApp::default()).await?;
+    let index = put(&cluster, "plan:2=team").await?;
+    cluster.wait_applied(joiner, index, WAIT).await?;
+    let same = cluster.node(joiner)?.sm.with_app(|a| a.data.clone())
+        == cluster.node(1)?.sm.with_app(|a| a.data.clone());
+    println!("   node {joiner} applied index {index}; its state equals node 1's: {same}");
+    print_status(&cluster, joiner)?;
+
     cluster.shutdown().await;
     println!("\ndone.");
     Ok(())
@@ -171,17 +198,24 @@ fn print_log(cluster: &TestCluster<KvApp>, id: u64) -> Result<(), Box<dyn Error>
 }
 
 fn print_status(cluster: &TestCluster<KvApp>, id: u64) -> Result<(), Box<dyn Error>> {
-    let Some(status) = cluster.layer_snapshot(id)? else { return Ok(()) };
+    // The admin API's status call: what this replica has applied, the same on every replica.
+    let Some(raft) = cluster.node(id)?.raft else { return Ok(()) };
+    let status = raft.encryption_status()?;
     let cutover = status.cutover.map_or_else(|| "none (inert)".to_string(), |c| c.to_string());
     println!("   encryption status on node {id}: cutover {cutover}");
     for k in &status.keys {
+        let last = k.last_sealed_index.map_or_else(|| "-".to_string(), |i| i.to_string());
+        let budget =
+            status.budget_remaining.get(&k.key_id).map_or_else(|| "-".to_string(), |b| b.to_string());
         println!(
-            "     {:<6} {:<12} {:<12} installed at index {:>2}, sealed entries applied: {}",
+            "     {:<6} {:<12} {:<12} installed at {:>2}, sealed entries {}, last sealed at {}, budget left {}",
             k.key_id.to_string(),
             format!("{:?}", k.state),
             k.algorithm.to_string(),
             k.installed_at,
-            k.sealed_entries
+            k.sealed_entries,
+            last,
+            budget
         );
     }
     if status.keys.is_empty() {
