@@ -462,3 +462,49 @@ async fn writes_never_run_out_of_budget_when_rotation_is_automatic() {
     assert_same_layer_state(&cluster);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_the_layer_state_persisted_beside_the_state_machine_resumes() {
+    let cluster = start([Some(kek()), Some(kek()), Some(kek())]).await;
+    cluster.enable_encryption(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
+    write(&cluster, "one=under-key-1").await;
+    cluster.rotate_key(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
+    let last = write(&cluster, "two=under-key-2").await;
+    wait_all(&cluster, &[1, 2, 3], last).await;
+    let victim = [1, 2, 3].into_iter().find(|id| Some(*id) != cluster.leader()).unwrap();
+    // What a node persists with its state machine (same applied index).
+    let persisted = cluster.layer_snapshot(victim).unwrap().unwrap().encode();
+
+    let restored = Arc::new(LayerState::new(cluster_id()));
+    restored.restore_persisted(&persisted, kek().as_ref()).await.unwrap();
+    cluster.restart_with_layer_state(victim, restored.clone(), Some(kek())).await.unwrap();
+    let after = write(&cluster, "three=after-restart").await;
+    wait_all(&cluster, &[1, 2, 3], after).await;
+    assert!(!cluster.node(victim).unwrap().is_halted());
+    assert_same_layer_state(&cluster);
+    let sealing = cluster.node(victim).unwrap().layer.is_sealing();
+    assert!(sealing, "the restored node seals again at once");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_an_empty_layer_state_halts_instead_of_passing_ciphertext_on() {
+    let cluster = start([Some(kek()), Some(kek()), Some(kek())]).await;
+    cluster.enable_encryption(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
+    let last = write(&cluster, "one=under-key-1").await;
+    wait_all(&cluster, &[1, 2, 3], last).await;
+    let victim = [1, 2, 3].into_iter().find(|id| Some(*id) != cluster.leader()).unwrap();
+    let applied = cluster.applied_index(victim).unwrap();
+
+    // The layer state was lost; the state machine was not. The next envelope cannot open.
+    cluster
+        .restart_with_layer_state(victim, Arc::new(LayerState::new(cluster_id())), Some(kek()))
+        .await
+        .unwrap();
+    let after = write(&cluster, "two=after-restart").await;
+    let halt = cluster.wait_halted(victim, WAIT).await.unwrap();
+    assert_eq!((halt.index, halt.reason), (after, FailureReason::UnknownKey), "{halt}");
+    assert_eq!(cluster.applied_index(victim).unwrap(), after - 1);
+    assert!(applied < after);
+    cluster.shutdown().await;
+}

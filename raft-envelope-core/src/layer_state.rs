@@ -672,6 +672,29 @@ impl LayerState {
         }
     }
 
+    /// Restores a layer state persisted with `snapshot().encode()` (restarting a replica whose
+    /// state machine is on disk): decodes it, unwraps its keys with `provider`, then
+    /// [`restore`](Self::restore)s it. Call it on a fresh layer state before the engine starts.
+    ///
+    /// Persist the layer state together with the application's state machine, never behind it:
+    /// its applied index must be at or above the state machine's, since control entries at or
+    /// below the state machine's applied index are not replayed. A layer state ahead of the state
+    /// machine is fine: replayed control entries at or below its applied index are recognized as
+    /// already applied ([`ControlOutcome::AlreadyApplied`]).
+    ///
+    /// # Errors
+    /// [`ControlError::MalformedSnapshot`], [`ControlError::Provider`], or any error of
+    /// [`restore`](Self::restore). Nothing changes on error.
+    pub async fn restore_persisted(
+        &self,
+        bytes: &[u8],
+        provider: &dyn KeyProvider,
+    ) -> Result<(), ControlError> {
+        let snapshot = LayerSnapshot::decode(bytes)?;
+        self.prefetch_snapshot(&snapshot, provider).await?;
+        self.restore(&snapshot)
+    }
+
     /// Unwraps, with `provider`, every live key of `snapshot` this state does not hold yet, and
     /// caches them for [`restore`](Self::restore).
     ///

@@ -466,6 +466,28 @@ impl<A: Application> TestCluster<A> {
         self.boot(id, NodeLayer::Fixed(layer)).await
     }
 
+    /// Restarts node `id`, keeping its log and state machine, with a new layer state `state` (for
+    /// example restored from bytes persisted with the state machine,
+    /// `LayerState::restore_persisted`) and `provider`: what a process restart with the state
+    /// machine on disk looks like.
+    ///
+    /// # Errors
+    /// No such node.
+    pub async fn restart_with_layer_state(
+        &self,
+        id: u64,
+        state: Arc<LayerState>,
+        provider: Option<Arc<dyn KeyProvider>>,
+    ) -> Result<(), ClusterError> {
+        self.stop(id).await?;
+        {
+            let mut nodes = self.lock();
+            let node = nodes.get_mut(&id).ok_or_else(|| ClusterError::new(format!("no node {id}")))?;
+            node.layer_state = Some(state.clone());
+        }
+        self.boot(id, NodeLayer::State(state, provider)).await
+    }
+
     /// Restarts node `id`, started with [`start_with_layer_states`](Self::start_with_layer_states),
     /// keeping its log, state machine and layer state, with `provider` as its key provider.
     ///
