@@ -5,11 +5,11 @@ use std::fmt;
 use std::sync::Arc;
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType};
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Snapshot};
 use raft::{RawNode, Storage};
 use raft_envelope_core::{
     EntryKind, EnvelopeHeader, EnvelopeLayer, FailureReason, FatalApplyError, LayerState, PayloadWrapper,
-    ProposalId,
+    ProposalId, RetainedSnapshot, SnapshotHeader,
 };
 
 use crate::error::NodeError;
@@ -276,9 +276,53 @@ impl<SM: StateMachine> EnvelopeApplier<SM> {
         }
     }
 
-    /// Records that a snapshot up to `index` replaced the state.
+    /// Records that a snapshot up to `index` replaced the state: held entries it covers are
+    /// dropped (they are in the snapshot).
     pub(crate) fn restored_to(&mut self, index: u64) {
         self.applied = self.applied.max(index);
+        self.held.retain(|e| e.index > index);
+    }
+
+    /// Installs a snapshot made by [`LayerState::seal_snapshot`] (key lifecycle): opens and
+    /// authenticates it, restores the layer state from it
+    /// ([`LayerState::install_snapshot`]), hands the user's bytes to
+    /// [`StateMachine::restore_snapshot`] (same metadata, `data` = the user's bytes) and seals
+    /// from now on if the restored state has an active key. Keys must have been prefetched.
+    ///
+    /// # Errors
+    /// [`NodeError::Halted`] when the layer refuses the snapshot (nothing changed; sticky, counted
+    /// and traced like every halt, at the snapshot's index); [`NodeError::Stopped`] when the state
+    /// machine refuses the user's bytes.
+    pub(crate) fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), NodeError> {
+        if let Some(halt) = &self.halt {
+            return Err(NodeError::Halted(halt.clone()));
+        }
+        let Some(l) = &self.lifecycle else {
+            return Err(NodeError::Stopped("a layer snapshot needs a layer state".into()));
+        };
+        let index = snapshot.get_metadata().index;
+        let sealed_under = SnapshotHeader::read(snapshot.get_data()).ok().and_then(|h| h.sealed_under);
+        let data = match l.state.install_snapshot(index, snapshot.get_data()) {
+            Ok(data) => data,
+            Err(e) => {
+                let halt = FatalApplyError::from_control(index, e, l.state.cutover());
+                let halt = self.layer.gate().record_halt(halt);
+                self.halt = Some(halt.clone());
+                return Err(NodeError::Halted(halt));
+            }
+        };
+        l.state.record_retained_snapshot(RetainedSnapshot::new(index, sealed_under));
+        if l.state.active_key().is_some() && !self.layer.is_sealing() {
+            self.layer.set_wrapper(Some(l.wrapper.clone()));
+            tracing::info!(index, "a key is active after the snapshot: this node seals new proposals");
+        }
+        let mut user = Snapshot::default();
+        user.set_metadata(snapshot.get_metadata().clone());
+        user.data = data.into();
+        self.sm.restore_snapshot(&user).map_err(|e| {
+            NodeError::Stopped(format!("the state machine refused the snapshot at index {index}: {e}"))
+        })?;
+        Ok(())
     }
 }
 

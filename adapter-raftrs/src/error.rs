@@ -1,6 +1,6 @@
 //! The adapter's errors. None of them ever holds key material or payload bytes.
 
-use raft_envelope_core::{ControlError, FailureReason, FatalApplyError, SealError};
+use raft_envelope_core::{ControlError, FailureReason, FatalApplyError, KeyId, SealError};
 
 /// A proposal was not applied, or its outcome could not be established.
 ///
@@ -45,10 +45,11 @@ pub enum ProposeError {
         /// The leader this node knows of (0 when none).
         leader: u64,
     },
-    /// This node's layer does not seal yet but its log holds a layer control entry it has not
-    /// applied (for example the promote of an enable): a cleartext entry appended now could end
-    /// up above an enforce entry. Nothing was appended; retry once the node applied it (it then
-    /// seals).
+    /// This node's log holds a layer control entry it has not applied (for example the promote
+    /// of an enable or a rotation): a cleartext entry appended now could end up above an enforce
+    /// entry, and a sealed one would be sealed under a key the entry replaces (which destroying
+    /// that key later relies on never happening). Nothing was appended; retry once the node
+    /// applied it.
     #[error("proposal refused before appending: a layer control entry is not applied yet on this node")]
     ControlPending,
     /// An admin command needs a node built with a layer state
@@ -130,6 +131,15 @@ pub enum NodeError {
     /// raft-rs returned an error.
     #[error("raft-rs error: {0}")]
     Raft(#[source] raft::Error),
+    /// A snapshot could not be taken ([`EnvelopeNode::compact`](crate::EnvelopeNode::compact)):
+    /// nothing was compacted and the node goes on.
+    #[error("no snapshot taken at index {index}: {reason}")]
+    Snapshot {
+        /// The applied index the snapshot was to include.
+        index: u64,
+        /// Why (never payload or key bytes).
+        reason: String,
+    },
 }
 
 /// A message was not stepped into the node.
@@ -154,6 +164,28 @@ pub enum StepError {
     ControlProposalRefused {
         /// The node the message came from.
         from: u64,
+    },
+    /// A forwarded proposal arrived while this node's log holds a layer control entry it has
+    /// not applied yet (key lifecycle): the key that will seal entries after it is not known
+    /// here yet, so nothing is appended until it is applied (the same rule as
+    /// [`ProposeError::ControlPending`](crate::ProposeError::ControlPending)).
+    #[error(
+        "forwarded proposal from node {from} refused: a layer control entry is not applied yet on this node"
+    )]
+    ControlPending {
+        /// The node the message came from.
+        from: u64,
+    },
+    /// A forwarded envelope is not sealed under this node's active key (key lifecycle): it was
+    /// sealed by a node that has not applied the latest promote yet, or under a key that is
+    /// being retired. Refused, so that every entry appended after a promote is sealed under the
+    /// promoted key or a later one (what destroying the old key relies on).
+    #[error("forwarded envelope from node {from} refused: not sealed under the active key (sealed under {})", key_id.map_or_else(|| "an unreadable header".to_owned(), |k| k.to_string()))]
+    NotActiveKey {
+        /// The node the message came from.
+        from: u64,
+        /// The key the envelope names, if its header parses.
+        key_id: Option<KeyId>,
     },
     /// The node halted and takes no more messages.
     #[error("the node halted at index {index} ({reason})")]

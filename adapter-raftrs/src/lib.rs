@@ -27,12 +27,15 @@
 //!   stores an empty payload with an empty context like its own no-op entry, which the state
 //!   machine never sees. (openraft applies empty payloads; encode requests with at least one
 //!   byte to get the same behaviour on both.)
-//! - **Snapshots are not sealed yet.** While a cutover is in force a snapshot cannot be
-//!   authenticated, so [`EnvelopeNode`] refuses to restore one: the node halts (fail closed)
-//!   with a [`FatalApplyError`](raft_envelope_core::FatalApplyError) naming the snapshot's index,
+//! - **Snapshots.** With a layer state, snapshots carry it and are sealed
+//!   ([`EnvelopeNode::compact`], [`LayerState::seal_snapshot`](raft_envelope_core::LayerState::seal_snapshot));
+//!   a received one is restored only once opened and authenticated, else the node halts at
+//!   its index (fail closed). With a plain layer nothing can authenticate a snapshot, so while
+//!   a cutover is in force [`EnvelopeNode`] refuses to restore one: the node halts with a
+//!   [`FatalApplyError`](raft_envelope_core::FatalApplyError) naming the snapshot's index,
 //!   [`FailureReason::UnsealedSnapshot`](raft_envelope_core::FailureReason::UnsealedSnapshot) and the cutover, plus a
-//!   `tracing` error event. Until snapshots are sealed, do not let a replica fall behind the
-//!   compacted log of a cluster with a cutover. Inert, snapshots are restored as before.
+//!   `tracing` error event. Inert, snapshots are restored as before. [`MemStore`] keeps the
+//!   snapshot's data so a compacted leader can send it.
 //! - **Barriers** are proposed on the leader only ([`ProposeError::NotLeader`]) and matched
 //!   only by `(index, term)`: their marker id is not authenticated.
 //! - **Keys and cutover through the log.** [`EnvelopeNode::with_layer_state`] builds the layer
@@ -41,9 +44,10 @@
 //!   `LayerState::apply_control` (a halt there is a halt like any other), never reach the user's
 //!   state machine, and are held until the driver prefetched their keys
 //!   ([`EnvelopeNode::prefetch_pending`]). Admin: [`EnvelopeNode::propose_install`],
-//!   [`EnvelopeNode::propose_control`], [`EnvelopeNode::encryption_status`], and on the test
-//!   cluster `enable_encryption`, `rotate_key`, `retire_key`, `destroy_key`,
-//!   `encryption_status`.
+//!   [`EnvelopeNode::propose_control`], [`EnvelopeNode::encryption_status`],
+//!   [`EnvelopeNode::rotation_due`], [`EnvelopeNode::compact`], [`EnvelopeNode::retention`],
+//!   and on the test cluster `enable_encryption`, `rotate_key`, `retire_key`, `destroy_key`
+//!   (with proof), `encryption_status`, `compact`, `add_member`, and automatic rotation.
 //! - [`testing::Cluster`] runs a real multi-node raft-rs cluster in one process on a
 //!   deterministic message pump, with fault hooks and the switch-on procedure.
 //!
@@ -93,6 +97,7 @@ struct ReadmeDoctests;
 mod applier;
 mod error;
 pub mod framing;
+mod mem_store;
 mod node;
 mod proposer;
 mod state_machine;
@@ -101,6 +106,7 @@ mod tracker;
 
 pub use applier::{AppliedEntry, EnvelopeApplier};
 pub use error::{NodeError, ProposeError, StepError};
+pub use mem_store::MemStore;
 pub use node::{EnvelopeNode, DEFAULT_PROPOSAL_TIMEOUT_TICKS};
 pub use proposer::{EnvelopeProposer, Ticket};
 pub use raft_envelope_core::EncryptionStatus;

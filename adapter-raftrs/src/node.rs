@@ -3,11 +3,12 @@
 use std::fmt;
 use std::sync::Arc;
 
-use raft::eraftpb::{Message, MessageType};
-use raft::{Config, RawNode, ReadState, SnapshotStatus, StateRole};
+use raft::eraftpb::{Message, MessageType, Snapshot};
+use raft::{Config, GetEntriesContext, RawNode, ReadState, SnapshotStatus, StateRole};
 use raft_envelope_core::{
-    Algorithm, ApplyGate, ControlCommand, ControlError, EncryptionStatus, EntryKind, EnvelopeLayer,
-    FailureReason, FatalApplyError, KeyId, KeyProvider, LayerState,
+    is_layer_snapshot, Algorithm, ApplyGate, ControlCommand, ControlError, EncryptionStatus, EntryKind,
+    EnvelopeHeader, EnvelopeLayer, FailureReason, FatalApplyError, KeyId, KeyProvider, LayerState,
+    RetainedSnapshot, Retention, SnapshotHeader,
 };
 use raft_proto::ConfChangeI;
 
@@ -39,8 +40,10 @@ pub const DEFAULT_PROPOSAL_TIMEOUT_TICKS: u64 = 100;
 /// - recovery is a rebuild: [`into_parts`](Self::into_parts), repair the cause, then
 ///   [`new`](Self::new) with the same storage and state machine. `Config.applied` is set to the
 ///   state machine's applied index, so raft-rs hands the failing entry out again;
-/// - while a cutover is in force, a snapshot from the leader halts the node the same way
-///   (snapshots are not sealed yet, see [`on_ready`](Self::on_ready)).
+/// - a snapshot from the leader is restored only when authenticated: with a layer state it is
+///   a sealed layer snapshot, opened by [`LayerState::install_snapshot`] after its keys were
+///   prefetched; with a plain layer and a cutover in force it halts the node the same way
+///   (nothing can authenticate it, see [`on_ready`](Self::on_ready)).
 ///
 /// Order: a proposal is prepared (sealed) first, then appended by raft-rs; a committed entry is
 /// decided by the gate first, then handed to the state machine.
@@ -54,8 +57,12 @@ pub struct EnvelopeNode<S: LogStore, SM: StateMachine> {
     read_states: Vec<ReadState>,
     provider: Option<Arc<dyn KeyProvider>>,
     /// Highest index of a layer control entry seen in this node's log (an over-approximation:
-    /// truncated entries are not forgotten, which only refuses more).
+    /// truncated entries are not forgotten; the log itself is read when it is above the applied
+    /// index).
     control_hint: u64,
+    /// The snapshot raft-rs holds for this node whose keys were prefetched (key lifecycle): the
+    /// Ready carrying a snapshot is not taken before that.
+    snapshot_prefetched: Option<Snapshot>,
 }
 
 impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
@@ -84,6 +91,7 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
             read_states: Vec::new(),
             provider: None,
             control_hint: 0,
+            snapshot_prefetched: None,
         })
     }
 
@@ -141,6 +149,100 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
         self.layer_state().map(|s| s.status())
     }
 
+    /// The active key when it should be rotated ([`LayerState::rotation_due`]), on the leader
+    /// only (admin commands are proposed there); `None` elsewhere and without a layer state. A
+    /// driver rotates when this is `Some`: [`propose_install`](Self::propose_install) with the
+    /// node's provider, then a promote once the install is applied
+    /// ([`Cluster`](crate::testing::Cluster) does it by itself).
+    pub fn rotation_due(&self) -> Option<KeyId> {
+        if !self.is_leader() || self.check_running().is_err() {
+            return None;
+        }
+        self.layer_state()?.rotation_due()
+    }
+
+    /// Takes a snapshot at this node's applied index and compacts its log up to it; returns the
+    /// snapshot's index.
+    ///
+    /// The snapshot's data is [`StateMachine::snapshot_data`], framed with the layer state and
+    /// sealed under the active key ([`LayerState::seal_snapshot`]) when this node has a layer
+    /// state, as is otherwise (a plain layer refuses while a cutover is in force: no replica
+    /// could restore such a snapshot). The storage keeps it ([`LogStore::compact`]): raft-rs sends it to
+    /// a peer that needs entries it no longer stores, and [`retention`](Self::retention)
+    /// reports it. Call it between [`on_ready`](Self::on_ready) calls (the applied index is then
+    /// the state machine's).
+    ///
+    /// # Errors
+    /// [`NodeError::Snapshot`] when the state machine, the layer or the storage cannot take the
+    /// snapshot (nothing compacted, the node goes on); the halt.
+    pub fn compact(&mut self) -> Result<u64, NodeError> {
+        self.check_running()?;
+        let index = self.applier.applied();
+        let store = self.raw.store().clone();
+        let fail = |reason: String| NodeError::Snapshot { index, reason };
+        let retained = store.retained_snapshot().map_or(0, |s| s.get_metadata().index);
+        if index == 0 || index <= retained {
+            return Ok(retained);
+        }
+        let user = self.applier.get_ref().snapshot_data().map_err(fail)?;
+        let (data, sealed_under) = match self.layer_state() {
+            Some(state) => {
+                let sealed = state.seal_snapshot(index, &user).map_err(|e| fail(e.to_string()))?;
+                (sealed, state.active_key())
+            }
+            None if self.refuses_unsealed_snapshots() => {
+                // Every replica would refuse (halt on) this snapshot: take none.
+                return Err(fail("a plain layer cannot seal snapshots while a cutover is in force".into()));
+            }
+            None => (user, None),
+        };
+        let term = store.term(index).map_err(|e| fail(e.to_string()))?;
+        let conf_state = store.initial_state().map_err(|e| fail(e.to_string()))?.conf_state;
+        let mut snapshot = Snapshot::default();
+        let meta = snapshot.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(conf_state);
+        snapshot.data = data.into();
+        store.compact(snapshot).map_err(|e| fail(e.to_string()))?;
+        if let Some(state) = self.layer_state() {
+            state.record_retained_snapshot(RetainedSnapshot::new(index, sealed_under));
+        }
+        tracing::info!(index, key_id = sealed_under.map(|k| k.0), "snapshot taken, log compacted");
+        Ok(index)
+    }
+
+    /// What this replica still stores that may hold entries sealed under a key, for
+    /// [`LayerState::check_destroy`]: the first index of its log (everything below was
+    /// compacted), the snapshot its storage retains with the key it is sealed under (read from
+    /// the snapshot's header, without keys), and the key it seals under.
+    ///
+    /// # Errors
+    /// [`NodeError::Raft`] when the storage cannot say; [`NodeError::Snapshot`] when the retained
+    /// snapshot's header cannot be read (nothing can then be said about the key it is sealed
+    /// under).
+    pub fn retention(&self) -> Result<Retention, NodeError> {
+        let store = self.raw.store();
+        let first = store.first_index().map_err(NodeError::Raft)?;
+        let snapshot = match store.retained_snapshot() {
+            None => None,
+            Some(s) => {
+                let index = s.get_metadata().index;
+                let sealed_under = if is_layer_snapshot(s.get_data()) {
+                    SnapshotHeader::read(s.get_data())
+                        .map_err(|e| NodeError::Snapshot { index, reason: e.to_string() })?
+                        .sealed_under
+                } else {
+                    None
+                };
+                Some(RetainedSnapshot::new(index, sealed_under))
+            }
+        };
+        // raft-rs seals and appends in one `&mut` call: nothing is ever in flight in between.
+        let active = self.layer_state().and_then(|s| s.active_key());
+        Ok(Retention::new(self.id(), first, snapshot).with_sealing(active, Vec::new()))
+    }
+
     /// The committed layer control entries this node holds until they are prefetched
     /// (`(index, data)`, log order). A driver that prefetches itself calls
     /// [`LayerState::prefetch`] for each, in order, then [`mark_prefetched`](Self::mark_prefetched);
@@ -158,8 +260,23 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
     /// True when this node has held entries it can apply now, or layer control entries waiting
     /// for [`prefetch_pending`](Self::prefetch_pending): drive it even without a raft-rs Ready.
     pub fn needs_driving(&self) -> bool {
-        self.check_running().is_ok()
-            && (self.applier.can_resume() || !self.applier.pending_prefetch().is_empty())
+        self.check_running().is_ok() && (self.applier.can_resume() || self.needs_prefetch())
+    }
+
+    /// True when [`prefetch_pending`](Self::prefetch_pending) has work: held layer control
+    /// entries, or a snapshot from the leader whose keys were not prefetched yet
+    /// ([`pending_snapshot`](Self::pending_snapshot)).
+    pub fn needs_prefetch(&self) -> bool {
+        !self.applier.pending_prefetch().is_empty() || self.pending_snapshot().is_some()
+    }
+
+    /// The index of the snapshot raft-rs received for this node (key lifecycle) that waits for
+    /// [`prefetch_pending`](Self::prefetch_pending): until then the Ready carrying it is not
+    /// taken, so nothing of it is restored or persisted.
+    pub fn pending_snapshot(&self) -> Option<u64> {
+        self.layer_state()?;
+        let snapshot = self.raw.raft.raft_log.unstable.snapshot.as_ref()?;
+        (self.snapshot_prefetched.as_ref() != Some(snapshot)).then(|| snapshot.get_metadata().index)
     }
 
     /// Prefetches, with the node's [`KeyProvider`], the keys of the held layer control entries,
@@ -174,8 +291,32 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
     /// from it. Otherwise (a sealed entry under a key an earlier, not yet applied entry
     /// installs) it is retried on the next call. Returns the failure that released an entry, if
     /// any.
+    ///
+    /// A snapshot from the leader ([`pending_snapshot`](Self::pending_snapshot)) has the keys of
+    /// its layer section unwrapped ([`LayerState::prefetch_sealed_snapshot`]) and is then
+    /// released whatever the outcome: if a key is still missing, installing it halts the node at
+    /// the snapshot's index (`key_unavailable`) with nothing restored or persisted, and a restart
+    /// with a provider that holds the KEK resumes there.
     pub async fn prefetch_pending(&mut self) -> Option<(u64, ControlError)> {
         let state = self.layer_state()?.clone();
+        let mut failure = None;
+        if self.pending_snapshot().is_some() {
+            if let Some(snapshot) = self.raw.raft.raft_log.unstable.snapshot.clone() {
+                let index = snapshot.get_metadata().index;
+                let result = match &self.provider {
+                    Some(p) => state.prefetch_sealed_snapshot(snapshot.get_data(), p.as_ref()).await,
+                    None => Ok(()),
+                };
+                if let Err(e) = result {
+                    tracing::warn!(index, key_id = e.key_id().map(|k| k.0), "snapshot prefetch failed: {e}");
+                    failure = Some((index, e));
+                }
+                self.snapshot_prefetched = Some(snapshot);
+            }
+        }
+        if failure.is_some() {
+            return failure;
+        }
         for (index, data) in self.applier.pending_prefetch() {
             let result = match &self.provider {
                 Some(p) => state.prefetch(&data, p.as_ref()).await.map(|_| ()),
@@ -245,16 +386,27 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
         Ok((key_id, self.propose_control(&command)?))
     }
 
-    /// True when this node may not append a cleartext entry because its log holds a layer control
-    /// entry it has not applied yet (for example a promote): once applied it may seal, and an
-    /// enforce may follow. See [`Cluster::enable_encryption`](crate::testing::Cluster::enable_encryption).
+    /// True when this node's log holds a layer control entry it has not applied yet (for
+    /// example a promote). Until it is applied this node may not append any proposal: a
+    /// cleartext one could end up above an enforce entry, and a sealed one would be sealed under
+    /// a key the entry may replace (see [`Cluster::enable_encryption`](crate::testing::Cluster::enable_encryption)
+    /// and [`Cluster::destroy_key`](crate::testing::Cluster::destroy_key)).
     fn unapplied_control_in_log(&self) -> bool {
         if self.layer_state().is_none() {
             return false;
         }
-        let unstable = self.raw.raft.raft_log.unstable_entries().iter().rev().find(|e| is_layer_control(e));
-        let hint = self.control_hint.max(unstable.map_or(0, |e| e.index));
-        hint > self.applier.applied()
+        let applied = self.applier.applied();
+        let log = &self.raw.raft.raft_log;
+        if log.unstable_entries().iter().any(|e| e.index > applied && is_layer_control(e)) {
+            return true;
+        }
+        if self.control_hint <= applied {
+            return false;
+        }
+        match log.entries(applied + 1, None, GetEntriesContext::empty(false)) {
+            Ok(entries) => entries.iter().any(is_layer_control),
+            Err(_) => true,
+        }
     }
 
     /// Sets after how many ticks a proposal without an outcome times out.
@@ -300,7 +452,7 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
         payload: Vec<u8>,
     ) -> Result<Ticket, ProposeError> {
         self.propose_check()?;
-        if !self.proposer.layer().is_sealing() && self.unapplied_control_in_log() {
+        if self.unapplied_control_in_log() {
             return Err(ProposeError::ControlPending);
         }
         let ticket = self.proposer.propose_with_context(&mut self.raw, context, payload)?;
@@ -386,7 +538,42 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
                 return Err(StepError::CleartextProposalRefused { from: message.from });
             }
         }
+        if message.get_msg_type() == MessageType::MsgPropose {
+            self.check_forwarded_keys(&message)?;
+        }
         self.raw.step(message).map_err(StepError::Raft)
+    }
+
+    /// Key lifecycle: a forwarded proposal is appended only while this node's log holds no
+    /// unapplied layer control entry, and only if every envelope in it is sealed under this
+    /// node's active key. Together with sealing own proposals under the active key, every entry
+    /// a leader appends after applying a promote of `k` is sealed under `k` or a later key, so
+    /// once the leader applied its whole log the count of entries sealed under an older key is
+    /// final (destroy with proof).
+    fn check_forwarded_keys(&self, message: &Message) -> Result<(), StepError> {
+        let Some(state) = self.layer_state() else { return Ok(()) };
+        if message.get_entries().is_empty() {
+            return Ok(());
+        }
+        let from = message.from;
+        if self.unapplied_control_in_log() {
+            tracing::debug!(from, "refused a forwarded proposal: a layer control entry is not applied yet");
+            return Err(StepError::ControlPending { from });
+        }
+        let active = state.active_key();
+        for e in message.get_entries().iter().filter(|e| classify(e) == EntryKind::Envelope) {
+            let key_id = EnvelopeHeader::parse(e.get_data()).ok().map(|h| h.key_id);
+            if key_id.is_none() || key_id != active {
+                tracing::warn!(
+                    from,
+                    key_id = key_id.map(|k| k.0),
+                    active = active.map(|k| k.0),
+                    "refused a forwarded envelope not sealed under the active key"
+                );
+                return Err(StepError::NotActiveKey { from, key_id });
+            }
+        }
+        Ok(())
     }
 
     /// Advances the logical clock by one tick (elections, heartbeats, proposal timeouts).
@@ -454,15 +641,24 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
     /// apply the committed entries through the applier; `advance_append`; persist the commit
     /// index; apply the light Ready's committed entries; `advance_apply_to(applied)`.
     ///
-    /// Snapshots are not sealed yet (a later version will seal them). While a cutover is in
-    /// force (not `None`, not `u64::MAX`), a Ready carrying a snapshot is therefore refused: the
-    /// node halts with a [`FatalApplyError`] naming the snapshot's index, reason
-    /// [`FailureReason::UnsealedSnapshot`] and the cutover, and emits a `tracing` error event; nothing of
-    /// the snapshot is restored or persisted and the applied index does not move. Inert, the
-    /// snapshot goes to [`StateMachine::restore_snapshot`] as before.
+    /// Snapshots, with a layer state ([`with_layer_state`](Self::with_layer_state)): a Ready
+    /// carrying a snapshot is not taken before [`prefetch_pending`](Self::prefetch_pending)
+    /// unwrapped the snapshot's keys ([`pending_snapshot`](Self::pending_snapshot)). Then the
+    /// layer opens and authenticates it and restores its own state from it
+    /// ([`LayerState::install_snapshot`]), the user's bytes go to
+    /// [`StateMachine::restore_snapshot`], the storage keeps the sealed snapshot, and the node
+    /// seals from then on if a key is active. If the layer refuses it (tampered, another index or
+    /// cluster, in the clear where it must be sealed, a key this replica cannot unwrap), the node
+    /// halts at the snapshot's index (`FatalApplyError::from_control`, counted and traced like
+    /// every halt) and nothing of it is restored or persisted.
+    ///
+    /// With a plain layer nothing authenticates a snapshot: while a cutover is in force (not
+    /// `None`, not `u64::MAX`) the node halts with reason [`FailureReason::UnsealedSnapshot`]
+    /// instead, nothing restored or persisted. Inert, the snapshot goes to
+    /// [`StateMachine::restore_snapshot`] as before.
     ///
     /// # Errors
-    /// [`NodeError::Halted`] when an entry (or, while a cutover is in force, a snapshot) halts
+    /// [`NodeError::Halted`] when an entry or a snapshot halts
     /// the node: nothing is advanced, then or later, and the messages produced before the
     /// failing entry wait in [`take_last_messages`](Self::take_last_messages). [`NodeError::Stopped`] /
     /// [`NodeError::Raft`] for storage, snapshot or conf-change failures.
@@ -489,7 +685,8 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
             self.raw.advance_apply_to(self.applier.applied());
             self.tracker.on_log_changed(&self.raw);
         }
-        if !self.raw.has_ready() {
+        if !self.raw.has_ready() || self.pending_snapshot().is_some() {
+            // A snapshot whose keys were not prefetched yet: its Ready waits for the driver.
             return Ok(Vec::new());
         }
         let mut rd = self.raw.ready();
@@ -498,14 +695,24 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
         let store = self.raw.store().clone();
         if !rd.snapshot().is_empty() {
             let index = rd.snapshot().get_metadata().index;
-            if let Some(halt) = self.refuse_snapshot(index) {
-                self.last_messages = out;
-                return Err(NodeError::Halted(halt));
-            }
             let snapshot = rd.snapshot().clone();
-            self.applier.get_mut().restore_snapshot(&snapshot).map_err(NodeError::Stopped)?;
+            if self.applier.layer_state().is_some() {
+                // Opened, authenticated and restored (layer state, then the user's state), or
+                // the node halts at the snapshot's index with nothing restored or persisted.
+                if let Err(e) = self.applier.install_snapshot(&snapshot) {
+                    self.last_messages = out;
+                    return Err(e);
+                }
+            } else {
+                if let Some(halt) = self.refuse_snapshot(index) {
+                    self.last_messages = out;
+                    return Err(NodeError::Halted(halt));
+                }
+                self.applier.get_mut().restore_snapshot(&snapshot).map_err(NodeError::Stopped)?;
+            }
             store.apply_snapshot(snapshot).map_err(NodeError::Raft)?;
             self.applier.restored_to(index);
+            self.snapshot_prefetched = None;
         }
         store.append(rd.entries()).map_err(NodeError::Raft)?;
         if self.applier.layer_state().is_some() {
@@ -537,21 +744,21 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
         Ok(out)
     }
 
-    /// Snapshots are not sealed yet, so nothing authenticates one: while a cutover is in force
-    /// (not `None`, not `u64::MAX`), restoring one would let anyone who can inject a snapshot
-    /// message install arbitrary state and move the applied index past entries never opened.
-    /// Fail closed instead: the node halts at the snapshot's index, before anything of it is
-    /// restored or persisted. Inert (no cutover), snapshots are restored as before.
-    ///
-    /// A node with a layer state ([`with_layer_state`](Self::with_layer_state)) refuses every
-    /// snapshot, cutover or not: snapshots do not carry the layer state yet, so one could skip
-    /// the install, promote and enforce entries it covers and leave this replica without the
-    /// cutover its peers enforce (cleartext above `C` would then pass here).
+    /// A node with a plain layer (keys and cutover from its configuration) has nothing to
+    /// authenticate a snapshot with: while a cutover is in force (not `None`, not `u64::MAX`),
+    /// restoring one would let anyone who can inject a snapshot message install arbitrary state
+    /// and move the applied index past entries never opened. Fail closed instead: the node halts
+    /// at the snapshot's index, before anything of it is restored or persisted. Inert (no
+    /// cutover), snapshots are restored as before. Nodes with a layer state never get here: they
+    /// install sealed layer snapshots ([`LayerState::install_snapshot`]).
+    /// A plain layer with a cutover in force: snapshots can be neither sealed nor restored.
+    fn refuses_unsealed_snapshots(&self) -> bool {
+        self.applier.layer().gate().cutover().is_some_and(|c| c != u64::MAX)
+    }
+
     fn refuse_snapshot(&mut self, index: u64) -> Option<FatalApplyError> {
         let cutover = self.applier.layer().gate().cutover().filter(|c| *c != u64::MAX);
-        if cutover.is_none() && self.applier.layer_state().is_none() {
-            return None;
-        }
+        cutover?;
         let gate = self.applier.layer().gate();
         let halt = gate.record_halt(FatalApplyError::new(index, FailureReason::UnsealedSnapshot, cutover));
         self.applier.halt(halt.clone());

@@ -34,16 +34,31 @@ pub trait StateMachine {
     /// compacted log). The default refuses, which stops the node: implement it if your cluster
     /// compacts its log.
     ///
-    /// Never called while a cutover is in force: snapshots are not sealed yet, so nothing
-    /// authenticates them, and [`EnvelopeNode`](crate::EnvelopeNode) halts instead of restoring
-    /// one (fail closed). Until snapshots are sealed, a cluster with a cutover must not let a
-    /// replica fall behind its compacted log.
+    /// The snapshot's `data` is what [`snapshot_data`](Self::snapshot_data) returned on the
+    /// replica that built it, and its metadata says which index it includes. On a node with a
+    /// layer state ([`EnvelopeNode::with_layer_state`](crate::EnvelopeNode::with_layer_state))
+    /// it is called only after the layer opened and authenticated the sealed snapshot and
+    /// restored its own state from it. On a node with a plain layer it is never called while a
+    /// cutover is in force: nothing authenticates such a snapshot, so
+    /// [`EnvelopeNode`](crate::EnvelopeNode) halts instead of restoring it (fail closed).
     ///
     /// # Errors
     /// A description of why the snapshot could not be restored (never payload bytes).
     fn restore_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), String> {
         let _ = snapshot;
         Err("this state machine does not restore snapshots".into())
+    }
+
+    /// The state as of [`applied_index`](Self::applied_index), as bytes that
+    /// [`restore_snapshot`](Self::restore_snapshot) reads back, for
+    /// [`EnvelopeNode::compact`](crate::EnvelopeNode::compact). With a layer state the node seals
+    /// them with the layer state before they reach the storage. The default refuses: implement
+    /// it if your cluster compacts its log.
+    ///
+    /// # Errors
+    /// A description of why no snapshot could be taken (never payload bytes).
+    fn snapshot_data(&self) -> Result<Vec<u8>, String> {
+        Err("this state machine does not take snapshots".into())
     }
 }
 
@@ -74,11 +89,29 @@ pub trait LogStore: Storage + Clone {
     /// A raft-rs storage error; the node stops.
     fn set_conf_state(&self, conf_state: ConfState) -> raft::Result<()>;
 
-    /// Installs a snapshot received from the leader.
+    /// Installs a snapshot received from the leader (and keeps it, if the store retains
+    /// snapshots).
     ///
     /// # Errors
     /// A raft-rs storage error; the node stops.
     fn apply_snapshot(&self, snapshot: Snapshot) -> raft::Result<()>;
+
+    /// Keeps `snapshot` (metadata and data) as the one [`Storage::snapshot`] returns, and drops
+    /// every log entry at or below its index. The default refuses: raft-rs `MemStorage` cannot
+    /// hand out snapshot data (use [`MemStore`](crate::MemStore)).
+    ///
+    /// # Errors
+    /// A raft-rs storage error; nothing changed.
+    fn compact(&self, snapshot: Snapshot) -> raft::Result<()> {
+        let _ = snapshot;
+        Err(raft::Error::Store(raft::StorageError::Other("this store does not keep snapshots".into())))
+    }
+
+    /// The snapshot this store keeps (built by [`compact`](Self::compact) or installed by
+    /// [`apply_snapshot`](Self::apply_snapshot)), if any. The default: none.
+    fn retained_snapshot(&self) -> Option<Snapshot> {
+        None
+    }
 }
 
 impl LogStore for MemStorage {

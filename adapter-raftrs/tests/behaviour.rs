@@ -14,8 +14,8 @@ use raft_envelope_core::{
     FailureReason, KeyId, Keyring, PayloadWrapper, SecretKey,
 };
 use raft_envelope_raftrs::framing::{classify, ContextMarker, CONTEXT_MAGIC};
-use raft_envelope_raftrs::testing::{Cluster, KvStore};
-use raft_envelope_raftrs::{ProposeError, StateMachine, StepError};
+use raft_envelope_raftrs::testing::{Cluster, ClusterError, KvStore};
+use raft_envelope_raftrs::{NodeError, ProposeError, StateMachine, StepError};
 
 mod common;
 
@@ -465,7 +465,8 @@ fn forged_snapshot(c: &Cluster<SnapshotSm>, leader: u64, to: u64) -> (Message, u
     (m, index)
 }
 
-/// Snapshots are not sealed yet: while a cutover is in force an (injected) snapshot is never
+/// A plain layer (keys and cutover from configuration) cannot authenticate a snapshot: while a
+/// cutover is in force an (injected) snapshot is never
 /// restored; the node halts fail closed at the snapshot's index with nothing of it applied or
 /// stored, and the others keep going. Inert, the snapshot is restored as before.
 #[test]
@@ -644,4 +645,41 @@ fn forwarded_cleartext_is_refused_only_when_it_would_land_above_the_cutover() {
         assert!(c.halted(id).unwrap().is_none(), "node {id} halted");
         assert_eq!(c.state_machine(id).unwrap().payloads().last(), Some(&(cutover, b"c=3".to_vec())));
     }
+}
+
+/// Inert, a compacted leader brings a replica that fell behind its log up by snapshot
+/// ([`MemStore`](raft_envelope_raftrs::MemStore) keeps the snapshot's data), exactly as without
+/// the layer.
+#[test]
+fn inert_compacted_leader_brings_a_lagging_replica_up_by_snapshot() {
+    let s = Setup::new();
+    let mut c = s.cluster();
+    let leader = c.leader().unwrap();
+    let lagging = c.ids().into_iter().find(|i| *i != leader).unwrap();
+    c.isolate(lagging);
+    c.propose(b"a=1".to_vec()).unwrap();
+    let index = c.compact(leader).unwrap();
+    assert!(c.read_entry(leader, index).unwrap().is_none(), "compacted");
+    c.heal();
+    let later = c.propose(b"b=2".to_vec()).unwrap();
+    assert!(c.wait_applied(lagging, later.index).unwrap() >= later.index);
+    assert!(c.halted(lagging).unwrap().is_none());
+    assert_eq!(c.state_machine(lagging).unwrap(), c.state_machine(leader).unwrap());
+    let retained = c.retention(lagging).unwrap().snapshot.map(|r| r.last_index);
+    assert_eq!(retained, Some(index), "the replica keeps the snapshot it installed");
+}
+
+/// A plain layer cannot seal a snapshot, and every replica with a cutover refuses an unsealed
+/// one: compacting is refused while a cutover is in force, with nothing compacted.
+#[test]
+fn plain_layer_refuses_to_compact_while_a_cutover_is_in_force() {
+    let s = Setup::new();
+    let mut c = s.cluster();
+    s.switch_on(&mut c);
+    c.propose(b"a=1".to_vec()).unwrap();
+    let leader = c.leader().unwrap();
+    let refused = c.compact(leader).unwrap_err();
+    assert!(matches!(refused, ClusterError::Node(NodeError::Snapshot { .. })), "{refused:?}");
+    assert_eq!(c.retention(leader).unwrap().first_log_index, 1, "nothing compacted");
+    assert!(c.halted(leader).unwrap().is_none());
 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use raft::eraftpb::ConfState;
+use raft::eraftpb::{ConfState, Snapshot};
 use raft_envelope_conformance::{
     AppliedPayload, Capabilities, ClusterBuilder, HarnessError, ManagedNode, NodeId,
     ProposeError as SuiteProposeError, RecordingStateMachine, Response, StoredEntry,
@@ -39,6 +39,17 @@ impl StateMachine for Recorder {
 
     fn applied_index(&self) -> u64 {
         self.applied
+    }
+
+    fn snapshot_data(&self) -> Result<Vec<u8>, String> {
+        Ok(self.sm.to_snapshot())
+    }
+
+    fn restore_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), String> {
+        let sm = RecordingStateMachine::from_snapshot(snapshot.get_data())
+            .ok_or_else(|| "malformed recording state machine snapshot".to_owned())?;
+        *self = Recorder { sm, applied: snapshot.get_metadata().index };
+        Ok(())
     }
 }
 
@@ -279,8 +290,24 @@ impl raft_envelope_conformance::Cluster for RaftRs {
         self.lock().rotate_key(provider.as_ref(), Algorithm::Aes256Gcm).map_err(engine)
     }
 
+    /// `Cluster::destroy_key`: the proof (leader caught up, every member's retention,
+    /// `check_destroy`) runs before anything is proposed.
     fn destroy_key(&self, key: KeyId) -> Result<(), HarnessError> {
-        self.lock().destroy_key(key).map(|_| ()).map_err(engine)
+        match self.lock().destroy_key(key) {
+            Ok(_) => Ok(()),
+            Err(ClusterError::DestroyRefused(reason)) => Err(HarnessError::DestroyRefused(reason)),
+            Err(e) => Err(engine(e)),
+        }
+    }
+
+    fn compact(&self, node: NodeId) -> Result<u64, HarnessError> {
+        self.lock().compact(node).map_err(node_error)
+    }
+
+    /// `Cluster::add_member`: a learner; a node without a provider gets [`no_kek`].
+    fn add_member(&self, node: ManagedNode) -> Result<NodeId, HarnessError> {
+        let provider = node.provider.map_or_else(no_kek, Ok)?;
+        self.lock().add_member(node.layer_state, provider, Recorder::default()).map_err(engine)
     }
 
     fn layer_snapshot(&self, node: NodeId) -> Result<LayerSnapshot, HarnessError> {

@@ -10,13 +10,13 @@ use std::thread;
 
 use raft::eraftpb::{Entry, Message, MessageType, Snapshot};
 use raft_envelope_core::{
-    is_clear_control_entry, Algorithm, ClusterId, ControlCommand, EntryKind, EnvelopeHeader, FailureReason,
-    FileKekProvider, KekId, KeyId, KeyProvider, KeyState, LayerState, PayloadUnwrapper, ProposalId, Purpose,
-    SecretKey,
+    is_clear_control_entry, Algorithm, ClusterId, ControlCommand, DestroyRefused, EntryKind, EnvelopeHeader,
+    FailureReason, FileKekProvider, KekId, KeyId, KeyProvider, KeyState, LayerState, PayloadUnwrapper,
+    ProposalId, Purpose, RetainedSnapshot, Retention, SecretKey, SnapshotHeader,
 };
 use raft_envelope_raftrs::framing::{classify, is_layer_control, ContextMarker};
 use raft_envelope_raftrs::testing::{block_on, Cluster, ClusterConfig, ClusterError, KvStore};
-use raft_envelope_raftrs::{ProposeError, StepError};
+use raft_envelope_raftrs::{LogStore, ProposeError, StepError};
 
 mod common;
 
@@ -257,6 +257,9 @@ fn destroyed_key_old_envelope_above_cutover_halts_that_replica() {
 
     let new = c.rotate_key(provider(KEK_BYTES).as_ref(), Algorithm::Aes256Gcm).unwrap();
     assert_eq!(new, KeyId(2));
+    for id in c.ids() {
+        c.compact(id).unwrap();
+    }
     c.destroy_key(KeyId(1)).unwrap();
     c.wait_converged(leader).unwrap();
     for s in &states {
@@ -479,12 +482,12 @@ fn lagging_replica_catches_up_through_enable_and_rotations() {
     assert_identical_layer_states(&c, &states);
 }
 
-/// Snapshots do not carry the layer state yet: a node with a layer state refuses every snapshot
-/// (even before any key exists, since the snapshot could cover an enforce), halting fail closed
-/// at its index with nothing of it restored.
+/// A snapshot message as anyone on the network could forge it (raw state, no layer framing) is
+/// never restored by a node with a layer state: it halts at the snapshot's index
+/// (`invalid_control`), with nothing restored, persisted or applied.
 #[test]
-fn node_with_a_layer_state_refuses_snapshots() {
-    let (mut c, _states) = cluster([KEK_BYTES; 3]);
+fn forged_snapshot_without_layer_framing_halts_the_receiver() {
+    let (mut c, states) = cluster([KEK_BYTES; 3]);
     let leader = c.wait_leader().unwrap();
     let to = c.ids().into_iter().find(|i| *i != leader).unwrap();
     let node = c.node(leader).unwrap();
@@ -494,17 +497,337 @@ fn node_with_a_layer_state_refuses_snapshots() {
     meta.index = index;
     meta.term = term;
     meta.mut_conf_state().voters = c.ids();
+    let applied = c.applied(to).unwrap();
+    let stored = c.stored_last_index(to).unwrap();
+    c.node_mut(to).unwrap().step(snapshot_message(leader, to, term, snapshot)).unwrap();
+    c.settle();
+    let halt = c.halted(to).unwrap().expect("refused");
+    assert_eq!((halt.index, halt.reason, halt.cutover), (index, FailureReason::InvalidControl, None));
+    assert_eq!(c.applied(to).unwrap(), applied);
+    assert_eq!(c.stored_last_index(to).unwrap(), stored, "nothing of the snapshot was stored");
+    assert!(c.state_machine(to).unwrap().get("evil").is_none());
+    assert_eq!(states[(to - 1) as usize].snapshot(), states[(leader - 1) as usize].snapshot());
+}
+
+fn snapshot_message(from: u64, to: u64, term: u64, snapshot: Snapshot) -> Message {
     let mut m = Message::default();
     m.set_msg_type(MessageType::MsgSnapshot);
-    m.from = leader;
+    m.from = from;
     m.to = to;
     m.term = term;
     m.set_snapshot(snapshot);
-    let applied = c.applied(to).unwrap();
-    c.node_mut(to).unwrap().step(m).unwrap();
+    m
+}
+
+/// A cluster with encryption on, a rotation, payloads under both keys, and every log compacted
+/// past the second install entry.
+fn compacted_cluster() -> (Cluster<KvStore>, Vec<Arc<LayerState>>, u64) {
+    let (mut c, states) = cluster([KEK_BYTES; 3]);
+    c.propose(b"clear=1".to_vec()).unwrap();
+    enable(&mut c);
+    c.propose(b"first=1".to_vec()).unwrap();
+    c.rotate_key(provider(KEK_BYTES).as_ref(), Algorithm::Aes256Gcm).unwrap();
+    c.propose(b"second=1".to_vec()).unwrap();
+    let leader = c.wait_leader().unwrap();
+    c.wait_converged(leader).unwrap();
+    let mut compacted = u64::MAX;
+    for id in c.ids() {
+        compacted = compacted.min(c.compact(id).unwrap());
+    }
+    let installed = c.encryption_status().unwrap().keys[1].installed_at;
+    assert!(compacted > installed);
+    for id in c.ids() {
+        assert!(c.read_entry(id, installed).unwrap().is_none(), "node {id} compacted the install entry");
+    }
+    (c, states, compacted)
+}
+
+fn new_state() -> Arc<LayerState> {
+    Arc::new(LayerState::new(ClusterId::new("lifecycle").unwrap()))
+}
+
+#[test]
+fn member_joining_after_compaction_installs_the_sealed_snapshot_and_opens_everything() {
+    let (mut c, states, _) = compacted_cluster();
+    let leader = c.wait_leader().unwrap();
+    let snapshot = c.node(leader).unwrap().store().retained_snapshot().unwrap();
+    assert!(!contains(&snapshot.data, b"second=1"), "the snapshot is sealed");
+    assert_eq!(SnapshotHeader::read(&snapshot.data).unwrap().sealed_under, Some(KeyId(2)));
+
+    let joiner_state = new_state();
+    let joiner = c.add_member(joiner_state.clone(), provider(KEK_BYTES), KvStore::default()).unwrap();
+    let after = c.propose(b"after=join".to_vec()).unwrap();
+    assert!(c.wait_applied(joiner, after.index).unwrap() >= after.index);
+    assert!(c.halted(joiner).unwrap().is_none());
+    let sm = c.state_machine(joiner).unwrap();
+    assert_eq!(sm, c.state_machine(leader).unwrap(), "the joiner reaches the leader's state");
+    assert_eq!(sm.get("second"), Some("1"));
+    assert_eq!(joiner_state.snapshot(), states[(leader - 1) as usize].snapshot(), "same layer state");
+    assert!(c.node(joiner).unwrap().layer().is_sealing(), "a key is active: the joiner seals");
+    let stored = c.read_entry(joiner, after.index).unwrap().unwrap();
+    assert_eq!(classify(&stored), EntryKind::Envelope);
+    assert!(!contains(&stored.data, b"join"));
+    let retention = c.retention(joiner).unwrap();
+    assert_eq!(retention.snapshot.map(|s| s.sealed_under), Some(Some(KeyId(2))));
+}
+
+#[test]
+fn joiner_without_the_kek_halts_at_the_snapshot_index_and_resumes_with_it() {
+    let (mut c, _states, _) = compacted_cluster();
+    let joiner_state = new_state();
+    let joiner = c.add_member(joiner_state.clone(), provider(99), KvStore::default()).unwrap();
+    c.wait_applied(joiner, 1).unwrap();
+    let halt = c.halted(joiner).unwrap().expect("no KEK: the joiner halts at the snapshot");
+    let leader = c.wait_leader().unwrap();
+    let snapshot_index = c.retention(leader).unwrap().snapshot.unwrap().last_index;
+    assert_eq!((halt.index, halt.reason), (snapshot_index, FailureReason::KeyUnavailable));
+    assert_eq!(c.applied(joiner).unwrap(), 0, "nothing restored");
+    assert!(c.state_machine(joiner).unwrap().entries().is_empty());
+    assert!(joiner_state.keys().is_empty(), "the layer state is unchanged");
+    assert!(c.node(joiner).unwrap().store().retained_snapshot().is_none(), "nothing persisted");
+    assert!(!format!("{halt} {halt:?}").contains("0707"), "no key bytes in the error");
+
+    // The others keep going; restarted with the KEK, the joiner installs the snapshot.
+    let during = c.propose(b"during=halt".to_vec()).unwrap();
+    c.restart_with_provider(joiner, provider(KEK_BYTES)).unwrap();
+    assert!(c.wait_applied(joiner, during.index).unwrap() >= during.index);
+    assert!(c.halted(joiner).unwrap().is_none());
+    assert_eq!(c.state_machine(joiner).unwrap(), c.state_machine(leader).unwrap());
+}
+
+#[test]
+fn tampered_snapshot_halts_the_receiver_with_nothing_restored() {
+    let (mut c, states) = cluster([KEK_BYTES; 3]);
+    enable(&mut c);
+    c.propose(b"a=1".to_vec()).unwrap();
+    let leader = c.wait_leader().unwrap();
+    c.wait_converged(leader).unwrap();
+    let victim = c.ids().into_iter().find(|i| *i != leader).unwrap();
+    c.isolate(victim);
+    c.propose(b"b=2".to_vec()).unwrap();
+    let index = c.compact(leader).unwrap();
+    let mut snapshot = c.node(leader).unwrap().store().retained_snapshot().unwrap();
+    let mut data = snapshot.data.to_vec();
+    let last = data.len() - 1;
+    data[last] ^= 1; // one bit of the sealed body's tag
+    snapshot.data = data.into();
+
+    let before = (c.applied(victim).unwrap(), c.stored_last_index(victim).unwrap());
+    let layer_before = states[(victim - 1) as usize].snapshot();
+    let term = c.node(leader).unwrap().term();
+    c.node_mut(victim).unwrap().step(snapshot_message(leader, victim, term, snapshot)).unwrap();
     c.settle();
-    let halt = c.halted(to).unwrap().expect("refused");
-    assert_eq!((halt.index, halt.reason, halt.cutover), (index, FailureReason::UnsealedSnapshot, None));
-    assert_eq!(c.applied(to).unwrap(), applied);
-    assert!(c.state_machine(to).unwrap().get("evil").is_none());
+    let halt = c.halted(victim).unwrap().expect("a tampered snapshot halts the receiver");
+    assert_eq!(halt.index, index);
+    assert_eq!(halt.reason, FailureReason::AuthenticationFailed);
+    assert_eq!((c.applied(victim).unwrap(), c.stored_last_index(victim).unwrap()), before);
+    assert!(c.state_machine(victim).unwrap().get("b").is_none());
+    assert_eq!(states[(victim - 1) as usize].snapshot(), layer_before, "layer state unchanged");
+
+    // Restarted and reconnected, it gets the genuine snapshot from the leader and converges.
+    c.heal();
+    c.restart_with_provider(victim, provider(KEK_BYTES)).unwrap();
+    let later = c.propose(b"c=3".to_vec()).unwrap();
+    assert!(c.wait_applied(victim, later.index).unwrap() >= later.index);
+    assert!(c.halted(victim).unwrap().is_none());
+    assert_eq!(c.state_machine(victim).unwrap().get("b"), Some("2"));
+    assert_identical_layer_states(&c, &states);
+}
+
+#[test]
+fn destroy_is_refused_while_a_log_or_snapshot_holds_the_key_and_allowed_after_compaction() {
+    let (mut c, states) = cluster([KEK_BYTES; 3]);
+    enable(&mut c);
+    c.propose(b"old=1".to_vec()).unwrap();
+    let leader = c.wait_leader().unwrap();
+    // A snapshot sealed under key 1 on one follower.
+    let follower = c.ids().into_iter().find(|i| *i != leader).unwrap();
+    c.compact(follower).unwrap();
+    c.rotate_key(provider(KEK_BYTES).as_ref(), Algorithm::Aes256Gcm).unwrap();
+    c.propose(b"new=1".to_vec()).unwrap();
+
+    let refused = c.destroy_key(KeyId(2)).unwrap_err();
+    assert!(matches!(refused, ClusterError::RetireActiveKey(KeyId(2))), "{refused:?}");
+    let refused = c.destroy_key(KeyId(1)).unwrap_err();
+    assert!(
+        matches!(&refused, ClusterError::DestroyRefused(DestroyRefused::InLog { key_id: KeyId(1), .. })),
+        "{refused:?}"
+    );
+    for id in c.ids().into_iter().filter(|i| *i != follower) {
+        c.compact(id).unwrap();
+    }
+    // The follower compacted before the rotation: its snapshot is sealed under key 1 and its
+    // log still holds entries under it.
+    let refused = c.destroy_key(KeyId(1)).unwrap_err();
+    match &refused {
+        ClusterError::DestroyRefused(DestroyRefused::InLog { replica, .. }) => {
+            assert_eq!(replica, &follower.to_string())
+        }
+        other => panic!("refused because of node {follower}'s log: {other:?}"),
+    }
+    for s in &states {
+        assert_eq!(s.keyring().state(KeyId(1)), Some(KeyState::DecryptOnly), "nothing destroyed");
+    }
+    c.compact(follower).unwrap();
+    let retention = c.retention(follower).unwrap();
+    assert_eq!(retention.snapshot.map(|s| s.sealed_under), Some(Some(KeyId(2))));
+    let index = c.destroy_key(KeyId(1)).unwrap();
+    let after = c.propose(b"after=destroy".to_vec()).unwrap();
+    for id in c.ids() {
+        assert!(c.wait_applied(id, after.index).unwrap() >= after.index);
+        assert!(c.halted(id).unwrap().is_none());
+        assert!(c.state_machine(id).unwrap().payloads().iter().all(|(i, _)| *i != index));
+    }
+    for s in &states {
+        assert_eq!(s.keyring().state(KeyId(1)), Some(KeyState::Destroyed));
+    }
+    assert_identical_layer_states(&c, &states);
+}
+
+/// A replica reports what it retains for the destroy proof: the first index of its log, the
+/// snapshot its storage keeps with the key that snapshot is sealed under (read without keys), and
+/// the key it seals under.
+#[test]
+fn retention_reports_the_first_log_index_and_the_key_of_the_retained_snapshot() {
+    let (mut c, _states) = cluster([KEK_BYTES; 3]);
+    enable(&mut c);
+    c.propose(b"a=1".to_vec()).unwrap();
+    let leader = c.wait_leader().unwrap();
+    c.wait_converged(leader).unwrap();
+    let index = c.compact(1).unwrap();
+    assert_eq!(
+        c.retention(1).unwrap(),
+        Retention::new(1, index + 1, Some(RetainedSnapshot::new(index, Some(KeyId(1)))))
+            .with_sealing(Some(KeyId(1)), Vec::new())
+    );
+    assert_eq!(c.retention(2).unwrap(), Retention::new(2, 1, None).with_sealing(Some(KeyId(1)), Vec::new()));
+}
+
+/// Every entry appended after a leader applied a promote is sealed under the promoted key:
+/// while a layer control entry is unapplied, nothing is appended (own or forwarded, sealed or
+/// not), and a forwarded envelope under another key than the active one is refused.
+#[test]
+fn proposals_are_refused_while_a_control_entry_is_unapplied_and_stale_keys_are_refused() {
+    let (mut c, _states) = cluster([KEK_BYTES; 3]);
+    enable(&mut c);
+    let leader = c.wait_leader().unwrap();
+    let follower = c.ids().into_iter().find(|i| *i != leader).unwrap();
+    let old = c.propose(b"old=1".to_vec()).unwrap();
+    let old_entry = c.read_entry(leader, old.index).unwrap().unwrap();
+
+    let kek = provider(KEK_BYTES);
+    let node = c.node_mut(leader).unwrap();
+    let (key_id, _) = block_on(node.propose_install(kek.as_ref(), Algorithm::Aes256Gcm)).unwrap();
+    assert!(node.layer().is_sealing());
+    let last = node.last_index();
+    assert!(matches!(node.propose(b"x=1".to_vec()), Err(ProposeError::ControlPending)));
+    let step = node.step(forwarded(follower, leader, old_entry.clone()));
+    assert!(matches!(step, Err(StepError::ControlPending { .. })), "{step:?}");
+    assert_eq!(node.last_index(), last, "nothing appended");
+    c.settle();
+    c.node_mut(leader).unwrap().propose_control(&ControlCommand::PromoteKey { key_id }).unwrap();
+    c.settle();
+
+    // Key 2 active: an envelope forwarded under key 1 is refused.
+    let node = c.node_mut(leader).unwrap();
+    let last = node.last_index();
+    let step = node.step(forwarded(follower, leader, old_entry));
+    assert!(matches!(step, Err(StepError::NotActiveKey { key_id: Some(KeyId(1)), .. })), "{step:?}");
+    assert_eq!(node.last_index(), last);
+    let applied = c.propose_via(follower, b"y=2".to_vec()).unwrap();
+    let stored = c.read_entry(leader, applied.index).unwrap().unwrap();
+    assert_eq!(EnvelopeHeader::parse(&stored.data).unwrap().key_id, key_id);
+}
+
+/// With a small sealing budget, the cluster rotates by itself before the active key runs out:
+/// every write succeeds (never `BudgetExhausted`), keys rotate several times, every replica
+/// converges to the same state, and nothing halts.
+#[test]
+fn automatic_rotation_keeps_every_write_within_the_sealing_budget() {
+    const LIMIT: u64 = 64;
+    let states: Vec<Arc<LayerState>> = (0..3)
+        .map(|_| Arc::new(LayerState::with_seal_limit(ClusterId::new("lifecycle").unwrap(), LIMIT)))
+        .collect();
+    let nodes = states.iter().map(|s| (s.clone(), provider(KEK_BYTES))).collect();
+    let mut c = Cluster::with_layer_states(ClusterConfig::default(), nodes, |_| KvStore::default()).unwrap();
+    enable(&mut c);
+    let writes = 4 * LIMIT as usize;
+    for k in 0..writes {
+        let via = 1 + (k % 3) as u64;
+        if let Err(e) = c.propose_via(via, format!("k{k}=v").into_bytes()) {
+            panic!("write {k} through node {via} failed: {e}");
+        }
+    }
+    let leader = c.wait_leader().unwrap();
+    c.wait_converged(leader).unwrap();
+    let status = c.encryption_status().unwrap();
+    assert!(status.keys.len() >= 4, "rotated at least three times: {} keys", status.keys.len());
+    assert!(!status.rotation_due);
+    for key in &status.keys {
+        assert!(key.sealed_entries <= LIMIT, "{} sealed {} entries", key.key_id, key.sealed_entries);
+    }
+    for id in c.ids() {
+        assert!(c.halted(id).unwrap().is_none(), "node {id} halted");
+        assert_eq!(c.state_machine(id).unwrap().entries().len(), writes);
+    }
+    assert_identical_layer_states(&c, &states);
+}
+
+/// Before any key exists the layer snapshot is in the clear (nothing to seal with): a member
+/// joining then installs it, and follows the enable that comes after like every replica.
+#[test]
+fn member_joining_before_encryption_installs_the_clear_snapshot_and_follows_the_enable() {
+    let (mut c, states) = cluster([KEK_BYTES; 3]);
+    c.propose(b"clear=1".to_vec()).unwrap();
+    let leader = c.wait_leader().unwrap();
+    c.wait_converged(leader).unwrap();
+    for id in c.ids() {
+        c.compact(id).unwrap();
+    }
+    let snapshot = c.node(leader).unwrap().store().retained_snapshot().unwrap();
+    assert_eq!(SnapshotHeader::read(&snapshot.data).unwrap().sealed_under, None);
+
+    let joiner_state = new_state();
+    let joiner = c.add_member(joiner_state.clone(), provider(KEK_BYTES), KvStore::default()).unwrap();
+    let cutover = enable(&mut c);
+    let after = c.propose(b"sealed=1".to_vec()).unwrap();
+    assert!(c.wait_applied(joiner, after.index).unwrap() >= after.index);
+    assert!(c.halted(joiner).unwrap().is_none());
+    assert_eq!(c.state_machine(joiner).unwrap().get("clear"), Some("1"));
+    assert_eq!(c.state_machine(joiner).unwrap().get("sealed"), Some("1"));
+    assert_eq!(joiner_state.cutover(), Some(cutover));
+    assert_eq!(joiner_state.snapshot(), states[(leader - 1) as usize].snapshot());
+}
+
+/// A snapshot in the clear whose layer section claims a cutover (an attacker rewriting an inert
+/// snapshot to skip the sealed part of the log) is refused: the receiver halts at its index
+/// (`unsealed_snapshot`) with nothing restored.
+#[test]
+fn clear_snapshot_claiming_a_cutover_halts_the_receiver() {
+    let (mut c, states) = cluster([KEK_BYTES; 3]);
+    c.propose(b"a=1".to_vec()).unwrap();
+    let leader = c.wait_leader().unwrap();
+    c.wait_converged(leader).unwrap();
+    let victim = c.ids().into_iter().find(|i| *i != leader).unwrap();
+    c.isolate(victim);
+    c.propose(b"b=2".to_vec()).unwrap();
+    let index = c.compact(leader).unwrap();
+    let mut snapshot = c.node(leader).unwrap().store().retained_snapshot().unwrap();
+    let mut data = snapshot.data.to_vec();
+    // Snapshot header (22 bytes), then the layer section: magic (8), version (1), cutover (8).
+    let cutover_at = 22 + 9;
+    assert_eq!(data[cutover_at..cutover_at + 8], u64::MAX.to_be_bytes(), "no cutover in the original");
+    data[cutover_at..cutover_at + 8].copy_from_slice(&1u64.to_be_bytes());
+    assert_eq!(SnapshotHeader::read(&data).unwrap().layer.cutover, Some(1));
+    snapshot.data = data.into();
+
+    let applied = c.applied(victim).unwrap();
+    let term = c.node(leader).unwrap().term();
+    c.node_mut(victim).unwrap().step(snapshot_message(leader, victim, term, snapshot)).unwrap();
+    c.settle();
+    let halt = c.halted(victim).unwrap().expect("refused");
+    assert_eq!((halt.index, halt.reason), (index, FailureReason::UnsealedSnapshot));
+    assert_eq!(c.applied(victim).unwrap(), applied);
+    assert!(c.state_machine(victim).unwrap().get("b").is_none());
+    assert_eq!(states[(victim - 1) as usize].cutover(), None);
 }

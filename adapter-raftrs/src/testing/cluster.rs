@@ -6,16 +6,16 @@ use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
-use raft::eraftpb::{Entry, Message, MessageType};
-use raft::storage::MemStorage;
-use raft::{Config, GetEntriesContext, Storage};
+use raft::eraftpb::{ConfChange, ConfChangeType, Entry, Message, MessageType};
+use raft::{Config, GetEntriesContext, SnapshotStatus, Storage};
 use raft_envelope_core::{
-    Algorithm, ControlCommand, ControlError, EnvelopeLayer, FatalApplyError, KekId, KeyId, KeyProvider,
-    KeyProviderError, LayerState, PayloadWrapper, ProposalId,
+    Algorithm, ControlCommand, ControlError, DestroyRefused, EnvelopeLayer, FatalApplyError, KekId, KeyId,
+    KeyProvider, KeyProviderError, LayerState, PayloadWrapper, ProposalId, Retention,
 };
 use slog::Logger;
 
 use crate::error::{NodeError, ProposeError};
+use crate::mem_store::MemStore;
 use crate::node::EnvelopeNode;
 use crate::proposer::raft_error;
 use crate::state_machine::StateMachine;
@@ -72,6 +72,10 @@ pub enum ClusterError {
     /// The node has no layer state (started with a plain layer).
     #[error("node {0} has no layer state")]
     NoLayerState(u64),
+    /// Destroying a key was refused: a replica still retains entries or a snapshot sealed under
+    /// it, or did not report (the reason names it). Nothing was proposed.
+    #[error("destroy refused: {0}")]
+    DestroyRefused(#[source] DestroyRefused),
 }
 
 /// How a node's layer is configured.
@@ -84,8 +88,8 @@ enum Setup {
 }
 
 struct Slot<SM: StateMachine> {
-    storage: MemStorage,
-    node: Option<EnvelopeNode<MemStorage, SM>>,
+    storage: MemStore,
+    node: Option<EnvelopeNode<MemStore, SM>>,
     /// The layer state kept across restarts (persisted with the state machine).
     state: Option<Arc<LayerState>>,
 }
@@ -114,7 +118,7 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
     }
 }
 
-/// A raft-rs cluster of [`EnvelopeNode`]s over [`MemStorage`] in one process.
+/// A raft-rs cluster of [`EnvelopeNode`]s over [`MemStore`] in one process.
 ///
 /// Messages go through one queue, delivered in order on the caller's thread
 /// ([`settle`](Self::settle)); time advances only through [`tick`](Self::tick). A halted node is
@@ -122,7 +126,13 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
 /// it; the others keep going.
 ///
 /// Index layout: index 1 is the first leader's empty entry (the configuration lives in
-/// `MemStorage`, outside the log); every new term appends another empty entry.
+/// `MemStore`, outside the log); every new term appends another empty entry.
+///
+/// Key lifecycle ([`with_layer_states`](Self::with_layer_states)): admin commands run one at a
+/// time through the leader; when the leader's active key is due for rotation
+/// ([`LayerState::rotation_due`]) the cluster rotates it by itself with the leader's provider
+/// (before proposals and after ticks, never inside another admin command), unless
+/// [`set_auto_rotation`](Self::set_auto_rotation) turned that off.
 pub struct Cluster<SM: StateMachine> {
     cfg: ClusterConfig,
     logger: Logger,
@@ -134,6 +144,11 @@ pub struct Cluster<SM: StateMachine> {
     commit_caps: HashMap<u64, u64>,
     done: HashMap<ProposalId, Result<Applied<SM::Response>, ProposeError>>,
     refused_steps: u64,
+    /// The configuration every node started with (a new member starts with it too).
+    initial_voters: Vec<u64>,
+    auto_rotate: bool,
+    /// An admin command is running: automatic rotation waits.
+    admin_busy: bool,
 }
 
 impl<SM: StateMachine> Cluster<SM> {
@@ -194,9 +209,12 @@ impl<SM: StateMachine> Cluster<SM> {
             commit_caps: HashMap::new(),
             done: HashMap::new(),
             refused_steps: 0,
+            initial_voters: ids.clone(),
+            auto_rotate: true,
+            admin_busy: false,
         };
         for (id, layer) in ids.iter().zip(layers) {
-            let storage = MemStorage::new_with_conf_state((ids.clone(), vec![]));
+            let storage = MemStore::new_with_conf_state((ids.clone(), vec![]));
             let state = match &layer {
                 Setup::Lifecycle(state, _) => Some(state.clone()),
                 Setup::Layer(_) => None,
@@ -216,10 +234,10 @@ impl<SM: StateMachine> Cluster<SM> {
     fn start_node(
         &self,
         id: u64,
-        storage: MemStorage,
+        storage: MemStore,
         sm: SM,
         setup: Setup,
-    ) -> Result<EnvelopeNode<MemStorage, SM>, ClusterError> {
+    ) -> Result<EnvelopeNode<MemStore, SM>, ClusterError> {
         let config = Config {
             id,
             election_tick: self.cfg.election_tick,
@@ -244,7 +262,7 @@ impl<SM: StateMachine> Cluster<SM> {
     ///
     /// # Errors
     /// [`ClusterError::NoSuchNode`].
-    pub fn node(&self, id: u64) -> Result<&EnvelopeNode<MemStorage, SM>, ClusterError> {
+    pub fn node(&self, id: u64) -> Result<&EnvelopeNode<MemStore, SM>, ClusterError> {
         self.slots.get(&id).and_then(|s| s.node.as_ref()).ok_or(ClusterError::NoSuchNode(id))
     }
 
@@ -252,7 +270,7 @@ impl<SM: StateMachine> Cluster<SM> {
     ///
     /// # Errors
     /// [`ClusterError::NoSuchNode`].
-    pub fn node_mut(&mut self, id: u64) -> Result<&mut EnvelopeNode<MemStorage, SM>, ClusterError> {
+    pub fn node_mut(&mut self, id: u64) -> Result<&mut EnvelopeNode<MemStore, SM>, ClusterError> {
         self.slots.get_mut(&id).and_then(|s| s.node.as_mut()).ok_or(ClusterError::NoSuchNode(id))
     }
 
@@ -310,7 +328,7 @@ impl<SM: StateMachine> Cluster<SM> {
                     continue;
                 }
                 let Some(node) = self.slots.get_mut(id).and_then(|s| s.node.as_mut()) else { continue };
-                if !node.pending_prefetch().is_empty() {
+                if node.needs_prefetch() {
                     // Outside the apply path: the provider may be slow; apply never waits for it.
                     let _ = block_on(node.prefetch_pending());
                 }
@@ -353,17 +371,31 @@ impl<SM: StateMachine> Cluster<SM> {
             self.held.push(m);
             return;
         }
+        let (to, from) = (m.to, m.from);
+        let snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+        let delivered = self.step_into(m);
+        if snapshot {
+            // raft-rs waits for this report before it sends the peer anything else.
+            let status = if delivered { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+            if let Some(node) = self.slots.get_mut(&from).and_then(|s| s.node.as_mut()) {
+                node.report_snapshot(to, status);
+            }
+        }
+    }
+
+    /// Steps `m` into its recipient; false when it was lost or refused.
+    fn step_into(&mut self, m: Message) -> bool {
         let to = m.to;
-        if self.isolated.contains(&to) || self.isolated.contains(&m.from) {
-            return;
+        if self.isolated.contains(&to) || self.isolated.contains(&m.from) || !self.running(to) {
+            return false;
         }
-        if !self.running(to) {
-            return;
-        }
-        if let Some(node) = self.slots.get_mut(&to).and_then(|s| s.node.as_mut()) {
-            if let Err(e) = node.step(m) {
+        let Some(node) = self.slots.get_mut(&to).and_then(|s| s.node.as_mut()) else { return false };
+        match node.step(m) {
+            Ok(()) => true,
+            Err(e) => {
                 self.refused_steps += 1;
                 tracing::debug!(node = to, "step refused: {e}");
+                false
             }
         }
     }
@@ -379,7 +411,56 @@ impl<SM: StateMachine> Cluster<SM> {
                 }
             }
             self.settle();
+            self.maybe_rotate();
         }
+    }
+
+    /// Turns automatic rotation on (the default) or off.
+    pub fn set_auto_rotation(&mut self, on: bool) {
+        self.auto_rotate = on;
+    }
+
+    /// Automatic rotation ([`set_auto_rotation`](Self::set_auto_rotation)): runs
+    /// [`rotate_if_due`](Self::rotate_if_due) unless an admin command is running. A failed attempt
+    /// is traced and retried at the next opportunity; the old key keeps sealing meanwhile (an
+    /// eighth of its budget is left when it becomes due).
+    fn maybe_rotate(&mut self) {
+        if !self.auto_rotate || self.admin_busy {
+            return;
+        }
+        if let Err(e) = self.rotate_if_due() {
+            tracing::warn!("automatic rotation failed, will retry: {e}");
+        }
+    }
+
+    /// When the running leader's active key is due for rotation ([`EnvelopeNode::rotation_due`]),
+    /// installs and promotes a new key (same algorithm) with the leader's own provider and
+    /// returns its id; `Ok(None)` when nothing is due.
+    ///
+    /// # Errors
+    /// [`ClusterError`] of the install or promote; the old key stays active.
+    pub fn rotate_if_due(&mut self) -> Result<Option<KeyId>, ClusterError> {
+        let Some(leader) = self.leader() else { return Ok(None) };
+        let node = self.node(leader)?;
+        let (Some(due), Some(provider), Some(state)) =
+            (node.rotation_due(), node.key_provider().cloned(), node.layer_state().cloned())
+        else {
+            return Ok(None);
+        };
+        let algorithm =
+            state.keys().iter().find(|k| k.key_id == due).map_or(Algorithm::Aes256Gcm, |k| k.algorithm);
+        tracing::info!(key_id = due.0, leader, "sealing budget low: rotating");
+        let (key_id, index) = self.admin(|c| c.install_and_promote(provider.as_ref(), algorithm))?;
+        tracing::info!(from = due.0, to = key_id.0, index, "key rotated automatically");
+        Ok(Some(key_id))
+    }
+
+    /// Runs an admin command with automatic rotation held off.
+    fn admin<T>(&mut self, command: impl FnOnce(&mut Self) -> T) -> T {
+        let busy = std::mem::replace(&mut self.admin_busy, true);
+        let result = command(self);
+        self.admin_busy = busy;
+        result
     }
 
     /// Settles, then ticks until `done(self)` holds, at most `max_wait_ticks`.
@@ -450,6 +531,7 @@ impl<SM: StateMachine> Cluster<SM> {
     /// # Errors
     /// The [`ProposeError`] of the proposal.
     pub fn propose_via(&mut self, via: u64, payload: Vec<u8>) -> Result<Applied<SM::Response>, ProposeError> {
+        self.maybe_rotate();
         let ticket = match self.slots.get_mut(&via).and_then(|s| s.node.as_mut()) {
             Some(node) => node.propose(payload)?,
             None => return Err(ProposeError::Stopped(format!("no node {via}"))),
@@ -472,6 +554,7 @@ impl<SM: StateMachine> Cluster<SM> {
     /// # Errors
     /// The proposer's refusal.
     pub fn propose_async(&mut self, via: u64, payload: Vec<u8>) -> Result<ProposalId, ProposeError> {
+        self.maybe_rotate();
         match self.slots.get_mut(&via).and_then(|s| s.node.as_mut()) {
             Some(node) => Ok(node.propose(payload)?.id),
             None => Err(ProposeError::Stopped(format!("no node {via}"))),
@@ -626,6 +709,15 @@ impl<SM: StateMachine> Cluster<SM> {
         kek_id: &KekId,
         algorithm: Algorithm,
     ) -> Result<u64, ClusterError> {
+        self.admin(|c| c.enable_inner(provider, kek_id, algorithm))
+    }
+
+    fn enable_inner(
+        &mut self,
+        provider: &dyn KeyProvider,
+        kek_id: &KekId,
+        algorithm: Algorithm,
+    ) -> Result<u64, ClusterError> {
         let leader = self.admin_leader()?;
         let state = self.node(leader)?.layer_state().cloned().ok_or(ClusterError::NoLayerState(leader))?;
         if let Some(cutover) = state.cutover() {
@@ -662,35 +754,171 @@ impl<SM: StateMachine> Cluster<SM> {
         provider: &dyn KeyProvider,
         algorithm: Algorithm,
     ) -> Result<KeyId, ClusterError> {
-        let (key_id, _) = self.install_and_promote(provider, algorithm)?;
+        let (key_id, _) = self.admin(|c| c.install_and_promote(provider, algorithm))?;
         Ok(key_id)
     }
 
     /// Retires `key_id` to decrypt-only through the log. Returns the entry's index.
     ///
-    /// The active key is refused ([`ClusterError::RetireActiveKey`]; rotate instead): with a
-    /// cutover in force and no active key, no control entry could be sealed any more, so no key
-    /// could ever be promoted again.
+    /// The active key is refused while a cutover is in force ([`ClusterError::RetireActiveKey`],
+    /// from [`LayerState::check_command`]; rotate instead): with no active key no control entry
+    /// could be sealed any more, so no key could ever be promoted again.
     ///
     /// # Errors
     /// [`ClusterError`].
     pub fn retire_key(&mut self, key_id: KeyId) -> Result<u64, ClusterError> {
-        let leader = self.admin_leader()?;
-        if self.node(leader)?.layer_state().and_then(|s| s.active_key()) == Some(key_id) {
-            return Err(ClusterError::RetireActiveKey(key_id));
-        }
-        self.run_control(&ControlCommand::RetireKey { key_id })
+        self.admin(|c| {
+            let command = ControlCommand::RetireKey { key_id };
+            c.check_command(&command)?;
+            c.run_control(&command)
+        })
     }
 
-    /// Destroys `key_id` through the log: every replica drops its material; envelopes under it no
-    /// longer open (an unapplied one halts with `destroyed_key`). Returns the entry's index.
-    /// Destroy-with-proof (refusing while an entry sealed under the key is still needed) is not
-    /// checked yet.
+    /// [`LayerState::check_command`] on the leader's applied state.
+    fn check_command(&mut self, command: &ControlCommand) -> Result<u64, ClusterError> {
+        let leader = self.admin_leader()?;
+        let state = self.node(leader)?.layer_state().cloned().ok_or(ClusterError::NoLayerState(leader))?;
+        state.check_command(command).map_err(|e| match e {
+            ControlError::ActiveKeyNeeded(k) => ClusterError::RetireActiveKey(k),
+            e => ClusterError::Control(e),
+        })?;
+        Ok(leader)
+    }
+
+    /// Destroys `key_id` through the log, with proof: every replica drops its material, and
+    /// envelopes under it no longer open. Returns the destroy entry's index once the leader
+    /// applied it.
+    ///
+    /// The proof, checked on the leader right before proposing (nothing runs in between: the
+    /// cluster is single-threaded):
+    /// 1. the key is not the active key ([`LayerState::check_command`], then
+    ///    [`LayerState::check_destroy`]);
+    /// 2. no entry sealed under the key is in flight: the leader has applied its whole log
+    ///    (`applied == last index`), so its count of entries sealed under the key
+    ///    (`last_sealed_index`) covers its log; and no later entry can be sealed under it,
+    ///    because a node appends nothing while its log holds an unapplied layer control entry
+    ///    ([`ProposeError::ControlPending`], [`StepError::ControlPending`](crate::StepError::ControlPending)),
+    ///    seals its own proposals under its active key, and refuses forwarded envelopes sealed
+    ///    under another key ([`StepError::NotActiveKey`](crate::StepError::NotActiveKey)) —
+    ///    so every entry above the promote of the current key is sealed under it;
+    /// 3. every member (voters and learners of the leader's configuration) reports what it
+    ///    retains ([`EnvelopeNode::retention`]: first log index, retained snapshot and the key
+    ///    it is sealed under), and [`LayerState::check_destroy`] finds no log that still holds
+    ///    an entry at or below `last_sealed_index` and no snapshot sealed under the key.
     ///
     /// # Errors
-    /// [`ClusterError`].
+    /// [`ClusterError::DestroyRefused`] naming the replica (nothing proposed);
+    /// [`ClusterError::RetireActiveKey`] for the active key; other [`ClusterError`]s.
     pub fn destroy_key(&mut self, key_id: KeyId) -> Result<u64, ClusterError> {
-        self.run_control(&ControlCommand::DestroyKey { key_id })
+        self.admin(|c| c.destroy_inner(key_id))
+    }
+
+    fn destroy_inner(&mut self, key_id: KeyId) -> Result<u64, ClusterError> {
+        let command = ControlCommand::DestroyKey { key_id };
+        let leader = self.check_command(&command)?;
+        let caught_up =
+            self.wait_until(|c| c.node(leader).is_ok_and(|n| n.is_leader() && n.applied() == n.last_index()));
+        if !caught_up {
+            return Err(ClusterError::Timeout("the leader to apply its whole log"));
+        }
+        let node = self.node(leader)?;
+        let state = node.layer_state().cloned().ok_or(ClusterError::NoLayerState(leader))?;
+        let conf = node.raw_node().raft.prs().conf().to_conf_state();
+        let mut ids: Vec<u64> =
+            conf.voters.iter().chain(&conf.learners).chain(&conf.voters_outgoing).copied().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let members: Vec<String> = ids.iter().map(u64::to_string).collect();
+        let reports: Vec<Retention> = ids.iter().filter_map(|id| self.retention(*id).ok()).collect();
+        state.check_destroy(key_id, &members, &reports).map_err(|reason| {
+            tracing::warn!(key_id = key_id.0, "destroy refused: {reason}");
+            ClusterError::DestroyRefused(reason)
+        })?;
+        let ticket = self.node_mut(leader)?.propose_control(&command)?;
+        let index = self.wait_completion(ticket.id)?.index;
+        tracing::info!(key_id = key_id.0, index, "key destroyed through the log");
+        Ok(index)
+    }
+
+    /// What node `id` still stores that may hold entries sealed under a key
+    /// ([`EnvelopeNode::retention`]).
+    ///
+    /// # Errors
+    /// [`ClusterError::NoSuchNode`]; the node's error.
+    pub fn retention(&self, id: u64) -> Result<Retention, ClusterError> {
+        Ok(self.node(id)?.retention()?)
+    }
+
+    /// Makes node `id` take a snapshot at its applied index and compact its log up to it
+    /// ([`EnvelopeNode::compact`]); returns the snapshot's index.
+    ///
+    /// # Errors
+    /// [`ClusterError::NoSuchNode`]; the node's error.
+    pub fn compact(&mut self, id: u64) -> Result<u64, ClusterError> {
+        self.settle();
+        Ok(self.node_mut(id)?.compact()?)
+    }
+
+    /// Adds a node with an empty log and state machine `sm`, keys and cutover through the log
+    /// (`state`, `provider`), as a learner, through a conf change on the leader; returns its id
+    /// (one above the highest) once the leader applied the conf change. It catches up by itself:
+    /// by snapshot when the leader compacted its log (the new member must prefetch the
+    /// snapshot's keys with its own KEK, or halts at the snapshot's index).
+    ///
+    /// It starts with the configuration every node started with, so it learns the current one
+    /// from the log or from a snapshot. If the leader's log is compacted, the leader takes a new
+    /// snapshot once the conf change is applied (raft-rs restores only a snapshot whose
+    /// configuration includes the receiver), while the new node is still cut off.
+    ///
+    /// # Errors
+    /// [`ClusterError`] when the node cannot start or the conf change is not applied in time.
+    pub fn add_member(
+        &mut self,
+        state: Arc<LayerState>,
+        provider: Arc<dyn KeyProvider>,
+        sm: SM,
+    ) -> Result<u64, ClusterError> {
+        self.admin(|c| c.add_member_inner(state, provider, sm))
+    }
+
+    fn add_member_inner(
+        &mut self,
+        state: Arc<LayerState>,
+        provider: Arc<dyn KeyProvider>,
+        sm: SM,
+    ) -> Result<u64, ClusterError> {
+        let id = self.slots.keys().next_back().map_or(1, |k| k + 1);
+        let storage = MemStore::new_with_conf_state((self.initial_voters.clone(), vec![]));
+        let node = self.start_node(id, storage.clone(), sm, Setup::Lifecycle(state.clone(), provider))?;
+        self.slots.insert(id, Slot { storage, node: Some(node), state: Some(state) });
+        self.isolated.push(id);
+        let result = self.add_learner(id);
+        self.isolated.retain(|i| *i != id);
+        result?;
+        self.settle();
+        tracing::info!(node = id, "new member added as a learner");
+        Ok(id)
+    }
+
+    fn add_learner(&mut self, id: u64) -> Result<(), ClusterError> {
+        let leader = self.admin_leader()?;
+        let mut change = ConfChange::default();
+        change.set_change_type(ConfChangeType::AddLearnerNode);
+        change.node_id = id;
+        self.node_mut(leader)?.propose_conf_change(Vec::new(), change)?;
+        let added = self.wait_until(|c| {
+            c.node(leader)
+                .is_ok_and(|n| n.raw_node().raft.prs().conf().to_conf_state().learners.contains(&id))
+        });
+        if !added {
+            return Err(ClusterError::Timeout("the leader to apply the conf change"));
+        }
+        let compacted =
+            self.node(leader)?.store().first_index().map_err(|e| ClusterError::Storage(e.to_string()))? > 1;
+        if compacted {
+            self.compact(leader)?;
+        }
+        Ok(())
     }
 
     /// The layer state's status on the leader (keys, cutover, active key).
@@ -743,7 +971,7 @@ impl<SM: StateMachine> Cluster<SM> {
         self.finish_restart(id, node)
     }
 
-    fn finish_restart(&mut self, id: u64, node: EnvelopeNode<MemStorage, SM>) -> Result<(), ClusterError> {
+    fn finish_restart(&mut self, id: u64, node: EnvelopeNode<MemStore, SM>) -> Result<(), ClusterError> {
         if let Some(slot) = self.slots.get_mut(&id) {
             slot.node = Some(node);
         }
@@ -787,7 +1015,8 @@ impl<SM: StateMachine> Cluster<SM> {
     /// [`ClusterError`] when no other node can lead.
     pub fn change_leader(&mut self) -> Result<u64, ClusterError> {
         let leader = self.wait_leader()?;
-        let ids = self.ids();
+        let voters = self.node(leader)?.raw_node().raft.prs().conf().to_conf_state().voters;
+        let ids: Vec<u64> = self.ids().into_iter().filter(|id| voters.contains(id)).collect();
         let pos = ids.iter().position(|i| *i == leader).unwrap_or(0);
         let next = (1..ids.len())
             .map(|k| ids[(pos + k) % ids.len()])
@@ -845,7 +1074,7 @@ impl<SM: StateMachine> Cluster<SM> {
             first.data = data.into();
             first.context = context.into();
         }
-        let result = storage.wl().append(&entries);
+        let result = storage.mem_storage().wl().append(&entries);
         result.map_err(|e| ClusterError::Storage(e.to_string()))
     }
 

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use raft::eraftpb::ConfState;
+use raft::eraftpb::{ConfState, Snapshot};
 
 use crate::state_machine::StateMachine;
 
@@ -55,6 +55,38 @@ impl StateMachine for KvStore {
 
     fn applied_index(&self) -> u64 {
         self.applied
+    }
+
+    /// Every payload with its index (u64 big-endian index, u64 big-endian length, bytes); the
+    /// map is rebuilt from them.
+    fn snapshot_data(&self) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        for (index, payload) in &self.payloads {
+            out.extend_from_slice(&index.to_be_bytes());
+            out.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+            out.extend_from_slice(payload);
+        }
+        Ok(out)
+    }
+
+    fn restore_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), String> {
+        let mut restored = KvStore::default();
+        let mut bytes = snapshot.get_data();
+        let malformed = || "malformed key-value snapshot".to_owned();
+        while !bytes.is_empty() {
+            let field = |b: &[u8], at: usize| -> Option<u64> {
+                Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
+            };
+            let index = field(bytes, 0).ok_or_else(malformed)?;
+            let len = usize::try_from(field(bytes, 8).ok_or_else(malformed)?).map_err(|_| malformed())?;
+            let end = len.checked_add(16).ok_or_else(malformed)?;
+            let payload = bytes.get(16..end).ok_or_else(malformed)?;
+            restored.apply(index, 0, payload);
+            bytes = &bytes[end..];
+        }
+        restored.applied = snapshot.get_metadata().index;
+        *self = restored;
+        Ok(())
     }
 }
 
