@@ -126,15 +126,6 @@ pub enum AdminError<NID: openraft::NodeId, N: openraft::Node> {
     /// key, or did not report. Nothing was proposed; compact (or take a new snapshot) and retry.
     #[error("destroy refused: {0}")]
     DestroyRefused(#[source] DestroyRefused),
-    /// Envelopes sealed under the key were still being submitted on this node after the admin
-    /// timeout. Nothing was proposed; retry.
-    #[error("{in_flight} proposals sealed under {key_id} are still in flight")]
-    SealedInFlight {
-        /// The key.
-        key_id: KeyId,
-        /// How many.
-        in_flight: usize,
-    },
     /// A proposer did not drain its cleartext proposals in time.
     #[error("proposer #{node} did not drain its cleartext proposals: {source}")]
     Drain {
@@ -364,18 +355,21 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
     /// open (`destroyed_key`). The active key is refused (rotate first); destroying a destroyed
     /// key proposes nothing.
     ///
-    /// The proof, before anything is proposed: no envelope sealed under the key is still being
-    /// submitted on this node (every entry sealed under it is then in the log: a node that
-    /// applied the rotation refuses to submit one, [`WriteError::KeyRotated`](crate::WriteError::KeyRotated)),
-    /// a barrier is applied (so the per-key counts include all of them), and
-    /// [`LayerState::check_destroy`] passes with `reports`: one [`retention`](Self::retention)
-    /// from every member (voters and learners), none of which may still hold an entry sealed
-    /// under the key in its log or a snapshot sealed under it. Reports taken before the call are
-    /// fine: logs only get shorter, and new snapshots are sealed under the active key.
+    /// The proof, before anything is proposed: [`LayerState::check_destroy`] passes with
+    /// `reports`, one [`retention`](Self::retention) from every member (voters and learners)
+    /// after a barrier is applied here. A member passes when it has applied the rotation away
+    /// from the key and has no envelope under it in flight (from then on it refuses to submit
+    /// one, [`WriteError::KeyRotated`](crate::WriteError::KeyRotated), and a leader seals
+    /// nothing before it applied an entry of its own term,
+    /// [`WriteError::LeaderCatchingUp`](crate::WriteError::LeaderCatchingUp)), and its log and
+    /// retained snapshot hold nothing sealed under the key. Everything sealed under the key was
+    /// then answered for, so appended before the barrier and counted. Reports taken before the
+    /// call are fine: logs only get shorter, new snapshots are sealed under the active key, and a
+    /// member that had rotated away stays so; a stale report only refuses more.
     ///
     /// # Errors
-    /// [`AdminError::DestroyRefused`] naming the replica, [`AdminError::SealedInFlight`],
-    /// [`AdminError::Refused`] (unknown or active key), or a proposal error.
+    /// [`AdminError::DestroyRefused`] naming the replica, [`AdminError::Refused`] (unknown or
+    /// active key), or a proposal error.
     pub async fn destroy_key(&self, key_id: KeyId, reports: &[Retention]) -> Result<(), C> {
         let admin = self.admin()?;
         let state = admin.state();
@@ -384,18 +378,8 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
         if Self::check_changeable(state, key_id)? == KeyState::Destroyed {
             return Ok(());
         }
-        let timeout = Duration::from_millis(admin.timeout_ms.load(Ordering::SeqCst));
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let in_flight = self.sealed_in_flight(key_id);
-            if in_flight == 0 {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(AdminError::SealedInFlight { key_id, in_flight });
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        // Every envelope under the key that a member answered for before reporting is applied
+        // on this leader after the barrier, so the count `check_destroy` reads is final.
         self.commit_barrier().await.map_err(|e| match e {
             crate::WriteError::Raft(e) => AdminError::Raft(e),
             other => AdminError::Refused {

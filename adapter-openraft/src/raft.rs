@@ -40,6 +40,12 @@ pub enum WriteError<NID: openraft::NodeId, N: openraft::Node> {
         /// The key it was sealed under.
         key_id: KeyId,
     },
+    /// This node leads a term but has not yet applied an entry of that term, so its layer state
+    /// may not reflect control entries (a rotation, a destroy) earlier leaders committed: a
+    /// sealed write is refused until it has (moments after an election). Nothing was appended;
+    /// retry. Only nodes with a layer state refuse this.
+    #[error("proposal refused before it was appended: this leader has not applied an entry of its term yet")]
+    LeaderCatchingUp,
     /// This node's layer is not sealing while its cutover is in force, so the proposal could
     /// only land above the cutover in the clear and halt every replica: it was refused and not
     /// appended. Retryable once the node's layer seals again (a configuration error).
@@ -58,10 +64,16 @@ pub enum WriteError<NID: openraft::NodeId, N: openraft::Node> {
 
 impl<NID: openraft::NodeId, N: openraft::Node> WriteError<NID, N> {
     /// True when the layer refused the proposal before it reached Raft ([`WriteError::Seal`],
-    /// [`WriteError::NotSealing`], [`WriteError::KeyRotated`]): nothing was appended; retry once
-    /// the cause is fixed (prepare again after `KeyRotated`).
+    /// [`WriteError::NotSealing`], [`WriteError::KeyRotated`], [`WriteError::LeaderCatchingUp`]):
+    /// nothing was appended; retry once the cause is fixed (prepare again after `KeyRotated`).
     pub fn is_seal_refusal(&self) -> bool {
-        matches!(self, WriteError::Seal(_) | WriteError::NotSealing { .. } | WriteError::KeyRotated { .. })
+        matches!(
+            self,
+            WriteError::Seal(_)
+                | WriteError::NotSealing { .. }
+                | WriteError::KeyRotated { .. }
+                | WriteError::LeaderCatchingUp
+        )
     }
 
     /// The leader to retry on, when this node is not the leader.
@@ -351,6 +363,18 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
                 if admin.state().active_key() != Some(key_id) {
                     return Err(WriteError::KeyRotated { key_id });
                 }
+                // A new leader applies its own term's first entry before it seals for the log:
+                // everything earlier leaders committed (a promote, a destroy) is then in its
+                // layer state, so no entry it appends is sealed under a key rotated away before.
+                let catching_up = {
+                    let m = self.raft.metrics();
+                    let m = m.borrow();
+                    m.current_leader.as_ref() == Some(&m.id)
+                        && m.last_applied.as_ref().map(|l| l.leader_id.term) != Some(m.current_term)
+                };
+                if catching_up {
+                    return Err(WriteError::LeaderCatchingUp);
+                }
                 Some(counted)
             }
             _ => None,
@@ -434,8 +458,9 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
     }
 
     /// What this node still retains that may hold entries sealed under a key: the first index
-    /// of its log (everything below was compacted) and the snapshot it keeps, with the key it is
-    /// sealed under. Gather one from every member and pass them to
+    /// of its log (everything below was compacted), the snapshot it keeps with the key it is
+    /// sealed under, and what it may still seal under (its active key, keys of envelopes being
+    /// submitted). Gather one from every member and pass them to
     /// [`destroy_key`](Self::destroy_key).
     pub fn retention(&self) -> Retention {
         let metrics = self.raft.metrics().borrow().clone();
@@ -445,7 +470,23 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
             (None, Some(s)) => Some(RetainedSnapshot::new(s.index, None)),
             _ => None,
         };
-        Retention::new(metrics.id, first, snapshot)
+        let mut report = Retention::new(metrics.id, first, snapshot);
+        if let Some(admin) = &self.admin {
+            // The active key first, then the keys in flight: a submit counts itself before it
+            // checks the active key, so one that passed its check under a key this read no
+            // longer sees active was counted before the in-flight read below.
+            let active = admin.state().active_key();
+            let in_flight: Vec<KeyId> = self
+                .drain
+                .sealed_in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .keys()
+                .copied()
+                .collect();
+            report = report.with_sealing(active, in_flight);
+        }
+        report
     }
 
     /// Switch-on step 2, on the leader: commits a barrier entry (a layer-owned control entry the

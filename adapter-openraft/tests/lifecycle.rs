@@ -508,3 +508,27 @@ async fn restart_with_an_empty_layer_state_halts_instead_of_passing_ciphertext_o
     assert!(applied < after);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_is_refused_with_reports_taken_before_the_rotation() {
+    let cluster = start([Some(kek()), Some(kek()), Some(kek())]).await;
+    cluster.enable_encryption(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
+    write(&cluster, "one=under-key-1").await;
+    // Reports taken while key 1 still seals: those members could still append under it.
+    let stale: Vec<_> = cluster.running().iter().map(|(_, r)| r.retention()).collect();
+    cluster.rotate_key(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
+    let last = write(&cluster, "two=under-key-2").await;
+    wait_all(&cluster, &[1, 2, 3], last).await;
+    for id in [1, 2, 3] {
+        cluster.compact(id).await.unwrap();
+    }
+    let leader = cluster.node(cluster.leader().unwrap()).unwrap().raft.unwrap();
+    let refused = leader.destroy_key(KeyId(1), &stale).await.unwrap_err();
+    assert!(
+        matches!(&refused, AdminError::DestroyRefused(DestroyRefused::StillSealing { key_id: KeyId(1), .. })),
+        "{refused}"
+    );
+    let fresh: Vec<_> = cluster.running().iter().map(|(_, r)| r.retention()).collect();
+    leader.destroy_key(KeyId(1), &fresh).await.unwrap();
+    cluster.shutdown().await;
+}

@@ -36,12 +36,32 @@ pub struct Retention {
     pub first_log_index: u64,
     /// The snapshot it retains, if any.
     pub snapshot: Option<RetainedSnapshot>,
+    /// The key this replica seals new proposals under, as its applied layer state says.
+    pub active_key: Option<KeyId>,
+    /// Keys of envelopes this replica sealed that are on their way to the log (proposals
+    /// submitted and not yet answered by the engine).
+    pub in_flight: Vec<KeyId>,
 }
 
 impl Retention {
-    /// A replica's report.
+    /// A replica's report: its log and snapshot. Add what it may still seal under with
+    /// [`with_sealing`](Self::with_sealing) when its proposals can be in flight between sealing
+    /// and the log.
     pub fn new(replica: impl fmt::Display, first_log_index: u64, snapshot: Option<RetainedSnapshot>) -> Self {
-        Self { replica: replica.to_string(), first_log_index, snapshot }
+        Self {
+            replica: replica.to_string(),
+            first_log_index,
+            snapshot,
+            active_key: None,
+            in_flight: Vec::new(),
+        }
+    }
+
+    /// Adds the key the replica seals under and the keys of its envelopes in flight.
+    pub fn with_sealing(mut self, active_key: Option<KeyId>, in_flight: Vec<KeyId>) -> Self {
+        self.active_key = active_key;
+        self.in_flight = in_flight;
+        self
     }
 }
 
@@ -60,6 +80,15 @@ pub enum DestroyRefused {
     NoReport {
         /// The member.
         replica: String,
+    },
+    /// A replica still seals under the key (it has not applied the rotation away from it), or
+    /// has envelopes sealed under it on their way to the log.
+    #[error("replica {replica} may still append entries sealed under {key_id}: wait until it applied the rotation")]
+    StillSealing {
+        /// The replica.
+        replica: String,
+        /// The key.
+        key_id: KeyId,
     },
     /// A replica's log still holds entries sealed under the key.
     #[error(
@@ -90,7 +119,10 @@ pub enum DestroyRefused {
 
 impl LayerState {
     /// The proof needed before proposing `DestroyKey { key_id }`: every member in `members` has
-    /// reported in `reports`, and none retains an entry sealed under the key in its log (its first
+    /// reported in `reports`, none may still append an entry sealed under the key (its active key
+    /// is another, no envelope under the key in flight: with the adapters' refusal to submit
+    /// under an inactive key, nothing under it can land later), and none retains an entry sealed
+    /// under the key in its log (its first
     /// retained index is above the last entry sealed under the key,
     /// [`LayerKey::last_sealed_index`](crate::LayerKey::last_sealed_index)) or a snapshot sealed
     /// under it. The active key is never destroyed; a key already destroyed passes (destroying it
@@ -121,6 +153,9 @@ impl LayerState {
                 .iter()
                 .find(|r| &r.replica == member)
                 .ok_or_else(|| DestroyRefused::NoReport { replica: member.clone() })?;
+            if report.active_key == Some(key_id) || report.in_flight.contains(&key_id) {
+                return Err(DestroyRefused::StillSealing { replica: member.clone(), key_id });
+            }
             if let Some(last) = key.last_sealed_index.filter(|&last| report.first_log_index <= last) {
                 return Err(DestroyRefused::InLog {
                     replica: member.clone(),

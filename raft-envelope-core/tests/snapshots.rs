@@ -235,6 +235,21 @@ fn destroying_is_refused_while_a_snapshot_sealed_under_the_key_is_retained() {
 }
 
 #[test]
+fn destroying_is_refused_while_a_replica_may_still_seal_under_the_key() {
+    let leader = enforced_leader(&kek(7));
+    let mut reports = compacted(30, Some(KeyId(2)));
+    // Replica 1 has not applied the rotation yet.
+    reports[0] = reports[0].clone().with_sealing(Some(KeyId(1)), Vec::new());
+    let error = leader.check_destroy(KeyId(1), &members(), &reports).unwrap_err();
+    assert_eq!(error, DestroyRefused::StillSealing { replica: "1".into(), key_id: KeyId(1) });
+    // Replica 2 rotated but still has an envelope under key 1 on its way to the log.
+    reports[0] = reports[0].clone().with_sealing(Some(KeyId(2)), Vec::new());
+    reports[1] = reports[1].clone().with_sealing(Some(KeyId(2)), vec![KeyId(1)]);
+    let error = leader.check_destroy(KeyId(1), &members(), &reports).unwrap_err();
+    assert_eq!(error, DestroyRefused::StillSealing { replica: "2".into(), key_id: KeyId(1) });
+}
+
+#[test]
 fn destroying_is_refused_without_a_report_from_every_member() {
     let leader = enforced_leader(&kek(7));
     let mut reports = compacted(30, Some(KeyId(2)));

@@ -378,8 +378,14 @@ impl<A: Application> TestCluster<A> {
             if let Some(raft) = leader {
                 match raft.client_write(payload.clone()).await {
                     Ok(r) => return Ok(r),
-                    // A rotation applied between sealing and submitting: seal again.
-                    Err(WriteError::KeyRotated { .. }) if tokio::time::Instant::now() < deadline => continue,
+                    // A rotation applied between sealing and submitting (seal again), or a new
+                    // leader still applying its first entry.
+                    Err(WriteError::KeyRotated { .. } | WriteError::LeaderCatchingUp)
+                        if tokio::time::Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        continue;
+                    }
                     Err(e) if e.is_seal_refusal() => return Err(WriteFailure::Write(e)),
                     Err(e) if e.forward_to_leader().is_none() || tokio::time::Instant::now() >= deadline => {
                         return Err(WriteFailure::Write(e))
