@@ -509,6 +509,28 @@ fn forged_snapshot_without_layer_framing_halts_the_receiver() {
     assert_eq!(states[(to - 1) as usize].snapshot(), states[(leader - 1) as usize].snapshot());
 }
 
+/// Writes `a=1` everywhere, isolates a follower, writes `b=2`, and has the leader compact:
+/// returns the leader, the isolated follower, the snapshot's index and the snapshot, which the
+/// follower needs and has not received.
+fn snapshot_behind_an_isolated_follower(c: &mut Cluster<KvStore>) -> (u64, u64, u64, Snapshot) {
+    c.propose(b"a=1".to_vec()).unwrap();
+    let leader = c.wait_leader().unwrap();
+    c.wait_converged(leader).unwrap();
+    let victim = c.ids().into_iter().find(|i| *i != leader).unwrap();
+    c.isolate(victim);
+    c.propose(b"b=2".to_vec()).unwrap();
+    let index = c.compact(leader).unwrap();
+    let snapshot = c.node(leader).unwrap().store().retained_snapshot().unwrap();
+    (leader, victim, index, snapshot)
+}
+
+/// Hands `snapshot` to `victim` as the leader would, and lets the cluster settle.
+fn deliver_snapshot(c: &mut Cluster<KvStore>, leader: u64, victim: u64, snapshot: Snapshot) {
+    let term = c.node(leader).unwrap().term();
+    c.node_mut(victim).unwrap().step(snapshot_message(leader, victim, term, snapshot)).unwrap();
+    c.settle();
+}
+
 fn snapshot_message(from: u64, to: u64, term: u64, snapshot: Snapshot) -> Message {
     let mut m = Message::default();
     m.set_msg_type(MessageType::MsgSnapshot);
@@ -599,14 +621,7 @@ fn joiner_without_the_kek_halts_at_the_snapshot_index_and_resumes_with_it() {
 fn tampered_snapshot_halts_the_receiver_with_nothing_restored() {
     let (mut c, states) = cluster([KEK_BYTES; 3]);
     enable(&mut c);
-    c.propose(b"a=1".to_vec()).unwrap();
-    let leader = c.wait_leader().unwrap();
-    c.wait_converged(leader).unwrap();
-    let victim = c.ids().into_iter().find(|i| *i != leader).unwrap();
-    c.isolate(victim);
-    c.propose(b"b=2".to_vec()).unwrap();
-    let index = c.compact(leader).unwrap();
-    let mut snapshot = c.node(leader).unwrap().store().retained_snapshot().unwrap();
+    let (leader, victim, index, mut snapshot) = snapshot_behind_an_isolated_follower(&mut c);
     let mut data = snapshot.data.to_vec();
     let last = data.len() - 1;
     data[last] ^= 1; // one bit of the sealed body's tag
@@ -614,9 +629,7 @@ fn tampered_snapshot_halts_the_receiver_with_nothing_restored() {
 
     let before = (c.applied(victim).unwrap(), c.stored_last_index(victim).unwrap());
     let layer_before = states[(victim - 1) as usize].snapshot();
-    let term = c.node(leader).unwrap().term();
-    c.node_mut(victim).unwrap().step(snapshot_message(leader, victim, term, snapshot)).unwrap();
-    c.settle();
+    deliver_snapshot(&mut c, leader, victim, snapshot);
     let halt = c.halted(victim).unwrap().expect("a tampered snapshot halts the receiver");
     assert_eq!(halt.index, index);
     assert_eq!(halt.reason, FailureReason::AuthenticationFailed);
@@ -805,14 +818,7 @@ fn member_joining_before_encryption_installs_the_clear_snapshot_and_follows_the_
 #[test]
 fn clear_snapshot_claiming_a_cutover_halts_the_receiver() {
     let (mut c, states) = cluster([KEK_BYTES; 3]);
-    c.propose(b"a=1".to_vec()).unwrap();
-    let leader = c.wait_leader().unwrap();
-    c.wait_converged(leader).unwrap();
-    let victim = c.ids().into_iter().find(|i| *i != leader).unwrap();
-    c.isolate(victim);
-    c.propose(b"b=2".to_vec()).unwrap();
-    let index = c.compact(leader).unwrap();
-    let mut snapshot = c.node(leader).unwrap().store().retained_snapshot().unwrap();
+    let (leader, victim, index, mut snapshot) = snapshot_behind_an_isolated_follower(&mut c);
     let mut data = snapshot.data.to_vec();
     // Snapshot header (22 bytes), then the layer section: magic (8), version (1), cutover (8).
     let cutover_at = 22 + 9;
@@ -822,9 +828,7 @@ fn clear_snapshot_claiming_a_cutover_halts_the_receiver() {
     snapshot.data = data.into();
 
     let applied = c.applied(victim).unwrap();
-    let term = c.node(leader).unwrap().term();
-    c.node_mut(victim).unwrap().step(snapshot_message(leader, victim, term, snapshot)).unwrap();
-    c.settle();
+    deliver_snapshot(&mut c, leader, victim, snapshot);
     let halt = c.halted(victim).unwrap().expect("refused");
     assert_eq!((halt.index, halt.reason), (index, FailureReason::UnsealedSnapshot));
     assert_eq!(c.applied(victim).unwrap(), applied);
