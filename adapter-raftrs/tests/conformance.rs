@@ -11,11 +11,11 @@ use raft_envelope_conformance::{
     ProposeError as SuiteProposeError, RecordingStateMachine, Response, StoredEntry,
 };
 use raft_envelope_core::{
-    Algorithm, EntryKind, EnvelopeHeader, EnvelopeLayer, FatalApplyError, FileKekProvider, KekId, KeyId,
-    KeyProvider, LayerSnapshot, ProposalId, SecretKey,
+    Algorithm, ControlCommand, EntryKind, EnvelopeHeader, EnvelopeLayer, FatalApplyError, FileKekProvider,
+    KekId, KeyId, KeyProvider, LayerSnapshot, ProposalId, SecretKey,
 };
 use raft_envelope_raftrs::framing::{classify, ContextMarker};
-use raft_envelope_raftrs::testing::{Cluster, ClusterConfig, ClusterError};
+use raft_envelope_raftrs::testing::{block_on, Cluster, ClusterConfig, ClusterError};
 use raft_envelope_raftrs::{Applied, ProposeError, StateMachine};
 
 /// The suite's recording state machine, with the applied index the raft-rs node restarts from.
@@ -111,6 +111,11 @@ struct RaftRs {
     held: AtomicUsize,
 }
 
+/// The pause between the steps of a switch-on, standing for the admin's round trips: without
+/// it the single-threaded pump would run the steps back to back and the suite's writers would
+/// never get an entry in between.
+const ADMIN_STEP_PAUSE: Duration = Duration::from_millis(3);
+
 /// How long `propose_via` waits for an outcome; the node's own proposal timeout (60 ticks)
 /// normally answers long before.
 const PROPOSE_VIA_TIMEOUT: Duration = Duration::from_secs(30);
@@ -137,6 +142,51 @@ fn engine(e: impl std::fmt::Display) -> HarnessError {
 impl RaftRs {
     fn lock(&self) -> MutexGuard<'_, Cluster<Recorder>> {
         self.cluster.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits for the outcome of proposal `id`, taking the lock one tick at a time so that other
+    /// threads' proposals and commands go on meanwhile.
+    fn await_outcome(&self, id: ProposalId) -> Result<Applied<Vec<u8>>, ProposeError> {
+        let deadline = Instant::now() + PROPOSE_VIA_TIMEOUT;
+        loop {
+            {
+                let mut c = self.lock();
+                c.settle();
+                if let Some(result) = c.outcome(id) {
+                    return result;
+                }
+                if Instant::now() >= deadline {
+                    return Err(ProposeError::TimedOut { ticks: 0 });
+                }
+                c.tick(1);
+            }
+            thread::yield_now();
+        }
+    }
+
+    /// Installs a new AES-256-GCM key wrapped by `provider` and promotes it, on the admin-ready
+    /// leader, releasing the lock between the steps; returns the key and the promote's index.
+    fn install_and_promote(&self, provider: &dyn KeyProvider) -> Result<(KeyId, u64), HarnessError> {
+        let (key_id, install) = {
+            let mut c = self.lock();
+            let leader = c.admin_leader().map_err(engine)?;
+            let node = c.node_mut(leader).map_err(engine)?;
+            let (key_id, ticket) =
+                block_on(node.propose_install(provider, Algorithm::Aes256Gcm)).map_err(engine)?;
+            (key_id, ticket.id)
+        };
+        self.await_outcome(install).map_err(engine)?;
+        // An admin's next step comes a network round trip later: writers go on meanwhile.
+        thread::sleep(ADMIN_STEP_PAUSE);
+        let promote = self.propose_control(&ControlCommand::PromoteKey { key_id })?;
+        Ok((key_id, self.await_outcome(promote).map_err(engine)?.index))
+    }
+
+    /// Proposes a layer control entry on the admin-ready leader without waiting.
+    fn propose_control(&self, command: &ControlCommand) -> Result<ProposalId, HarnessError> {
+        let mut c = self.lock();
+        let leader = c.admin_leader().map_err(engine)?;
+        Ok(c.node_mut(leader).map_err(engine)?.propose_control(command).map_err(engine)?.id)
     }
 
     /// Locked and settled: every message in flight delivered.
@@ -174,8 +224,16 @@ impl raft_envelope_conformance::Cluster for RaftRs {
         self.lock().wait_leader().ok()
     }
 
+    /// `propose_async` on the leader, then waits for the outcome taking the lock one tick at a
+    /// time, like [`propose_via`](Self::propose_via): concurrent proposals, admin commands and
+    /// leader changes interleave with it.
     fn propose(&self, payload: Vec<u8>) -> Result<Response, SuiteProposeError> {
-        suite_result(self.lock().propose(payload))
+        let id = {
+            let mut c = self.lock();
+            let leader = c.wait_leader().map_err(|e| SuiteProposeError::Engine(e.to_string()))?;
+            c.propose_async(leader, payload).map_err(suite_error)?
+        };
+        suite_result(self.await_outcome(id))
     }
 
     fn last_index(&self) -> Result<u64, HarnessError> {
@@ -249,23 +307,7 @@ impl raft_envelope_conformance::Cluster for RaftRs {
             }
             id
         };
-        let deadline = Instant::now() + PROPOSE_VIA_TIMEOUT;
-        loop {
-            {
-                let mut c = self.lock();
-                c.settle();
-                if let Some(result) = c.outcome(id) {
-                    return suite_result(result);
-                }
-                if Instant::now() >= deadline {
-                    return Err(SuiteProposeError::Engine(format!(
-                        "no outcome within {PROPOSE_VIA_TIMEOUT:?}"
-                    )));
-                }
-                c.tick(1);
-            }
-            thread::yield_now();
-        }
+        suite_result(self.await_outcome(id))
     }
 
     fn hold_forwarded(&self, hold: bool) -> Result<usize, HarnessError> {
@@ -280,14 +322,53 @@ impl raft_envelope_conformance::Cluster for RaftRs {
         }
     }
 
+    /// `Cluster::enable_encryption`, step by step with the lock released in between (install,
+    /// promote, every running node applies the promote, enforce), so the suite's writers keep
+    /// proposing through the whole switch-on.
     fn enable_encryption(&self, provider: Arc<dyn KeyProvider>) -> Result<u64, HarnessError> {
-        self.lock()
-            .enable_encryption(provider.as_ref(), provider.kek_id(), Algorithm::Aes256Gcm)
-            .map_err(engine)
+        let state = {
+            let mut c = self.lock();
+            let leader = c.admin_leader().map_err(engine)?;
+            c.node(leader)
+                .map_err(engine)?
+                .layer_state()
+                .cloned()
+                .ok_or(HarnessError::Unsupported("no layer state"))?
+        };
+        if let Some(cutover) = state.cutover() {
+            return Ok(cutover);
+        }
+        if state.active_key().is_none() {
+            let (_, promoted) = self.install_and_promote(provider.as_ref())?;
+            // Not needed for safety (a node refuses proposals while the promote is unapplied in
+            // its log): it only spares the writers refusals.
+            let deadline = Instant::now() + PROPOSE_VIA_TIMEOUT;
+            loop {
+                {
+                    let mut c = self.lock();
+                    let ids = c.ids();
+                    if ids.iter().all(|id| !c.running(*id) || c.applied(*id).is_ok_and(|a| a >= promoted)) {
+                        break;
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(HarnessError::Engine(
+                            "the promote was not applied everywhere in time".into(),
+                        ));
+                    }
+                    c.tick(1);
+                }
+                thread::yield_now();
+            }
+        }
+        thread::sleep(ADMIN_STEP_PAUSE);
+        let enforce = self.propose_control(&ControlCommand::Enforce)?;
+        let index = self.await_outcome(enforce).map_err(engine)?.index;
+        Ok(state.cutover().unwrap_or(index))
     }
 
+    /// Install, then promote, with the lock released in between (as `enable_encryption`).
     fn rotate_key(&self, provider: Arc<dyn KeyProvider>) -> Result<KeyId, HarnessError> {
-        self.lock().rotate_key(provider.as_ref(), Algorithm::Aes256Gcm).map_err(engine)
+        Ok(self.install_and_promote(provider.as_ref())?.0)
     }
 
     /// `Cluster::destroy_key`: the proof (leader caught up, every member's retention,

@@ -274,7 +274,8 @@ impl<SM: StateMachine> Cluster<SM> {
         self.slots.get_mut(&id).and_then(|s| s.node.as_mut()).ok_or(ClusterError::NoSuchNode(id))
     }
 
-    fn running(&self, id: u64) -> bool {
+    /// True when node `id` exists and has neither halted nor stopped.
+    pub fn running(&self, id: u64) -> bool {
         self.node(id).map(|n| n.halted().is_none() && n.stopped().is_none()).unwrap_or(false)
     }
 
@@ -631,7 +632,12 @@ impl<SM: StateMachine> Cluster<SM> {
     /// entry of its own term (so everything any earlier leader committed is in its commit index)
     /// and applied up to its commit index. Admin commands are prepared from this state (key ids,
     /// the active key that seals the entry), so they are serial and never conflict.
-    fn admin_leader(&mut self) -> Result<u64, ClusterError> {
+    /// Waits for a leader that can run an admin command: it committed an entry of its term and
+    /// applied up to its commit index (its layer state is current), and has a layer state.
+    ///
+    /// # Errors
+    /// [`ClusterError::NoLeader`], [`ClusterError::Timeout`], [`ClusterError::NoLayerState`].
+    pub fn admin_leader(&mut self) -> Result<u64, ClusterError> {
         let leader = self.wait_leader()?;
         let ready = self.wait_until(|c| {
             c.node(leader).is_ok_and(|n| {
