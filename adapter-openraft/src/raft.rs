@@ -357,7 +357,8 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
         let payload = prepared.payload.clone();
         // Counted before the check: a destroy that saw no envelope under the key in flight ran
         // after the rotation, so this check sees the key inactive and refuses.
-        let _sealed = match (payload.key_id(), &self.admin) {
+        let key_id = if self.admin.is_some() { payload.key_id() } else { None };
+        let _sealed = match (key_id, &self.admin) {
             (Some(key_id), Some(admin)) => {
                 let counted = SealedInFlight::new(&self.drain, key_id);
                 if admin.state().active_key() != Some(key_id) {
@@ -391,7 +392,7 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
                 result
             }
         };
-        if result.is_ok() && prepared.payload.key_id().is_some() {
+        if result.is_ok() && key_id.is_some() {
             self.maybe_rotate();
         }
         result.map(unseal_response).map_err(WriteError::Raft)
