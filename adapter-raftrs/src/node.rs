@@ -57,8 +57,8 @@ pub struct EnvelopeNode<S: LogStore, SM: StateMachine> {
     read_states: Vec<ReadState>,
     provider: Option<Arc<dyn KeyProvider>>,
     /// Highest index of a layer control entry seen in this node's log (an over-approximation:
-    /// truncated entries are not forgotten; the log itself is read when it is above the applied
-    /// index).
+    /// truncated entries are not forgotten, and a restarted node starts from its last stored
+    /// index; the log itself is read when it is above the applied index).
     control_hint: u64,
     /// The snapshot raft-rs holds for this node whose keys were prefetched (key lifecycle): the
     /// Ready carrying a snapshot is not taken before that.
@@ -81,6 +81,10 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
         let mut config = config.clone();
         config.applied = sm.applied_index();
         let raw = RawNode::new(&config, storage, logger).map_err(NodeError::Raft)?;
+        // After a restart the stored log may hold layer control entries this node has not
+        // applied yet: until it has read past them, assume it does (the log is read when the
+        // hint is above the applied index).
+        let control_hint = raw.raft.raft_log.last_index();
         Ok(Self {
             raw,
             proposer: EnvelopeProposer::new(layer.clone()),
@@ -90,7 +94,7 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
             last_messages: Vec::new(),
             read_states: Vec::new(),
             provider: None,
-            control_hint: 0,
+            control_hint,
             snapshot_prefetched: None,
         })
     }

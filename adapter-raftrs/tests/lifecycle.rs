@@ -835,3 +835,43 @@ fn clear_snapshot_claiming_a_cutover_halts_the_receiver() {
     assert!(c.state_machine(victim).unwrap().get("b").is_none());
     assert_eq!(states[(victim - 1) as usize].cutover(), None);
 }
+
+/// A node restarted with layer control entries stored but not applied (its commit index ran
+/// ahead of its state machine) refuses proposals until it has applied them: were it elected
+/// before applying a promote, a cleartext entry it appended could land above the enforce entry.
+#[test]
+fn a_restarted_node_refuses_proposals_while_its_stored_log_holds_an_unapplied_control_entry() {
+    use raft_envelope_raftrs::{EnvelopeNode, MemStore};
+
+    let state = Arc::new(LayerState::new(ClusterId::new("lifecycle").unwrap()));
+    let kek = provider(KEK_BYTES);
+    let install = block_on(state.generate_install(KeyId(1), Algorithm::Aes256Gcm, kek.as_ref())).unwrap();
+    let commands = [install, ControlCommand::PromoteKey { key_id: KeyId(1) }];
+    let entries: Vec<Entry> = commands
+        .iter()
+        .zip(1u64..)
+        .map(|(command, index)| {
+            let mut e = Entry::default();
+            e.index = index;
+            e.term = 1;
+            e.data = state.encode_entry(ProposalId(index), command).unwrap().into();
+            e.context = ContextMarker::layer_control(ProposalId(index)).encode().into();
+            e
+        })
+        .collect();
+    let store = MemStore::new_with_conf_state((vec![1], vec![]));
+    store.mem_storage().wl().append(&entries).unwrap();
+    let mut hard_state = raft::eraftpb::HardState::default();
+    hard_state.term = 1;
+    hard_state.commit = 2;
+    store.mem_storage().wl().set_hardstate(hard_state);
+
+    let config = raft::Config { id: 1, ..Default::default() };
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let mut node =
+        EnvelopeNode::with_layer_state(&config, store, KvStore::default(), state, kek, &logger).unwrap();
+    assert!(
+        matches!(node.propose(b"a=1".to_vec()), Err(ProposeError::ControlPending)),
+        "nothing may be appended while the stored promote is unapplied"
+    );
+}
