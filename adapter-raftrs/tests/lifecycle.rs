@@ -850,21 +850,21 @@ fn a_restarted_node_refuses_proposals_while_its_stored_log_holds_an_unapplied_co
     let entries: Vec<Entry> = commands
         .iter()
         .zip(1u64..)
-        .map(|(command, index)| {
-            let mut e = Entry::default();
-            e.index = index;
-            e.term = 1;
-            e.data = state.encode_entry(ProposalId(index), command).unwrap().into();
-            e.context = ContextMarker::layer_control(ProposalId(index)).encode().into();
-            e
+        .map(|(command, index)| Entry {
+            index,
+            term: 1,
+            data: state.encode_entry(ProposalId(index), command).unwrap().into(),
+            context: ContextMarker::layer_control(ProposalId(index)).encode().into(),
+            ..Default::default()
         })
         .collect();
     let store = MemStore::new_with_conf_state((vec![1], vec![]));
     store.mem_storage().wl().append(&entries).unwrap();
-    let mut hard_state = raft::eraftpb::HardState::default();
-    hard_state.term = 1;
-    hard_state.commit = 2;
-    store.mem_storage().wl().set_hardstate(hard_state);
+    store.mem_storage().wl().set_hardstate(raft::eraftpb::HardState {
+        term: 1,
+        commit: 2,
+        ..Default::default()
+    });
 
     let config = raft::Config { id: 1, ..Default::default() };
     let logger = slog::Logger::root(slog::Discard, slog::o!());
