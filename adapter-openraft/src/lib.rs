@@ -4,6 +4,7 @@
 mod admin;
 mod codec;
 mod config;
+mod log_store;
 mod payload;
 mod raft;
 mod state_machine;
@@ -13,6 +14,7 @@ pub mod testing;
 pub use admin::{AdminError, AutoRotation, Enabled, DEFAULT_ADMIN_TIMEOUT};
 pub use codec::{BytesCodec, CodecError, JsonCodec, PayloadCodec};
 pub use config::{Sealed, SealedRaft};
+pub use log_store::PrefetchingLogStore;
 pub use payload::EnvelopePayload;
 pub use raft::{ClientWriteRaftError, DrainTimeout, EnvelopeRaft, PreparedWrite, WriteError};
 pub use raft_envelope_core::EncryptionStatus;

@@ -467,9 +467,11 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
         let metrics = self.raft.metrics().borrow().clone();
         let first = metrics.purged.as_ref().map_or(0, |p| p.index + 1);
         let snapshot = match (&self.admin, &metrics.snapshot) {
-            (Some(admin), Some(_)) => admin.state().retained_snapshot(),
+            // What the layer state recorded when the snapshot was built or installed: not gated
+            // on the metrics, which may lag behind.
+            (Some(admin), _) => admin.state().retained_snapshot(),
             (None, Some(s)) => Some(RetainedSnapshot::new(s.index, None)),
-            _ => None,
+            (None, None) => None,
         };
         let mut report = Retention::new(metrics.id, first, snapshot);
         if let Some(admin) = &self.admin {
@@ -477,7 +479,7 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
             // checks the active key, so one that passed its check under a key this read no
             // longer sees active was counted before the in-flight read below.
             let active = admin.state().active_key();
-            let in_flight: Vec<KeyId> = self
+            let mut in_flight: Vec<KeyId> = self
                 .drain
                 .sealed_in_flight
                 .lock()
@@ -485,6 +487,10 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
                 .keys()
                 .copied()
                 .collect();
+            // Snapshot builds in progress seal under the key they captured.
+            in_flight.extend(admin.state().keys_in_use());
+            in_flight.sort_unstable();
+            in_flight.dedup();
             report = report.with_sealing(active, in_flight);
         }
         report

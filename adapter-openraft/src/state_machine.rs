@@ -11,7 +11,7 @@ use openraft::{
 };
 use raft_envelope_core::{
     ApplyGate, EntryKind, EnvelopeLayer, FailureReason, FatalApplyError, KeyProvider, LayerState,
-    PayloadWrapper, RetainedSnapshot, SnapshotHeader,
+    PayloadWrapper, RetainedSnapshot, SnapshotCapture, SnapshotHeader,
 };
 
 use crate::codec::{JsonCodec, PayloadCodec};
@@ -76,13 +76,40 @@ pub struct EnvelopeStateMachine<C: RaftTypeConfig, SM> {
 struct Lifecycle {
     state: Arc<LayerState>,
     provider: Option<Arc<dyn KeyProvider>>,
+    /// How often a wait for the key provider traces a warning.
     prefetch_timeout: Duration,
     cache: Arc<FramedCache>,
 }
 
-/// How long the apply path waits for the key provider to unwrap the key of an install entry
-/// before it lets the entry halt with `key_unavailable` (by default).
+/// How often, by default, the apply path traces a warning while it waits for a slow key provider
+/// (an unreachable KMS): it keeps waiting, and the replica stalls instead of halting; only an
+/// answer that the key cannot be unwrapped halts it (`key_unavailable`).
 pub const DEFAULT_PREFETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Waits for a key provider call, tracing a warning every `every` it takes: a slow provider
+/// (an unreachable KMS) stalls apply on this replica, it does not halt it. The same call is
+/// awaited throughout, so a provider slower than `every` still completes.
+async fn await_provider<F>(
+    every: Duration,
+    index: u64,
+    call: F,
+) -> Result<(), raft_envelope_core::ControlError>
+where
+    F: std::future::Future<Output = Result<(), raft_envelope_core::ControlError>>,
+{
+    tokio::pin!(call);
+    let start = tokio::time::Instant::now();
+    loop {
+        match tokio::time::timeout(every, &mut call).await {
+            Ok(result) => return result,
+            Err(_) => tracing::warn!(
+                index,
+                waited_ms = start.elapsed().as_millis() as u64,
+                "the key provider has not answered yet; apply waits for it"
+            ),
+        }
+    }
+}
 
 /// The [`EnvelopeLayer`] of a node whose keys and cutover come from `state` (changed through
 /// layer control entries, see [`EnvelopeRaft::enable_encryption`](crate::EnvelopeRaft::enable_encryption)):
@@ -137,13 +164,16 @@ impl<C: RaftTypeConfig, SM> EnvelopeStateMachine<C, SM> {
     }
 
     /// Sets the key provider this node unwraps installed data keys with, ahead of applying each
-    /// install entry (`LayerState::prefetch`, waited for at most `timeout`; on failure the entry
-    /// halts with `key_unavailable`, fail closed, and applies once a restart brings a provider
-    /// that can unwrap it). No effect on a state machine built without a layer state.
-    pub fn with_key_provider(mut self, provider: Arc<dyn KeyProvider>, timeout: Duration) -> Self {
+    /// install entry or installing a snapshot (`LayerState::prefetch`; usually already done when
+    /// the entry was appended, see [`PrefetchingLogStore`](crate::PrefetchingLogStore)). A slow
+    /// provider makes apply wait, with a warning every `warn_every`; a provider that answers that
+    /// it cannot unwrap the key makes the entry halt with `key_unavailable` (fail closed), and it
+    /// applies once a restart brings a provider that can. No effect on a state machine built
+    /// without a layer state.
+    pub fn with_key_provider(mut self, provider: Arc<dyn KeyProvider>, warn_every: Duration) -> Self {
         if let Some(lifecycle) = &mut self.lifecycle {
             lifecycle.provider = Some(provider);
-            lifecycle.prefetch_timeout = timeout;
+            lifecycle.prefetch_timeout = warn_every;
         }
         self
     }
@@ -266,15 +296,9 @@ impl<C: RaftTypeConfig, SM> EnvelopeStateMachine<C, SM> {
             return;
         }
         let index = entry.log_id.index;
-        match tokio::time::timeout(
-            lifecycle.prefetch_timeout,
-            lifecycle.state.prefetch(bytes, provider.as_ref()),
-        )
-        .await
-        {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(index, "could not unwrap the key of a layer control entry: {e}"),
-            Err(_) => tracing::warn!(index, "the key provider did not answer in time"),
+        let call = async { lifecycle.state.prefetch(bytes, provider.as_ref()).await.map(drop) };
+        if let Err(e) = await_provider(lifecycle.prefetch_timeout, index, call).await {
+            tracing::warn!(index, "could not unwrap the key of a layer control entry: {e}");
         }
     }
 }
@@ -320,11 +344,9 @@ where
         let index = meta.last_log_id.as_ref().map_or(0, |l| l.index);
         let framed = read_all(&mut *snapshot).await.map_err(|e| read_error(meta, e))?;
         if let Some(provider) = &lifecycle.provider {
-            let prefetch = lifecycle.state.prefetch_sealed_snapshot(&framed, provider.as_ref());
-            match tokio::time::timeout(lifecycle.prefetch_timeout, prefetch).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(index, "could not unwrap the keys of a snapshot: {e}"),
-                Err(_) => tracing::warn!(index, "the key provider did not answer in time"),
+            let call = lifecycle.state.prefetch_sealed_snapshot(&framed, provider.as_ref());
+            if let Err(e) = await_provider(lifecycle.prefetch_timeout, index, call).await {
+                tracing::warn!(index, "could not unwrap the keys of a snapshot: {e}");
             }
         }
         let gate = self.layer.gate();
@@ -404,7 +426,7 @@ where
             None => None,
             Some(l) => Some(SnapshotFrame {
                 state: l.state.clone(),
-                layer: l.state.snapshot(),
+                capture: l.state.capture_for_snapshot(),
                 cache: l.cache.clone(),
                 buffer: Mutex::new(Some(self.inner.begin_receiving_snapshot().await)),
             }),
@@ -495,7 +517,8 @@ type SnapshotBuffer<C> =
 /// What a builder frames its snapshot with: the layer state captured with the application's.
 struct SnapshotFrame<C: RaftTypeConfig> {
     state: Arc<LayerState>,
-    layer: raft_envelope_core::LayerSnapshot,
+    /// Keeps the key it seals under in use (not destroyable) until the build is done.
+    capture: SnapshotCapture,
     cache: Arc<FramedCache>,
     /// Where the framed snapshot goes (`begin_receiving_snapshot` of the application's state
     /// machine); taken by the build. In a mutex only because builders must be `Sync`.
@@ -513,7 +536,7 @@ where
         let meta = snapshot.meta.clone();
         let index = meta.last_log_id.as_ref().map_or(0, |l| l.index);
         let data = read_all(&mut snapshot.snapshot).await.map_err(|e| read_error(&meta, e))?;
-        let framed = frame.state.seal_snapshot_of(&frame.layer, index, &data).map_err(|e| {
+        let framed = frame.state.seal_snapshot_of(frame.capture.layer(), index, &data).map_err(|e| {
             StorageError::from(StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e)))
         })?;
         let buffer = frame.buffer.lock().unwrap_or_else(PoisonError::into_inner).take();

@@ -532,3 +532,52 @@ async fn destroy_is_refused_with_reports_taken_before_the_rotation() {
     leader.destroy_key(KeyId(1), &fresh).await.unwrap();
     cluster.shutdown().await;
 }
+
+/// A key provider that answers correctly but slowly (an unreachable KMS coming back).
+struct SlowProvider {
+    inner: Arc<dyn KeyProvider>,
+    delay: Duration,
+}
+
+#[raft_envelope_core::async_trait]
+impl KeyProvider for SlowProvider {
+    fn kek_id(&self) -> &KekId {
+        self.inner.kek_id()
+    }
+
+    async fn wrap(
+        &self,
+        context: &raft_envelope_core::WrapContext<'_>,
+        key: &SecretKey,
+    ) -> Result<raft_envelope_core::WrappedKey, raft_envelope_core::KeyProviderError> {
+        self.inner.wrap(context, key).await
+    }
+
+    async fn unwrap(
+        &self,
+        context: &raft_envelope_core::WrapContext<'_>,
+        wrapped: &raft_envelope_core::WrappedKey,
+    ) -> Result<SecretKey, raft_envelope_core::KeyProviderError> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.unwrap(context, wrapped).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_key_provider_stalls_apply_but_never_halts() {
+    let cluster = start([Some(kek()), Some(kek()), Some(kek())]).await;
+    cluster.enable_encryption(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
+    // Node 3's provider now takes 20 times longer than the interval its apply path warns at.
+    cluster.set_provider_warn_interval(Duration::from_millis(20));
+    let victim = [1, 2, 3].into_iter().find(|id| Some(*id) != cluster.leader()).unwrap();
+    let slow: Arc<dyn KeyProvider> =
+        Arc::new(SlowProvider { inner: kek(), delay: Duration::from_millis(400) });
+    cluster.restart_with_provider(victim, Some(slow)).await.unwrap();
+
+    cluster.rotate_key(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
+    let last = write(&cluster, "after=rotation").await;
+    wait_all(&cluster, &[1, 2, 3], last).await;
+    assert!(!cluster.node(victim).unwrap().is_halted(), "{:?}", cluster.halted(victim).unwrap());
+    assert_same_layer_state(&cluster);
+    cluster.shutdown().await;
+}

@@ -426,6 +426,47 @@ pub struct LayerState {
     seal_limit: u64,
     /// Local, not replicated: the snapshot this replica keeps, for its destroy-proof report.
     retained: Mutex<Option<RetainedSnapshot>>,
+    /// Local: the keys snapshot builds in progress will seal under ([`SnapshotCapture`]).
+    claims: Mutex<BTreeMap<KeyId, usize>>,
+}
+
+/// The layer state captured for a snapshot build that seals later, while entries go on applying
+/// ([`LayerState::capture_for_snapshot`]). While it lives, the key it will seal under counts as
+/// in use on this replica ([`LayerState::keys_in_use`]), so that key cannot be proven
+/// destroyable before the build has sealed.
+pub struct SnapshotCapture {
+    state: Arc<LayerState>,
+    layer: LayerSnapshot,
+    key: Option<KeyId>,
+}
+
+impl SnapshotCapture {
+    /// The captured layer state, to pass to [`LayerState::seal_snapshot_of`].
+    pub fn layer(&self) -> &LayerSnapshot {
+        &self.layer
+    }
+}
+
+impl Drop for SnapshotCapture {
+    fn drop(&mut self) {
+        let Some(key) = self.key else { return };
+        let mut claims = lock(&self.state.claims);
+        if let Some(n) = claims.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                claims.remove(&key);
+            }
+        }
+    }
+}
+
+impl fmt::Debug for SnapshotCapture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SnapshotCapture")
+            .field("applied_index", &self.layer.applied_index)
+            .field("key", &self.key)
+            .finish()
+    }
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -451,7 +492,34 @@ impl LayerState {
             unwrapped: Mutex::new(BTreeMap::new()),
             seal_limit: SealBudget::new(limit).limit(),
             retained: Mutex::new(None),
+            claims: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Captures this layer state for a snapshot build that will seal later (with
+    /// [`seal_snapshot_of`](Self::seal_snapshot_of)); the active key counts as in use until the
+    /// capture is dropped. Call it where the engine captures the application's state, at the same
+    /// applied index.
+    pub fn capture_for_snapshot(self: &Arc<Self>) -> SnapshotCapture {
+        let inner = lock(&self.inner);
+        let layer = LayerSnapshot {
+            keys: inner.keys.values().cloned().collect(),
+            cutover: inner.cutover,
+            applied_index: inner.applied,
+        };
+        let key = layer.active_key();
+        if let Some(key) = key {
+            *lock(&self.claims).entry(key).or_default() += 1;
+        }
+        drop(inner);
+        SnapshotCapture { state: self.clone(), layer, key }
+    }
+
+    /// Keys this replica may still seal entries or snapshots under, besides its active key:
+    /// those of snapshot builds in progress ([`capture_for_snapshot`](Self::capture_for_snapshot)).
+    /// Adapters add them to their [`Retention`](crate::Retention) report.
+    pub fn keys_in_use(&self) -> Vec<KeyId> {
+        lock(&self.claims).keys().copied().collect()
     }
 
     /// Records the snapshot this replica now keeps (it built or installed one), for

@@ -176,7 +176,7 @@ impl LayerState {
     ///
     /// | body | accepted when |
     /// |---|---|
-    /// | in the clear | its layer section has no cutover and no active key, and this replica has no cutover |
+    /// | in the clear | neither its layer section nor this replica has a cutover or an active key |
     /// | sealed | it opens under the layer section's active key, for `last_index`, with the layer section's digest |
     ///
     /// # Errors
@@ -197,6 +197,7 @@ impl LayerState {
                 if header.layer.cutover.is_some()
                     || header.layer.active_key().is_some()
                     || self.cutover().is_some()
+                    || self.active_key().is_some()
                 {
                     return Err(ControlError::UnsealedSnapshot);
                 }

@@ -187,6 +187,32 @@ fn a_clear_snapshot_is_refused_once_the_layer_state_enforces() {
 }
 
 #[test]
+fn a_clear_snapshot_is_refused_once_a_key_is_active_here() {
+    let provider = kek(7);
+    let replica = LayerState::new(common::cluster("cluster-a"));
+    let install = block_on(replica.generate_install(KeyId(1), Algorithm::Aes256Gcm, &provider)).unwrap();
+    replica.apply_control(1, &replica.encode_entry(ProposalId(1), &install).unwrap()).unwrap();
+    let promote = ControlCommand::PromoteKey { key_id: KeyId(1) };
+    replica.apply_control(2, &replica.encode_entry(ProposalId(2), &promote).unwrap()).unwrap();
+    let clear = LayerState::new(common::cluster("cluster-a")).seal_snapshot(30, b"forged").unwrap();
+    assert_eq!(replica.install_snapshot(30, &clear).unwrap_err().reason(), FailureReason::UnsealedSnapshot);
+}
+
+#[test]
+fn a_capture_keeps_its_key_in_use_until_dropped() {
+    let provider = kek(7);
+    let leader = std::sync::Arc::new(enforced_leader(&provider));
+    assert!(leader.keys_in_use().is_empty());
+    let capture = leader.capture_for_snapshot();
+    assert_eq!(capture.layer(), &leader.snapshot());
+    assert_eq!(leader.keys_in_use(), vec![KeyId(2)]);
+    let sealed = leader.seal_snapshot_of(capture.layer(), 30, b"state").unwrap();
+    drop(capture);
+    assert!(leader.keys_in_use().is_empty());
+    assert_eq!(SnapshotHeader::read(&sealed).unwrap().sealed_under, Some(KeyId(2)));
+}
+
+#[test]
 fn a_snapshot_from_another_cluster_is_refused() {
     let provider = kek(7);
     let sealed = enforced_leader(&provider).seal_snapshot(30, b"user state").unwrap();

@@ -20,6 +20,7 @@ use super::state_machine::{Application, MemStateMachine, TestConfig};
 use crate::admin::{AdminError, Enabled};
 use crate::codec::{BytesCodec, PayloadCodec};
 use crate::config::Sealed;
+use crate::log_store::PrefetchingLogStore;
 use crate::payload::EnvelopePayload;
 use crate::raft::{EnvelopeRaft, WriteError};
 use crate::state_machine::{layer_from_state, EnvelopeStateMachine, HaltRecord, DEFAULT_PREFETCH_TIMEOUT};
@@ -154,6 +155,8 @@ pub struct TestCluster<A> {
     codec: Arc<dyn PayloadCodec<Vec<u8>>>,
     nodes: Arc<Mutex<BTreeMap<u64, TestNode<A>>>>,
     refuse_cleartext: AtomicBool,
+    /// How often a node's apply path warns while it waits for its key provider, in ms.
+    provider_warn_ms: std::sync::atomic::AtomicU64,
 }
 
 impl<A> fmt::Debug for TestCluster<A> {
@@ -201,6 +204,7 @@ impl<A: Application> TestCluster<A> {
             codec: Arc::new(BytesCodec),
             nodes: Arc::new(Mutex::new(BTreeMap::new())),
             refuse_cleartext: AtomicBool::new(true),
+            provider_warn_ms: std::sync::atomic::AtomicU64::new(DEFAULT_PREFETCH_TIMEOUT.as_millis() as u64),
         };
         for (i, (node_layer, app)) in nodes.into_iter().enumerate() {
             let id = i as u64 + 1;
@@ -257,13 +261,21 @@ impl<A: Application> TestCluster<A> {
                     self.codec.clone(),
                 );
                 if let Some(provider) = provider {
-                    esm = esm.with_key_provider(provider.clone(), DEFAULT_PREFETCH_TIMEOUT);
+                    esm = esm.with_key_provider(provider.clone(), self.provider_warn_every());
                 }
                 (layer, esm, Some(state.clone()))
             }
         };
         let halt = esm.halt_record();
-        let started = Raft::new(id, self.config.clone(), self.router.network_for(id), log, esm).await;
+        let (config, network) = (self.config.clone(), self.router.network_for(id));
+        let started = match &node_layer {
+            // Keys of install entries are unwrapped when the entries are appended.
+            NodeLayer::State(state, Some(provider)) => {
+                let log = PrefetchingLogStore::new(log, state.clone(), provider.clone());
+                Raft::new(id, config, network, log, esm).await
+            }
+            _ => Raft::new(id, config, network, log, esm).await,
+        };
         let mut nodes = self.lock();
         let node = nodes.get_mut(&id).ok_or_else(|| ClusterError::new(format!("no node {id}")))?;
         node.layer = layer.clone();
@@ -288,6 +300,17 @@ impl<A: Application> TestCluster<A> {
             }
         }
         Ok(())
+    }
+
+    /// How often nodes (re)started from now on warn while their apply path waits for a slow key
+    /// provider ([`EnvelopeStateMachine::with_key_provider`]); default
+    /// [`DEFAULT_PREFETCH_TIMEOUT`].
+    pub fn set_provider_warn_interval(&self, every: Duration) {
+        self.provider_warn_ms.store(every.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    fn provider_warn_every(&self) -> Duration {
+        Duration::from_millis(self.provider_warn_ms.load(Ordering::SeqCst))
     }
 
     /// Sets [`EnvelopeRaft::set_refuse_cleartext_above_cutover`] on every node, now and after

@@ -1,0 +1,145 @@
+//! Unwrapping installed keys when entries reach the log, not when they are applied.
+
+use std::fmt;
+use std::fmt::Debug;
+use std::ops::RangeBounds;
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{Entry, EntryPayload, LogId, OptionalSend, RaftTypeConfig, StorageError, Vote};
+use raft_envelope_core::{KeyProvider, LayerState};
+
+use crate::config::Sealed;
+use crate::payload::Repr;
+
+/// Decorates the node's log store: when a layer control entry is appended (proposed here, or
+/// received from the leader), the key it installs is unwrapped with the node's
+/// [`KeyProvider`] in a background task (`LayerState::prefetch`), so that by the time the entry
+/// is committed and applied the key is already cached and apply does not wait for the key
+/// provider. Everything else goes to the decorated store unchanged.
+///
+/// Optional: without it, [`EnvelopeStateMachine`](crate::EnvelopeStateMachine) unwraps the key
+/// when it reaches the entry (and waits for the provider there). Needs a Tokio runtime.
+///
+/// ```text
+/// let log = PrefetchingLogStore::new(my_log_store, state.clone(), kek_provider.clone());
+/// let raft = Raft::new(id, config, network, log, envelope_state_machine).await?;
+/// ```
+pub struct PrefetchingLogStore<LS> {
+    inner: LS,
+    state: Arc<LayerState>,
+    provider: Arc<dyn KeyProvider>,
+}
+
+impl<LS> PrefetchingLogStore<LS> {
+    /// Decorates `inner`; keys are unwrapped into `state` (the node's layer state) with
+    /// `provider`.
+    pub fn new(inner: LS, state: Arc<LayerState>, provider: Arc<dyn KeyProvider>) -> Self {
+        Self { inner, state, provider }
+    }
+
+    /// The decorated store.
+    pub fn get_ref(&self) -> &LS {
+        &self.inner
+    }
+
+    fn prefetch_control_entries<'a, C>(&self, entries: impl IntoIterator<Item = &'a Entry<Sealed<C>>>)
+    where
+        C: RaftTypeConfig<Entry = Entry<C>> + 'a,
+    {
+        for entry in entries {
+            let EntryPayload::Normal(payload) = &entry.payload else { continue };
+            let Repr::Control(bytes) = &payload.0 else { continue };
+            let (state, provider, bytes) = (self.state.clone(), self.provider.clone(), bytes.clone());
+            let index = entry.log_id.index;
+            tokio::spawn(async move {
+                // A failure is not final here: the apply tries again before it halts.
+                if let Err(e) = state.prefetch(&bytes, provider.as_ref()).await {
+                    tracing::warn!(index, "could not unwrap the key of an appended layer control entry: {e}");
+                }
+            });
+        }
+    }
+}
+
+impl<LS: Clone> Clone for PrefetchingLogStore<LS> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone(), state: self.state.clone(), provider: self.provider.clone() }
+    }
+}
+
+impl<LS: fmt::Debug> fmt::Debug for PrefetchingLogStore<LS> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrefetchingLogStore").field("inner", &self.inner).finish_non_exhaustive()
+    }
+}
+
+impl<C, LS> RaftLogReader<Sealed<C>> for PrefetchingLogStore<LS>
+where
+    C: RaftTypeConfig<Entry = Entry<C>>,
+    LS: RaftLogReader<Sealed<C>>,
+{
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<Sealed<C>>>, StorageError<C::NodeId>> {
+        self.inner.try_get_log_entries(range).await
+    }
+}
+
+impl<C, LS> RaftLogStorage<Sealed<C>> for PrefetchingLogStore<LS>
+where
+    C: RaftTypeConfig<Entry = Entry<C>>,
+    LS: RaftLogStorage<Sealed<C>>,
+{
+    type LogReader = LS::LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<Sealed<C>>, StorageError<C::NodeId>> {
+        self.inner.get_log_state().await
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.inner.get_log_reader().await
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+        self.inner.save_vote(vote).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<C::NodeId>>, StorageError<C::NodeId>> {
+        self.inner.read_vote().await
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<C::NodeId>>,
+    ) -> Result<(), StorageError<C::NodeId>> {
+        self.inner.save_committed(committed).await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<C::NodeId>>, StorageError<C::NodeId>> {
+        self.inner.read_committed().await
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<Sealed<C>>,
+    ) -> Result<(), StorageError<C::NodeId>>
+    where
+        I: IntoIterator<Item = Entry<Sealed<C>>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry<Sealed<C>>> = entries.into_iter().collect();
+        self.prefetch_control_entries(&entries);
+        self.inner.append(entries, callback).await
+    }
+
+    async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+        self.inner.truncate(log_id).await
+    }
+
+    async fn purge(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+        self.inner.purge(log_id).await
+    }
+}
