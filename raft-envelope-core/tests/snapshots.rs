@@ -13,6 +13,14 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
 }
 
+/// Installs `key` at index `at` and promotes it at `at + 1` on `state`, as a leader would.
+fn install_and_promote(state: &LayerState, provider: &FileKekProvider, key: KeyId, at: u64) {
+    let install = block_on(state.generate_install(key, Algorithm::Aes256Gcm, provider)).unwrap();
+    state.apply_control(at, &state.encode_entry(ProposalId(at), &install).unwrap()).unwrap();
+    let promote = ControlCommand::PromoteKey { key_id: key };
+    state.apply_control(at + 1, &state.encode_entry(ProposalId(at + 1), &promote).unwrap()).unwrap();
+}
+
 /// A leader that installed key 1, promoted it and enforced at index 12, then rotated to key 2
 /// (install 13, promote 14), with payloads sealed under key 1 at 20..=22.
 fn enforced_leader(provider: &FileKekProvider) -> LayerState {
@@ -60,16 +68,10 @@ fn a_new_replica_reaches_the_leaders_layer_state_from_a_snapshot_alone() {
 fn a_snapshot_taken_before_a_rotation_is_sealed_under_the_key_active_then() {
     let provider = kek(7);
     let leader = LayerState::new(common::cluster("cluster-a"));
-    let install = block_on(leader.generate_install(KeyId(1), Algorithm::Aes256Gcm, &provider)).unwrap();
-    leader.apply_control(1, &leader.encode_entry(ProposalId(1), &install).unwrap()).unwrap();
-    let promote = ControlCommand::PromoteKey { key_id: KeyId(1) };
-    leader.apply_control(2, &leader.encode_entry(ProposalId(2), &promote).unwrap()).unwrap();
+    install_and_promote(&leader, &provider, KeyId(1), 1);
     let captured = leader.snapshot();
     // Entries go on applying while the snapshot is built: a rotation.
-    let install2 = block_on(leader.generate_install(KeyId(2), Algorithm::Aes256Gcm, &provider)).unwrap();
-    leader.apply_control(3, &leader.encode_entry(ProposalId(3), &install2).unwrap()).unwrap();
-    let promote2 = ControlCommand::PromoteKey { key_id: KeyId(2) };
-    leader.apply_control(4, &leader.encode_entry(ProposalId(4), &promote2).unwrap()).unwrap();
+    install_and_promote(&leader, &provider, KeyId(2), 3);
 
     let sealed = leader.seal_snapshot_of(&captured, 2, b"state at 2").unwrap();
     assert_eq!(SnapshotHeader::read(&sealed).unwrap().sealed_under, Some(KeyId(1)));
@@ -190,10 +192,7 @@ fn a_clear_snapshot_is_refused_once_the_layer_state_enforces() {
 fn a_clear_snapshot_is_refused_once_a_key_is_active_here() {
     let provider = kek(7);
     let replica = LayerState::new(common::cluster("cluster-a"));
-    let install = block_on(replica.generate_install(KeyId(1), Algorithm::Aes256Gcm, &provider)).unwrap();
-    replica.apply_control(1, &replica.encode_entry(ProposalId(1), &install).unwrap()).unwrap();
-    let promote = ControlCommand::PromoteKey { key_id: KeyId(1) };
-    replica.apply_control(2, &replica.encode_entry(ProposalId(2), &promote).unwrap()).unwrap();
+    install_and_promote(&replica, &provider, KeyId(1), 1);
     let clear = LayerState::new(common::cluster("cluster-a")).seal_snapshot(30, b"forged").unwrap();
     assert_eq!(replica.install_snapshot(30, &clear).unwrap_err().reason(), FailureReason::UnsealedSnapshot);
 }
@@ -308,10 +307,7 @@ fn destroying_the_active_key_is_always_refused() {
 fn rotation_becomes_due_when_an_eighth_of_the_budget_is_left() {
     let provider = kek(7);
     let leader = LayerState::with_seal_limit(common::cluster("cluster-a"), 80);
-    let install = block_on(leader.generate_install(KeyId(1), Algorithm::Aes256Gcm, &provider)).unwrap();
-    leader.apply_control(1, &leader.encode_entry(ProposalId(1), &install).unwrap()).unwrap();
-    let promote = ControlCommand::PromoteKey { key_id: KeyId(1) };
-    leader.apply_control(2, &leader.encode_entry(ProposalId(2), &promote).unwrap()).unwrap();
+    install_and_promote(&leader, &provider, KeyId(1), 1);
     assert_eq!(leader.rotation_due(), None);
     // Replicated counts alone make it due (a new leader that sealed nothing itself).
     for i in 3..3 + 70 {
@@ -327,10 +323,7 @@ fn rotation_becomes_due_when_an_eighth_of_the_budget_is_left() {
 fn local_seals_alone_make_rotation_due() {
     let provider = kek(7);
     let leader = LayerState::with_seal_limit(common::cluster("cluster-a"), 80);
-    let install = block_on(leader.generate_install(KeyId(1), Algorithm::Aes256Gcm, &provider)).unwrap();
-    leader.apply_control(1, &leader.encode_entry(ProposalId(1), &install).unwrap()).unwrap();
-    let promote = ControlCommand::PromoteKey { key_id: KeyId(1) };
-    leader.apply_control(2, &leader.encode_entry(ProposalId(2), &promote).unwrap()).unwrap();
+    install_and_promote(&leader, &provider, KeyId(1), 1);
     for i in 0..69 {
         leader.cipher().seal(ProposalId(i), b"x").unwrap();
     }

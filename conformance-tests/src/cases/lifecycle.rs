@@ -171,6 +171,18 @@ impl<B: ClusterBuilder> Managed<B> {
         rotate_on(&self.cluster, self.kek())
     }
 
+    /// Proposes in the clear, switches encryption on, proposes under the first key, rotates and
+    /// proposes under the second: returns the cutover, the first key and the second.
+    fn enabled_and_rotated(&self) -> (u64, KeyId, KeyId) {
+        self.propose_n("clear", 2);
+        let cutover = self.enable();
+        let first = self.snapshot(self.leader()).active_key().expect("active key");
+        self.propose_n("first", 3);
+        let second = self.rotate();
+        self.propose_n("second", 3);
+        (cutover, first, second)
+    }
+
     /// Proposes `n` fresh payloads one by one; returns them with their responses.
     fn propose_n(&self, tag: &str, n: usize) -> Vec<(Vec<u8>, Response)> {
         (0..n)
@@ -583,12 +595,7 @@ pub fn control_entries_never_reach_the_state_machine<B: ClusterBuilder>(builder:
 pub fn layer_state_identical_on_all_replicas<B: ClusterBuilder>(builder: &B) -> Outcome {
     require!(builder.capabilities(), key_lifecycle);
     let env = Managed::start(builder, [true; REPLICAS]);
-    env.propose_n("clear", 2);
-    let cutover = env.enable();
-    let first = env.snapshot(env.leader()).active_key().expect("active key");
-    env.propose_n("first", 3);
-    let second = env.rotate();
-    env.propose_n("second", 3);
+    let (cutover, first, second) = env.enabled_and_rotated();
     let destroyed = env.caps.snapshots;
     if destroyed {
         env.compact_all();
@@ -638,12 +645,7 @@ pub fn member_joins_by_snapshot_after_compaction_and_opens_everything<B: Cluster
     require!(builder.capabilities(), key_lifecycle);
     require!(builder.capabilities(), snapshots);
     let mut env = Managed::start(builder, [true; REPLICAS]);
-    env.propose_n("clear", 2);
-    let cutover = env.enable();
-    let first = env.snapshot(env.leader()).active_key().expect("active key");
-    env.propose_n("first", 3);
-    let second = env.rotate();
-    env.propose_n("second", 3);
+    let (cutover, first, second) = env.enabled_and_rotated();
     let compacted = env.compact_all();
     let installed = key(&env.snapshot(env.leader()), second).installed_at;
     assert!(compacted >= installed, "every log was compacted past the second install entry");
