@@ -23,6 +23,7 @@ pub const DEFAULT_ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Admin {
     state: Arc<LayerState>,
     auto: std::sync::Mutex<Option<Arc<AutoRotation>>>,
+    auto_on: std::sync::atomic::AtomicBool,
     rotating: std::sync::atomic::AtomicBool,
     /// Admin commands run one at a time on this node (two installs of one key id with different
     /// material would halt every replica).
@@ -35,6 +36,7 @@ impl Admin {
         Self {
             state,
             auto: std::sync::Mutex::new(None),
+            auto_on: std::sync::atomic::AtomicBool::new(false),
             rotating: std::sync::atomic::AtomicBool::new(false),
             serial: tokio::sync::Mutex::new(()),
             timeout_ms: AtomicU64::new(DEFAULT_ADMIN_TIMEOUT.as_millis() as u64),
@@ -434,6 +436,7 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
     /// Shared by clones. Needs a Tokio runtime.
     pub fn set_auto_rotation(&self, rotation: Option<AutoRotation>) {
         if let Some(admin) = &self.admin {
+            admin.auto_on.store(rotation.is_some(), Ordering::Relaxed);
             *admin.auto.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = rotation.map(Arc::new);
         }
     }
@@ -441,6 +444,10 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
     /// After a write: starts a rotation in the background when one is due and none is running.
     pub(crate) fn maybe_rotate(&self) {
         let Some(admin) = &self.admin else { return };
+        // The common case (automatic rotation off) costs one atomic load per write.
+        if !admin.auto_on.load(Ordering::Relaxed) {
+            return;
+        }
         let Some(auto) = admin.auto.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone() else {
             return;
         };
