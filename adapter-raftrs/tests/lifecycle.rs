@@ -10,9 +10,9 @@ use std::thread;
 
 use raft::eraftpb::{Entry, Message, MessageType, Snapshot};
 use raft_envelope_core::{
-    is_clear_control_entry, Algorithm, ClusterId, ControlCommand, DestroyRefused, EntryKind, EnvelopeHeader,
-    FailureReason, FileKekProvider, KekId, KeyId, KeyProvider, KeyState, LayerState, PayloadUnwrapper,
-    ProposalId, Purpose, RetainedSnapshot, Retention, SecretKey, SnapshotHeader,
+    is_clear_control_entry, Algorithm, ClusterId, ControlCommand, ControlError, DestroyRefused, EntryKind,
+    EnvelopeHeader, FailureReason, FileKekProvider, KekId, KeyId, KeyProvider, KeyState, LayerState,
+    PayloadUnwrapper, ProposalId, Purpose, RetainedSnapshot, Retention, SecretKey, SnapshotHeader,
 };
 use raft_envelope_raftrs::framing::{classify, is_layer_control, ContextMarker};
 use raft_envelope_raftrs::testing::{block_on, Cluster, ClusterConfig, ClusterError, KvStore};
@@ -302,6 +302,9 @@ fn admin_commands_are_proposed_on_the_leader_only_and_the_active_key_is_not_reti
     assert!(matches!(refused, ClusterError::RetireActiveKey(KeyId(1))), "{refused:?}");
     c.rotate_key(provider(KEK_BYTES).as_ref(), Algorithm::Aes256Gcm).unwrap();
     c.retire_key(KeyId(1)).unwrap();
+    // A key never installed: the entry would halt every replica, so nothing is proposed.
+    let unknown = c.retire_key(KeyId(9)).unwrap_err();
+    assert!(matches!(unknown, ClusterError::Control(ControlError::UnknownKey(KeyId(9)))), "{unknown:?}");
     let status = c.encryption_status().unwrap();
     assert_eq!(status.active_key, Some(KeyId(2)));
     assert_eq!(status.keys[0].state, KeyState::DecryptOnly);

@@ -556,12 +556,18 @@ impl LayerState {
         (remaining_replicated.min(remaining_local) <= budget.low_watermark()).then_some(active)
     }
 
-    /// Checks, before proposing, that `command` will not leave the cluster stuck: with a cutover
-    /// in force, retiring or destroying the active key would leave nothing to seal control
-    /// entries and payloads under (every later clear entry halts). Rotate first.
+    /// Checks, before proposing, that `command` can apply on every replica that applied what
+    /// this one did, and will not leave the cluster stuck. A command that cannot apply halts
+    /// every replica (fail closed), so an admin API refuses it here instead: promoting or
+    /// retiring a key that was never installed or is destroyed, destroying one never installed,
+    /// installing a key id already taken; and, with a cutover in force, retiring or destroying
+    /// the active key, which would leave nothing to seal control entries and payloads under
+    /// (every later clear entry halts): rotate first. Run it on the leader over its applied
+    /// state, with admin commands serialized.
     ///
     /// # Errors
-    /// [`ControlError::ActiveKeyNeeded`].
+    /// [`ControlError::ActiveKeyNeeded`], [`ControlError::UnknownKey`],
+    /// [`ControlError::KeyDestroyed`], [`ControlError::ConflictingInstall`].
     pub fn check_command(&self, command: &ControlCommand) -> Result<(), ControlError> {
         match command {
             ControlCommand::RetireKey { key_id } | ControlCommand::DestroyKey { key_id }
@@ -569,7 +575,19 @@ impl LayerState {
             {
                 Err(ControlError::ActiveKeyNeeded(*key_id))
             }
-            _ => Ok(()),
+            ControlCommand::PromoteKey { key_id } | ControlCommand::RetireKey { key_id } => {
+                Self::live(&lock(&self.inner), *key_id).map(drop)
+            }
+            ControlCommand::DestroyKey { key_id } => match lock(&self.inner).keys.contains_key(key_id) {
+                true => Ok(()),
+                false => Err(ControlError::UnknownKey(*key_id)),
+            },
+            ControlCommand::InstallKey(install) => match lock(&self.inner).keys.get(&install.key_id) {
+                None => Ok(()),
+                Some(existing) if existing.wrapped_key.as_ref() == Some(&install.wrapped_key) => Ok(()),
+                Some(_) => Err(ControlError::ConflictingInstall(install.key_id)),
+            },
+            ControlCommand::Enforce => Ok(()),
         }
     }
 

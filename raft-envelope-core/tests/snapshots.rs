@@ -304,6 +304,30 @@ fn destroying_the_active_key_is_always_refused() {
 }
 
 #[test]
+fn commands_that_would_halt_every_replica_are_refused_before_proposing() {
+    let leader = enforced_leader(&kek(7));
+    let unknown = KeyId(9);
+    for command in [
+        ControlCommand::PromoteKey { key_id: unknown },
+        ControlCommand::RetireKey { key_id: unknown },
+        ControlCommand::DestroyKey { key_id: unknown },
+    ] {
+        assert!(matches!(leader.check_command(&command), Err(ControlError::UnknownKey(k)) if k == unknown));
+    }
+    leader
+        .apply_control(
+            25,
+            &leader.encode_entry(ProposalId(25), &ControlCommand::DestroyKey { key_id: KeyId(1) }).unwrap(),
+        )
+        .unwrap();
+    let promote_destroyed = ControlCommand::PromoteKey { key_id: KeyId(1) };
+    assert!(matches!(leader.check_command(&promote_destroyed), Err(ControlError::KeyDestroyed(_))));
+    // Destroying a destroyed key changes nothing: allowed.
+    leader.check_command(&ControlCommand::DestroyKey { key_id: KeyId(1) }).unwrap();
+    leader.check_command(&ControlCommand::Enforce).unwrap();
+}
+
+#[test]
 fn rotation_becomes_due_when_an_eighth_of_the_budget_is_left() {
     let provider = kek(7);
     let leader = LayerState::with_seal_limit(common::cluster("cluster-a"), 80);

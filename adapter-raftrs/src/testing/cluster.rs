@@ -766,16 +766,22 @@ impl<SM: StateMachine> Cluster<SM> {
 
     /// Retires `key_id` to decrypt-only through the log. Returns the entry's index.
     ///
-    /// The active key is refused while a cutover is in force ([`ClusterError::RetireActiveKey`],
-    /// from [`LayerState::check_command`]; rotate instead): with no active key no control entry
-    /// could be sealed any more, so no key could ever be promoted again.
+    /// As on openraft, the active key is refused ([`ClusterError::RetireActiveKey`]; rotate
+    /// instead, which retires the previous key in the same entry as the promote): with a cutover
+    /// in force nothing could seal control entries any more ([`LayerState::check_command`]), and
+    /// before one, sealed writes would be refused until a key is promoted. Unknown and destroyed
+    /// keys are refused too (the entry would halt every replica).
     ///
     /// # Errors
     /// [`ClusterError`].
     pub fn retire_key(&mut self, key_id: KeyId) -> Result<u64, ClusterError> {
         self.admin(|c| {
             let command = ControlCommand::RetireKey { key_id };
-            c.check_command(&command)?;
+            let leader = c.check_command(&command)?;
+            let active = c.node(leader)?.layer_state().and_then(|s| s.active_key());
+            if active == Some(key_id) {
+                return Err(ClusterError::RetireActiveKey(key_id));
+            }
             c.run_control(&command)
         })
     }
