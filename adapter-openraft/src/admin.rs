@@ -193,6 +193,8 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
     /// Proposes one layer control entry on this node (the leader) and waits until this node has
     /// applied it; returns its index.
     async fn propose_control(&self, state: &LayerState, command: &ControlCommand) -> Result<u64, C> {
+        // An entry that cannot apply would halt every replica: refuse it here instead.
+        state.check_command(command).map_err(AdminError::Control)?;
         let id = self.layer().next_proposal_id();
         let bytes = state.encode_entry(id, command).map_err(AdminError::Seal)?;
         let response =

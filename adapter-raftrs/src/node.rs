@@ -345,7 +345,9 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
     /// previous one applied on the leader.
     ///
     /// # Errors
-    /// [`ProposeError::NotLeader`], [`ProposeError::NoLayerState`], [`ProposeError::Refused`]
+    /// [`ProposeError::NotLeader`], [`ProposeError::NoLayerState`], [`ProposeError::Control`]
+    /// when the command could not apply on this node's applied state
+    /// ([`LayerState::check_command`]: it would halt every replica), [`ProposeError::Refused`]
     /// when the entry cannot be sealed (a cutover with no active key), raft-rs errors, the halt.
     pub fn propose_control(&mut self, command: &ControlCommand) -> Result<Ticket, ProposeError> {
         self.propose_check()?;
@@ -353,6 +355,8 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
         if self.raw.raft.state != StateRole::Leader {
             return Err(ProposeError::NotLeader { leader: self.raw.raft.leader_id });
         }
+        // An entry that cannot apply would halt every replica: refuse it here instead.
+        state.check_command(command).map_err(ProposeError::Control)?;
         let id = self.proposer.layer().next_proposal_id();
         let data = state.encode_entry(id, command).map_err(ProposeError::Refused)?;
         let context = ContextMarker::layer_control(id).encode();
