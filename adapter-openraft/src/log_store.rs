@@ -12,14 +12,22 @@ use raft_envelope_core::{KeyProvider, LayerState};
 use crate::config::Sealed;
 use crate::payload::Repr;
 
-/// Decorates the node's log store: when a layer control entry is appended (proposed here, or
-/// received from the leader), the key it installs is unwrapped with the node's
-/// [`KeyProvider`] in a background task (`LayerState::prefetch`), so that by the time the entry
-/// is committed and applied the key is already cached and apply does not wait for the key
-/// provider. Everything else goes to the decorated store unchanged.
+/// Decorates the node's log store for a node with a layer state. When a layer control entry is
+/// appended (proposed here, or received from the leader):
+/// - the key it installs is unwrapped with the node's [`KeyProvider`] in a background task
+///   (`LayerState::prefetch`), so that by the time the entry is applied the key is cached and
+///   apply does not wait for the key provider;
+/// - the layer state learns that an unapplied control entry is in the log
+///   (`LayerState::note_control_appended`; at start, the last stored index), and the node's
+///   [`EnvelopeRaft`](crate::EnvelopeRaft) refuses writes until it applied past it
+///   ([`WriteError::ControlPending`](crate::WriteError::ControlPending)): a node whose layer state
+///   is behind its log (restarted, or newly elected) can then never append cleartext above an
+///   enforce entry, nor seal under a key an unapplied rotation replaced.
 ///
-/// Optional: without it, [`EnvelopeStateMachine`](crate::EnvelopeStateMachine) unwraps the key
-/// when it reaches the entry (and waits for the provider there). Needs a Tokio runtime.
+/// Everything else goes to the decorated store unchanged. Recommended for every node built from
+/// a layer state; without it the state machine unwraps keys when it reaches the entry, and only
+/// the metrics-based `LeaderCatchingUp` guard covers a layer state behind its log. Needs a Tokio
+/// runtime.
 ///
 /// ```text
 /// let log = PrefetchingLogStore::new(my_log_store, state.clone(), kek_provider.clone());
@@ -50,6 +58,8 @@ impl<LS> PrefetchingLogStore<LS> {
         for entry in entries {
             let EntryPayload::Normal(payload) = &entry.payload else { continue };
             let Repr::Control(bytes) = &payload.0 else { continue };
+            // Before the entry is stored: until this node applied it, it appends no proposal.
+            self.state.note_control_appended(entry.log_id.index);
             let (state, provider, bytes) = (self.state.clone(), self.provider.clone(), bytes.clone());
             let index = entry.log_id.index;
             tokio::spawn(async move {
@@ -95,7 +105,13 @@ where
     type LogReader = LS::LogReader;
 
     async fn get_log_state(&mut self) -> Result<LogState<Sealed<C>>, StorageError<C::NodeId>> {
-        self.inner.get_log_state().await
+        let state = self.inner.get_log_state().await?;
+        // Read when the node starts: the stored log was not scanned, so any entry up to its last
+        // index may be a layer control entry this node has not applied.
+        if let Some(last) = &state.last_log_id {
+            self.state.note_control_appended(last.index);
+        }
+        Ok(state)
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {

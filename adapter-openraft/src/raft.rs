@@ -40,6 +40,14 @@ pub enum WriteError<NID: openraft::NodeId, N: openraft::Node> {
         /// The key it was sealed under.
         key_id: KeyId,
     },
+    /// This node's log holds a layer control entry it has not applied yet (seen by
+    /// [`PrefetchingLogStore`](crate::PrefetchingLogStore)), so its layer state may be behind its
+    /// log: nothing was appended. Retry once it applied it (moments later). Only nodes with a
+    /// layer state refuse this.
+    #[error(
+        "proposal refused before it was appended: a layer control entry is not applied yet on this node"
+    )]
+    ControlPending,
     /// This node leads a term but has not yet applied an entry of that term, so its layer state
     /// may not reflect control entries (a rotation, a destroy) earlier leaders committed: a
     /// sealed write is refused until it has (moments after an election). Nothing was appended;
@@ -64,8 +72,9 @@ pub enum WriteError<NID: openraft::NodeId, N: openraft::Node> {
 
 impl<NID: openraft::NodeId, N: openraft::Node> WriteError<NID, N> {
     /// True when the layer refused the proposal before it reached Raft ([`WriteError::Seal`],
-    /// [`WriteError::NotSealing`], [`WriteError::KeyRotated`], [`WriteError::LeaderCatchingUp`]):
-    /// nothing was appended; retry once the cause is fixed (prepare again after `KeyRotated`).
+    /// [`WriteError::NotSealing`], [`WriteError::KeyRotated`], [`WriteError::LeaderCatchingUp`],
+    /// [`WriteError::ControlPending`]): nothing was appended; retry once the cause is fixed
+    /// (prepare again after `KeyRotated`).
     pub fn is_seal_refusal(&self) -> bool {
         matches!(
             self,
@@ -73,6 +82,7 @@ impl<NID: openraft::NodeId, N: openraft::Node> WriteError<NID, N> {
                 | WriteError::NotSealing { .. }
                 | WriteError::KeyRotated { .. }
                 | WriteError::LeaderCatchingUp
+                | WriteError::ControlPending
         )
     }
 
@@ -355,31 +365,37 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
         prepared: &PreparedWrite,
     ) -> Result<ClientWriteResponse<C>, WriteError<C::NodeId, C::Node>> {
         let payload = prepared.payload.clone();
-        // Counted before the check: a destroy that saw no envelope under the key in flight ran
-        // after the rotation, so this check sees the key inactive and refuses.
         let key_id = if self.admin.is_some() { payload.key_id() } else { None };
-        let _sealed = match (key_id, &self.admin) {
-            (Some(key_id), Some(admin)) => {
-                let counted = SealedInFlight::new(&self.drain, key_id);
+        let mut _sealed = None;
+        if let Some(admin) = &self.admin {
+            // Counted before the check: a destroy that saw no envelope under the key in flight
+            // ran after the rotation, so this check sees the key inactive and refuses.
+            if let Some(key_id) = key_id {
+                _sealed = Some(SealedInFlight::new(&self.drain, key_id));
                 if admin.state().active_key() != Some(key_id) {
                     return Err(WriteError::KeyRotated { key_id });
                 }
-                // A new leader applies its own term's first entry before it seals for the log:
-                // everything earlier leaders committed (a promote, a destroy) is then in its
-                // layer state, so no entry it appends is sealed under a key rotated away before.
-                let catching_up = {
-                    let m = self.raft.metrics();
-                    let m = m.borrow();
-                    m.current_leader.as_ref() == Some(&m.id)
-                        && m.last_applied.as_ref().map(|l| l.leader_id.term) != Some(m.current_term)
-                };
-                if catching_up {
-                    return Err(WriteError::LeaderCatchingUp);
-                }
-                Some(counted)
             }
-            _ => None,
-        };
+            // The layer state must not be behind this node's log: until it applied every layer
+            // control entry it holds (a promote, an enforce, a rotation another leader
+            // committed), a cleartext write could land above an enforce entry and a sealed one
+            // could be sealed under a key an unapplied entry replaced.
+            if admin.state().control_pending() {
+                return Err(WriteError::ControlPending);
+            }
+            // Defence in depth (without `PrefetchingLogStore`, the only guard): a new leader
+            // applies an entry of its own term, and so everything earlier leaders committed,
+            // before it appends anything. Read from the metrics, which may lag.
+            let catching_up = {
+                let m = self.raft.metrics();
+                let m = m.borrow();
+                m.current_leader.as_ref() == Some(&m.id)
+                    && m.last_applied.as_ref().map(|l| l.leader_id.term) != Some(m.current_term)
+            };
+            if catching_up {
+                return Err(WriteError::LeaderCatchingUp);
+            }
+        }
         let result = match &prepared.in_flight {
             None => self.raft.client_write(payload).await,
             Some(token) => {

@@ -366,9 +366,12 @@ where
             tracing::info!(index, "envelope layer seals new proposals (a key is active after a snapshot)");
         }
         lifecycle.cache.put(meta.snapshot_id.clone(), framed);
+        let state = lifecycle.state.clone();
         let mut inner_data = self.inner.begin_receiving_snapshot().await?;
         write_all(&mut *inner_data, &data).await.map_err(|e| read_error(meta, e))?;
-        self.inner.install_snapshot(meta, inner_data).await
+        self.inner.install_snapshot(meta, inner_data).await?;
+        state.note_applied_through(index);
+        Ok(())
     }
 }
 
@@ -387,7 +390,11 @@ where
         &mut self,
     ) -> Result<(Option<LogId<C::NodeId>>, StoredMembership<C::NodeId, C::Node>), StorageError<C::NodeId>>
     {
-        self.inner.applied_state().await
+        let (applied, membership) = self.inner.applied_state().await?;
+        if let (Some(lifecycle), Some(applied)) = (&self.lifecycle, &applied) {
+            lifecycle.state.note_applied_through(applied.index);
+        }
+        Ok((applied, membership))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<C::R>, StorageError<C::NodeId>>
@@ -407,7 +414,11 @@ where
                 }
             }
         }
+        let last_good = good.last().map(|e| e.log_id.index);
         let responses = if good.is_empty() { Vec::new() } else { self.inner.apply(good).await? };
+        if let (Some(lifecycle), Some(index)) = (&self.lifecycle, last_good) {
+            lifecycle.state.note_applied_through(index);
+        }
         match failure {
             None => Ok(responses),
             Some((log_id, error)) => {

@@ -581,3 +581,32 @@ async fn a_slow_key_provider_stalls_apply_but_never_halts() {
     assert_same_layer_state(&cluster);
     cluster.shutdown().await;
 }
+
+/// A node whose log holds layer control entries it has not applied (it stored a rotation but
+/// has not learned it committed, and was restarted meanwhile) appends nothing until it applied
+/// them: elected with its layer state behind its log, it could otherwise append cleartext above
+/// an enforce entry or seal under a key the rotation replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_unapplied_control_entries_in_its_log_refuses_writes() {
+    let cluster = start([Some(kek()), Some(kek()), Some(kek())]).await;
+    cluster.enable_encryption(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
+    let leader = cluster.leader().unwrap();
+    let victim = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    cluster.hold_commit(victim, true).unwrap();
+    cluster.rotate_key(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
+    let promote = *control_indexes(&cluster, leader).last().unwrap();
+    cluster.wait_stored(victim, promote, WAIT).await.unwrap();
+    cluster.restart_with_provider(victim, Some(kek())).await.unwrap();
+
+    let raft = cluster.node(victim).unwrap().raft.unwrap();
+    let refused = raft.client_write(b"x=1".to_vec()).await.unwrap_err();
+    assert!(matches!(refused, raft_envelope_openraft::WriteError::ControlPending), "{refused}");
+    assert!(refused.is_seal_refusal(), "retryable, nothing appended");
+
+    cluster.hold_commit(victim, false).unwrap();
+    let last = write(&cluster, "after=release").await;
+    wait_all(&cluster, &[victim], last).await;
+    let answer = raft.client_write(b"y=2".to_vec()).await.unwrap_err();
+    assert!(answer.forward_to_leader().is_some(), "caught up, it answers as any follower: {answer}");
+    cluster.shutdown().await;
+}

@@ -428,6 +428,12 @@ pub struct LayerState {
     retained: Mutex<Option<RetainedSnapshot>>,
     /// Local: the keys snapshot builds in progress will seal under ([`SnapshotCapture`]).
     claims: Mutex<BTreeMap<KeyId, usize>>,
+    /// Local: the highest log index at which a layer control entry may sit in this replica's
+    /// log ([`note_control_appended`](LayerState::note_control_appended)).
+    control_hint: std::sync::atomic::AtomicU64,
+    /// Local: the last log index this replica applied, any entry
+    /// ([`note_applied_through`](LayerState::note_applied_through)).
+    applied_through: std::sync::atomic::AtomicU64,
 }
 
 /// The layer state captured for a snapshot build that seals later, while entries go on applying
@@ -493,7 +499,31 @@ impl LayerState {
             seal_limit: SealBudget::new(limit).limit(),
             retained: Mutex::new(None),
             claims: Mutex::new(BTreeMap::new()),
+            control_hint: std::sync::atomic::AtomicU64::new(0),
+            applied_through: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Records that this replica's log may hold a layer control entry at `index` (one was
+    /// appended there; or, after a restart, `index` is the last stored index and the log was not
+    /// read). Local and only ever raised: an entry that is truncated later keeps the hint until
+    /// the replica applies past it. See [`control_pending`](Self::control_pending).
+    pub fn note_control_appended(&self, index: u64) {
+        self.control_hint.fetch_max(index, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Records that this replica applied every entry up to `index` (any kind).
+    pub fn note_applied_through(&self, index: u64) {
+        self.applied_through.fetch_max(index, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// True while this replica's log may hold a layer control entry it has not applied. Until
+    /// it has, its layer state may be behind its log (a promote, an enforce, a rotation another
+    /// leader committed): an adapter appends no proposal then, so that no cleartext can land above
+    /// an enforce entry and nothing is sealed under a key an unapplied entry rotates away.
+    pub fn control_pending(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.control_hint.load(SeqCst) > self.applied_through.load(SeqCst)
     }
 
     /// Captures this layer state for a snapshot build that will seal later (with

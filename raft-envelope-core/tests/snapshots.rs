@@ -355,3 +355,19 @@ fn local_seals_alone_make_rotation_due() {
     leader.cipher().seal(ProposalId(70), b"x").unwrap();
     assert_eq!(leader.rotation_due(), Some(KeyId(1)));
 }
+
+#[test]
+fn control_is_pending_until_the_replica_applied_past_the_last_appended_control_entry() {
+    let state = LayerState::new(common::cluster("cluster-a"));
+    assert!(!state.control_pending());
+    state.note_control_appended(7);
+    assert!(state.control_pending());
+    state.note_applied_through(6);
+    assert!(state.control_pending());
+    state.note_applied_through(7);
+    assert!(!state.control_pending());
+    // Only ever raised: an older note changes nothing.
+    state.note_control_appended(3);
+    state.note_applied_through(2);
+    assert!(!state.control_pending());
+}

@@ -401,11 +401,13 @@ impl<A: Application> TestCluster<A> {
             if let Some(raft) = leader {
                 match raft.client_write(payload.clone()).await {
                     Ok(r) => return Ok(r),
-                    // A rotation applied between sealing and submitting (seal again), or a new
-                    // leader still applying its first entry.
-                    Err(WriteError::KeyRotated { .. } | WriteError::LeaderCatchingUp)
-                        if tokio::time::Instant::now() < deadline =>
-                    {
+                    // A rotation applied between sealing and submitting (seal again), a new
+                    // leader still applying its first entry, or a control entry not applied yet.
+                    Err(
+                        WriteError::KeyRotated { .. }
+                        | WriteError::LeaderCatchingUp
+                        | WriteError::ControlPending,
+                    ) if tokio::time::Instant::now() < deadline => {
                         tokio::time::sleep(Duration::from_millis(1)).await;
                         continue;
                     }
