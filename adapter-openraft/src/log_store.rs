@@ -152,7 +152,10 @@ where
     }
 
     async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
-        self.inner.truncate(log_id).await
+        self.inner.truncate(log_id.clone()).await?;
+        // Entries from `log_id` on are gone, with any control entry among them.
+        self.state.note_log_truncated(log_id.index.saturating_sub(1));
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {

@@ -381,6 +381,20 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
             // committed), a cleartext write could land above an enforce entry and a sealed one
             // could be sealed under a key an unapplied entry replaced.
             if admin.state().control_pending() {
+                // A follower answers as it would without the layer: to the leader.
+                let m = self.raft.metrics();
+                let m = m.borrow();
+                if m.current_leader.as_ref() != Some(&m.id) {
+                    let node =
+                        m.current_leader.as_ref().and_then(|l| m.membership_config.membership().get_node(l));
+                    let forward = match (&m.current_leader, node) {
+                        (Some(leader), Some(node)) => ForwardToLeader::new(leader.clone(), node.clone()),
+                        _ => ForwardToLeader::empty(),
+                    };
+                    return Err(WriteError::Raft(RaftError::APIError(ClientWriteError::ForwardToLeader(
+                        forward,
+                    ))));
+                }
                 return Err(WriteError::ControlPending);
             }
             // Defence in depth (without `PrefetchingLogStore`, the only guard): a new leader

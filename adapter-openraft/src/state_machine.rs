@@ -87,27 +87,39 @@ struct Lifecycle {
 pub const DEFAULT_PREFETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Waits for a key provider call, tracing a warning every `every` it takes: a slow provider
-/// (an unreachable KMS) stalls apply on this replica, it does not halt it. The same call is
-/// awaited throughout, so a provider slower than `every` still completes.
-async fn await_provider<F>(
+/// (an unreachable KMS) stalls apply on this replica, it does not halt it. One call is awaited
+/// for four intervals, then dropped and made again with twice the time (a connection that hung
+/// is not waited on forever; a provider that is just slow gets ever longer).
+async fn await_provider<F, Fut>(
     every: Duration,
     index: u64,
-    call: F,
+    mut call: F,
 ) -> Result<(), raft_envelope_core::ControlError>
 where
-    F: std::future::Future<Output = Result<(), raft_envelope_core::ControlError>>,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), raft_envelope_core::ControlError>>,
 {
-    tokio::pin!(call);
     let start = tokio::time::Instant::now();
+    let mut budget = every.saturating_mul(4);
     loop {
-        match tokio::time::timeout(every, &mut call).await {
-            Ok(result) => return result,
-            Err(_) => tracing::warn!(
-                index,
-                waited_ms = start.elapsed().as_millis() as u64,
-                "the key provider has not answered yet; apply waits for it"
-            ),
+        let attempt = call();
+        tokio::pin!(attempt);
+        let deadline = tokio::time::Instant::now() + budget;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match tokio::time::timeout(every.min(left), &mut attempt).await {
+                Ok(result) => return result,
+                Err(_) => tracing::warn!(
+                    index,
+                    waited_ms = start.elapsed().as_millis() as u64,
+                    "the key provider has not answered yet; apply waits for it"
+                ),
+            }
         }
+        budget = budget.saturating_mul(2);
     }
 }
 
@@ -296,7 +308,8 @@ impl<C: RaftTypeConfig, SM> EnvelopeStateMachine<C, SM> {
             return;
         }
         let index = entry.log_id.index;
-        let call = async { lifecycle.state.prefetch(bytes, provider.as_ref()).await.map(drop) };
+        let state = &lifecycle.state;
+        let call = || async move { state.prefetch(bytes, provider.as_ref()).await.map(drop) };
         if let Err(e) = await_provider(lifecycle.prefetch_timeout, index, call).await {
             tracing::warn!(index, "could not unwrap the key of a layer control entry: {e}");
         }
@@ -344,7 +357,8 @@ where
         let index = meta.last_log_id.as_ref().map_or(0, |l| l.index);
         let framed = read_all(&mut *snapshot).await.map_err(|e| read_error(meta, e))?;
         if let Some(provider) = &lifecycle.provider {
-            let call = lifecycle.state.prefetch_sealed_snapshot(&framed, provider.as_ref());
+            let (state, framed) = (&lifecycle.state, &framed);
+            let call = || state.prefetch_sealed_snapshot(framed, provider.as_ref());
             if let Err(e) = await_provider(lifecycle.prefetch_timeout, index, call).await {
                 tracing::warn!(index, "could not unwrap the keys of a snapshot: {e}");
             }

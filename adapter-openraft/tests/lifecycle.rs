@@ -583,11 +583,12 @@ async fn a_slow_key_provider_stalls_apply_but_never_halts() {
 }
 
 /// A node whose log holds layer control entries it has not applied (it stored a rotation but
-/// has not learned it committed, and was restarted meanwhile) appends nothing until it applied
-/// them: elected with its layer state behind its log, it could otherwise append cleartext above
-/// an enforce entry or seal under a key the rotation replaced.
+/// has not learned it committed, and was restarted meanwhile) knows it, and appends nothing until
+/// it applied them: a follower answers with the leader (as without the layer), a leader with
+/// `ControlPending`. Elected with its layer state behind its log, it could otherwise append
+/// cleartext above an enforce entry or seal under a key the rotation replaced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_with_unapplied_control_entries_in_its_log_refuses_writes() {
+async fn a_node_with_unapplied_control_entries_in_its_log_appends_nothing() {
     let cluster = start([Some(kek()), Some(kek()), Some(kek())]).await;
     cluster.enable_encryption(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
     let leader = cluster.leader().unwrap();
@@ -598,15 +599,71 @@ async fn a_node_with_unapplied_control_entries_in_its_log_refuses_writes() {
     cluster.wait_stored(victim, promote, WAIT).await.unwrap();
     cluster.restart_with_provider(victim, Some(kek())).await.unwrap();
 
+    let state = cluster.node(victim).unwrap().layer_state.unwrap();
+    assert!(state.control_pending(), "the restarted node knows its log may hold unapplied control entries");
     let raft = cluster.node(victim).unwrap().raft.unwrap();
-    let refused = raft.client_write(b"x=1".to_vec()).await.unwrap_err();
-    assert!(matches!(refused, raft_envelope_openraft::WriteError::ControlPending), "{refused}");
-    assert!(refused.is_seal_refusal(), "retryable, nothing appended");
+    let answer = raft.client_write(b"x=1".to_vec()).await.unwrap_err();
+    assert!(answer.forward_to_leader().is_some(), "a follower points at the leader: {answer}");
 
     cluster.hold_commit(victim, false).unwrap();
     let last = write(&cluster, "after=release").await;
     wait_all(&cluster, &[victim], last).await;
-    let answer = raft.client_write(b"y=2".to_vec()).await.unwrap_err();
-    assert!(answer.forward_to_leader().is_some(), "caught up, it answers as any follower: {answer}");
+    assert!(!state.control_pending(), "applied past them, it may append again");
+    assert_eq!(state.active_key(), Some(KeyId(2)));
+    cluster.shutdown().await;
+}
+
+/// A key provider whose first calls never answer (a connection that hung), then works.
+struct HangsFirst {
+    inner: Arc<dyn KeyProvider>,
+    hanging_calls_left: AtomicU64,
+}
+
+#[raft_envelope_core::async_trait]
+impl KeyProvider for HangsFirst {
+    fn kek_id(&self) -> &KekId {
+        self.inner.kek_id()
+    }
+
+    async fn wrap(
+        &self,
+        context: &raft_envelope_core::WrapContext<'_>,
+        key: &SecretKey,
+    ) -> Result<raft_envelope_core::WrappedKey, raft_envelope_core::KeyProviderError> {
+        self.inner.wrap(context, key).await
+    }
+
+    async fn unwrap(
+        &self,
+        context: &raft_envelope_core::WrapContext<'_>,
+        wrapped: &raft_envelope_core::WrappedKey,
+    ) -> Result<SecretKey, raft_envelope_core::KeyProviderError> {
+        let hang = self
+            .hanging_calls_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if hang {
+            std::future::pending::<()>().await;
+        }
+        self.inner.unwrap(context, wrapped).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_call_that_hangs_is_made_again_and_apply_resumes() {
+    let cluster = start([Some(kek()), Some(kek()), Some(kek())]).await;
+    cluster.enable_encryption(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
+    cluster.set_provider_warn_interval(Duration::from_millis(20));
+    let victim = [1, 2, 3].into_iter().find(|id| Some(*id) != cluster.leader()).unwrap();
+    // Both the prefetch on append and the first call of the apply path hang.
+    let hangs: Arc<dyn KeyProvider> =
+        Arc::new(HangsFirst { inner: kek(), hanging_calls_left: AtomicU64::new(2) });
+    cluster.restart_with_provider(victim, Some(hangs)).await.unwrap();
+
+    cluster.rotate_key(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
+    let last = write(&cluster, "after=rotation").await;
+    wait_all(&cluster, &[1, 2, 3], last).await;
+    assert!(!cluster.node(victim).unwrap().is_halted());
+    assert_same_layer_state(&cluster);
     cluster.shutdown().await;
 }

@@ -512,6 +512,12 @@ impl LayerState {
         self.control_hint.fetch_max(index, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Records that this replica's log was truncated so that it ends at `last` at most (entries
+    /// above it were removed): a control entry noted above it is gone.
+    pub fn note_log_truncated(&self, last: u64) {
+        self.control_hint.fetch_min(last, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Records that this replica applied every entry up to `index` (any kind).
     pub fn note_applied_through(&self, index: u64) {
         self.applied_through.fetch_max(index, std::sync::atomic::Ordering::SeqCst);
@@ -613,8 +619,21 @@ impl LayerState {
                 false => Err(ControlError::UnknownKey(*key_id)),
             },
             ControlCommand::InstallKey(install) => match lock(&self.inner).keys.get(&install.key_id) {
+                // The same checks as applying it: a repeat of the same install is harmless.
+                None if self.keyring.state(install.key_id).is_some() => {
+                    Err(ControlError::ConflictingInstall(install.key_id))
+                }
                 None => Ok(()),
-                Some(existing) if existing.wrapped_key.as_ref() == Some(&install.wrapped_key) => Ok(()),
+                Some(existing) if existing.state == KeyState::Destroyed => {
+                    Err(ControlError::KeyDestroyed(install.key_id))
+                }
+                Some(existing)
+                    if existing.algorithm == install.algorithm
+                        && existing.kek_id == install.kek_id
+                        && existing.wrapped_key.as_ref() == Some(&install.wrapped_key) =>
+                {
+                    Ok(())
+                }
                 Some(_) => Err(ControlError::ConflictingInstall(install.key_id)),
             },
             ControlCommand::Enforce => Ok(()),

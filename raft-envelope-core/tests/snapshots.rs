@@ -366,8 +366,14 @@ fn control_is_pending_until_the_replica_applied_past_the_last_appended_control_e
     assert!(state.control_pending());
     state.note_applied_through(7);
     assert!(!state.control_pending());
-    // Only ever raised: an older note changes nothing.
+    // Raised by appends, never by an older note.
     state.note_control_appended(3);
     state.note_applied_through(2);
+    assert!(!state.control_pending());
+    // A truncated tail takes its control entries with it.
+    state.note_control_appended(20);
+    assert!(state.control_pending());
+    state.note_log_truncated(9);
+    state.note_applied_through(9);
     assert!(!state.control_pending());
 }
