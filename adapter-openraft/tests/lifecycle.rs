@@ -533,14 +533,23 @@ async fn destroy_is_refused_with_reports_taken_before_the_rotation() {
     cluster.shutdown().await;
 }
 
-/// A key provider that answers correctly but slowly (an unreachable KMS coming back).
-struct SlowProvider {
+/// A key provider that answers correctly, but slowly (`delay`), and whose first
+/// `hanging_calls_left` unwrap calls never answer (a connection that hung): a KMS having a bad
+/// day.
+struct UnreliableProvider {
     inner: Arc<dyn KeyProvider>,
     delay: Duration,
+    hanging_calls_left: AtomicU64,
+}
+
+impl UnreliableProvider {
+    fn shared(delay: Duration, hanging_calls: u64) -> Arc<dyn KeyProvider> {
+        Arc::new(Self { inner: kek(), delay, hanging_calls_left: AtomicU64::new(hanging_calls) })
+    }
 }
 
 #[raft_envelope_core::async_trait]
-impl KeyProvider for SlowProvider {
+impl KeyProvider for UnreliableProvider {
     fn kek_id(&self) -> &KekId {
         self.inner.kek_id()
     }
@@ -558,21 +567,26 @@ impl KeyProvider for SlowProvider {
         context: &raft_envelope_core::WrapContext<'_>,
         wrapped: &raft_envelope_core::WrappedKey,
     ) -> Result<SecretKey, raft_envelope_core::KeyProviderError> {
+        let hang = self
+            .hanging_calls_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if hang {
+            std::future::pending::<()>().await;
+        }
         tokio::time::sleep(self.delay).await;
         self.inner.unwrap(context, wrapped).await
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_key_provider_stalls_apply_but_never_halts() {
+/// Restarts a follower with `provider` (its apply path warns every 20 ms while it waits),
+/// rotates, writes, and checks every replica converges without a halt.
+async fn rotation_converges_with_a_follower_provider(provider: Arc<dyn KeyProvider>) {
     let cluster = start([Some(kek()), Some(kek()), Some(kek())]).await;
     cluster.enable_encryption(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
-    // Node 3's provider now takes 20 times longer than the interval its apply path warns at.
     cluster.set_provider_warn_interval(Duration::from_millis(20));
     let victim = [1, 2, 3].into_iter().find(|id| Some(*id) != cluster.leader()).unwrap();
-    let slow: Arc<dyn KeyProvider> =
-        Arc::new(SlowProvider { inner: kek(), delay: Duration::from_millis(400) });
-    cluster.restart_with_provider(victim, Some(slow)).await.unwrap();
+    cluster.restart_with_provider(victim, Some(provider)).await.unwrap();
 
     cluster.rotate_key(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
     let last = write(&cluster, "after=rotation").await;
@@ -580,6 +594,19 @@ async fn a_slow_key_provider_stalls_apply_but_never_halts() {
     assert!(!cluster.node(victim).unwrap().is_halted(), "{:?}", cluster.halted(victim).unwrap());
     assert_same_layer_state(&cluster);
     cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_key_provider_stalls_apply_but_never_halts() {
+    // 20 times slower than the interval the apply path warns at.
+    rotation_converges_with_a_follower_provider(UnreliableProvider::shared(Duration::from_millis(400), 0))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_call_that_hangs_is_made_again_and_apply_resumes() {
+    // Both the prefetch on append and the first call of the apply path hang.
+    rotation_converges_with_a_follower_provider(UnreliableProvider::shared(Duration::ZERO, 2)).await;
 }
 
 /// A node whose log holds layer control entries it has not applied (it stored a rotation but
@@ -610,60 +637,5 @@ async fn a_node_with_unapplied_control_entries_in_its_log_appends_nothing() {
     wait_all(&cluster, &[victim], last).await;
     assert!(!state.control_pending(), "applied past them, it may append again");
     assert_eq!(state.active_key(), Some(KeyId(2)));
-    cluster.shutdown().await;
-}
-
-/// A key provider whose first calls never answer (a connection that hung), then works.
-struct HangsFirst {
-    inner: Arc<dyn KeyProvider>,
-    hanging_calls_left: AtomicU64,
-}
-
-#[raft_envelope_core::async_trait]
-impl KeyProvider for HangsFirst {
-    fn kek_id(&self) -> &KekId {
-        self.inner.kek_id()
-    }
-
-    async fn wrap(
-        &self,
-        context: &raft_envelope_core::WrapContext<'_>,
-        key: &SecretKey,
-    ) -> Result<raft_envelope_core::WrappedKey, raft_envelope_core::KeyProviderError> {
-        self.inner.wrap(context, key).await
-    }
-
-    async fn unwrap(
-        &self,
-        context: &raft_envelope_core::WrapContext<'_>,
-        wrapped: &raft_envelope_core::WrappedKey,
-    ) -> Result<SecretKey, raft_envelope_core::KeyProviderError> {
-        let hang = self
-            .hanging_calls_left
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if hang {
-            std::future::pending::<()>().await;
-        }
-        self.inner.unwrap(context, wrapped).await
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_provider_call_that_hangs_is_made_again_and_apply_resumes() {
-    let cluster = start([Some(kek()), Some(kek()), Some(kek())]).await;
-    cluster.enable_encryption(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
-    cluster.set_provider_warn_interval(Duration::from_millis(20));
-    let victim = [1, 2, 3].into_iter().find(|id| Some(*id) != cluster.leader()).unwrap();
-    // Both the prefetch on append and the first call of the apply path hang.
-    let hangs: Arc<dyn KeyProvider> =
-        Arc::new(HangsFirst { inner: kek(), hanging_calls_left: AtomicU64::new(2) });
-    cluster.restart_with_provider(victim, Some(hangs)).await.unwrap();
-
-    cluster.rotate_key(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
-    let last = write(&cluster, "after=rotation").await;
-    wait_all(&cluster, &[1, 2, 3], last).await;
-    assert!(!cluster.node(victim).unwrap().is_halted());
-    assert_same_layer_state(&cluster);
     cluster.shutdown().await;
 }
