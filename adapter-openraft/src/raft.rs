@@ -10,7 +10,8 @@ use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 use openraft::raft::ClientWriteResponse;
 use openraft::{Entry, LogId, RaftTypeConfig};
 use raft_envelope_core::{
-    EntryKind, EnvelopeLayer, KeyId, PayloadWrapper, ProposalId, RetainedSnapshot, Retention, SealError,
+    AppendRefusal, EntryKind, EnvelopeLayer, KeyId, PayloadWrapper, ProposalId, RetainedSnapshot, Retention,
+    SealError,
 };
 
 use crate::codec::{CodecError, JsonCodec, PayloadCodec};
@@ -369,22 +370,17 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
         let mut _sealed = None;
         if let Some(admin) = &self.admin {
             // Counted before the check: a destroy that saw no envelope under the key in flight
-            // ran after the rotation, so this check sees the key inactive and refuses.
-            if let Some(key_id) = key_id {
-                _sealed = Some(SealedInFlight::new(&self.drain, key_id));
-                if admin.state().active_key() != Some(key_id) {
-                    return Err(WriteError::KeyRotated { key_id });
-                }
-            }
-            // The layer state must not be behind this node's log: until it applied every layer
-            // control entry it holds (a promote, an enforce, a rotation another leader
-            // committed), a cleartext write could land above an enforce entry and a sealed one
-            // could be sealed under a key an unapplied entry replaced.
-            if admin.state().control_pending() {
-                // A follower answers as it would without the layer: to the leader.
-                let m = self.raft.metrics();
-                let m = m.borrow();
-                if m.current_leader.as_ref() != Some(&m.id) {
+            // ran after the rotation, so the check below sees the key inactive and refuses.
+            _sealed = key_id.map(|k| SealedInFlight::new(&self.drain, k));
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            let leading = m.current_leader.as_ref() == Some(&m.id);
+            // The core's append rule (`LayerState::check_append`), as on raft-rs.
+            match admin.state().check_append(key_id) {
+                Ok(()) => {}
+                Err(AppendRefusal::NotActiveKey { key_id }) => return Err(WriteError::KeyRotated { key_id }),
+                // A follower answers as it would without the layer: with the leader.
+                Err(_) if !leading => {
                     let node =
                         m.current_leader.as_ref().and_then(|l| m.membership_config.membership().get_node(l));
                     let forward = match (&m.current_leader, node) {
@@ -395,18 +391,12 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
                         forward,
                     ))));
                 }
-                return Err(WriteError::ControlPending);
+                Err(_) => return Err(WriteError::ControlPending),
             }
             // Defence in depth (without `PrefetchingLogStore`, the only guard): a new leader
             // applies an entry of its own term, and so everything earlier leaders committed,
             // before it appends anything. Read from the metrics, which may lag.
-            let catching_up = {
-                let m = self.raft.metrics();
-                let m = m.borrow();
-                m.current_leader.as_ref() == Some(&m.id)
-                    && m.last_applied.as_ref().map(|l| l.leader_id.term) != Some(m.current_term)
-            };
-            if catching_up {
+            if leading && m.last_applied.as_ref().map(|l| l.leader_id.term) != Some(m.current_term) {
                 return Err(WriteError::LeaderCatchingUp);
             }
         }

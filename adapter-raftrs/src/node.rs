@@ -4,10 +4,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use raft::eraftpb::{Message, MessageType, Snapshot};
-use raft::{Config, GetEntriesContext, RawNode, ReadState, SnapshotStatus, StateRole};
+use raft::{Config, RawNode, ReadState, SnapshotStatus, StateRole};
 use raft_envelope_core::{
-    is_layer_snapshot, Algorithm, ApplyGate, ControlCommand, ControlError, EncryptionStatus, EntryKind,
-    EnvelopeHeader, EnvelopeLayer, FailureReason, FatalApplyError, KeyId, KeyProvider, LayerState,
+    is_layer_snapshot, Algorithm, AppendRefusal, ApplyGate, ControlCommand, ControlError, EncryptionStatus,
+    EntryKind, EnvelopeHeader, EnvelopeLayer, FailureReason, FatalApplyError, KeyId, KeyProvider, LayerState,
     RetainedSnapshot, Retention, SnapshotHeader,
 };
 use raft_proto::ConfChangeI;
@@ -56,10 +56,6 @@ pub struct EnvelopeNode<S: LogStore, SM: StateMachine> {
     last_messages: Vec<Message>,
     read_states: Vec<ReadState>,
     provider: Option<Arc<dyn KeyProvider>>,
-    /// Highest index of a layer control entry seen in this node's log (an over-approximation:
-    /// truncated entries are not forgotten, and a restarted node starts from its last stored
-    /// index; the log itself is read when it is above the applied index).
-    control_hint: u64,
     /// The snapshot raft-rs holds for this node whose keys were prefetched (key lifecycle): the
     /// Ready carrying a snapshot is not taken before that.
     snapshot_prefetched: Option<Snapshot>,
@@ -81,10 +77,6 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
         let mut config = config.clone();
         config.applied = sm.applied_index();
         let raw = RawNode::new(&config, storage, logger).map_err(NodeError::Raft)?;
-        // After a restart the stored log may hold layer control entries this node has not
-        // applied yet: until it has read past them, assume it does (the log is read when the
-        // hint is above the applied index).
-        let control_hint = raw.raft.raft_log.last_index();
         Ok(Self {
             raw,
             proposer: EnvelopeProposer::new(layer.clone()),
@@ -94,7 +86,6 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
             last_messages: Vec::new(),
             read_states: Vec::new(),
             provider: None,
-            control_hint,
             snapshot_prefetched: None,
         })
     }
@@ -132,6 +123,10 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
         let gate = ApplyGate::new(state.cutover_source()).with_unwrapper(cipher.clone());
         let layer = Arc::new(EnvelopeLayer::new(gate));
         let mut node = Self::new(config, storage, sm, layer, logger)?;
+        // After a restart the stored log may hold layer control entries this node has not
+        // applied yet: until it applied past its last stored index, assume it does.
+        state.note_control_appended(node.raw.raft.raft_log.last_index());
+        state.note_applied_through(node.applier.applied());
         node.applier.set_layer_state(state, cipher);
         node.provider = Some(provider);
         Ok(node)
@@ -361,7 +356,7 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
         let data = state.encode_entry(id, command).map_err(ProposeError::Refused)?;
         let context = ContextMarker::layer_control(id).encode();
         let ticket = append(&mut self.raw, id, EntryKind::Control, context, data)?;
-        self.control_hint = self.control_hint.max(self.raw.raft.raft_log.last_index());
+        state.note_control_appended(self.raw.raft.raft_log.last_index());
         self.tracker.track(&ticket);
         tracing::info!(
             command = command.name(),
@@ -394,27 +389,23 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
         Ok((key_id, self.propose_control(&command)?))
     }
 
-    /// True when this node's log holds a layer control entry it has not applied yet (for
-    /// example a promote). Until it is applied this node may not append any proposal: a
-    /// cleartext one could end up above an enforce entry, and a sealed one would be sealed under
-    /// a key the entry may replace (see [`Cluster::enable_encryption`](crate::testing::Cluster::enable_encryption)
-    /// and [`Cluster::destroy_key`](crate::testing::Cluster::destroy_key)).
-    fn unapplied_control_in_log(&self) -> bool {
-        if self.layer_state().is_none() {
-            return false;
-        }
+    /// The core's append rule ([`LayerState::check_append`]) for a proposal sealed under
+    /// `sealed_under` (`None`: cleartext, or sealed by this node right now under its active key),
+    /// or `None` when it may be appended (always, without a layer state). Until this node applied
+    /// every layer control entry in its log (say a promote) it appends no proposal: a cleartext
+    /// one could end up above an enforce entry, and a sealed one under a key the entry replaces
+    /// (see [`Cluster::enable_encryption`](crate::testing::Cluster::enable_encryption) and
+    /// [`Cluster::destroy_key`](crate::testing::Cluster::destroy_key)). The layer state learns of
+    /// control entries when they are proposed here or stored; those received but not stored yet
+    /// are in raft-rs's unstable log, read here.
+    fn append_refusal(&self, sealed_under: Option<KeyId>) -> Option<AppendRefusal> {
+        let state = self.layer_state()?;
         let applied = self.applier.applied();
-        let log = &self.raw.raft.raft_log;
-        if log.unstable_entries().iter().any(|e| e.index > applied && is_layer_control(e)) {
-            return true;
+        let unstable = self.raw.raft.raft_log.unstable_entries();
+        if unstable.iter().any(|e| e.index > applied && is_layer_control(e)) {
+            return Some(AppendRefusal::ControlPending);
         }
-        if self.control_hint <= applied {
-            return false;
-        }
-        match log.entries(applied + 1, None, GetEntriesContext::empty(false)) {
-            Ok(entries) => entries.iter().any(is_layer_control),
-            Err(_) => true,
-        }
+        state.check_append(sealed_under).err()
     }
 
     /// Sets after how many ticks a proposal without an outcome times out.
@@ -460,7 +451,7 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
         payload: Vec<u8>,
     ) -> Result<Ticket, ProposeError> {
         self.propose_check()?;
-        if self.unapplied_control_in_log() {
+        if self.append_refusal(None).is_some() {
             return Err(ProposeError::ControlPending);
         }
         let ticket = self.proposer.propose_with_context(&mut self.raw, context, payload)?;
@@ -527,7 +518,7 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
             && message.get_entries().iter().any(|e| classify(e) == EntryKind::Cleartext)
         {
             let layer = self.proposer.layer();
-            let sealing = layer.is_sealing() || self.unapplied_control_in_log();
+            let sealing = layer.is_sealing() || self.append_refusal(None).is_some();
             // The k-th entry of the message (0-based) would be appended after last + k.
             let last = self.raw.raft.raft_log.last_index();
             let above = message.get_entries().iter().enumerate().find_map(|(k, e)| {
@@ -559,23 +550,24 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
     /// once the leader applied its whole log the count of entries sealed under an older key is
     /// final (destroy with proof).
     fn check_forwarded_keys(&self, message: &Message) -> Result<(), StepError> {
-        let Some(state) = self.layer_state() else { return Ok(()) };
-        if message.get_entries().is_empty() {
+        if self.layer_state().is_none() || message.get_entries().is_empty() {
             return Ok(());
         }
         let from = message.from;
-        if self.unapplied_control_in_log() {
+        if self.append_refusal(None).is_some() {
             tracing::debug!(from, "refused a forwarded proposal: a layer control entry is not applied yet");
             return Err(StepError::ControlPending { from });
         }
-        let active = state.active_key();
         for e in message.get_entries().iter().filter(|e| classify(e) == EntryKind::Envelope) {
             let key_id = EnvelopeHeader::parse(e.get_data()).ok().map(|h| h.key_id);
-            if key_id.is_none() || key_id != active {
+            let refused = match key_id {
+                None => true,
+                Some(k) => self.append_refusal(Some(k)).is_some(),
+            };
+            if refused {
                 tracing::warn!(
                     from,
                     key_id = key_id.map(|k| k.0),
-                    active = active.map(|k| k.0),
                     "refused a forwarded envelope not sealed under the active key"
                 );
                 return Err(StepError::NotActiveKey { from, key_id });
@@ -720,14 +712,20 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
             }
             store.apply_snapshot(snapshot).map_err(NodeError::Raft)?;
             self.applier.restored_to(index);
+            if let Some(state) = self.applier.layer_state() {
+                state.note_applied_through(index);
+            }
             self.snapshot_prefetched = None;
         }
-        store.append(rd.entries()).map_err(NodeError::Raft)?;
-        if self.applier.layer_state().is_some() {
+        if let (Some(state), Some(first)) = (self.applier.layer_state(), rd.entries().first()) {
+            // Stored entries from `first` on are replaced (raft-rs overwrites a conflicting
+            // tail): control entries noted there are gone, those in the new entries are noted.
+            state.note_log_truncated(first.index - 1);
             if let Some(e) = rd.entries().iter().rev().find(|e| is_layer_control(e)) {
-                self.control_hint = self.control_hint.max(e.index);
+                state.note_control_appended(e.index);
             }
         }
+        store.append(rd.entries()).map_err(NodeError::Raft)?;
         if let Some(hs) = rd.hs() {
             store.set_hard_state(hs).map_err(NodeError::Raft)?;
         }
@@ -798,6 +796,9 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
         );
         for entry in applied {
             self.tracker.on_applied(entry);
+        }
+        if let Some(state) = self.applier.layer_state() {
+            state.note_applied_through(self.applier.applied());
         }
         result
     }

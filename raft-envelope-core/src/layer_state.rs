@@ -139,6 +139,24 @@ impl ControlError {
     }
 }
 
+/// Why a node must not append a proposal now ([`LayerState::check_append`]). Retryable: nothing
+/// was appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppendRefusal {
+    /// The node's log may hold a layer control entry it has not applied: its layer state may be
+    /// behind its log. Retry once it applied it.
+    #[error("a layer control entry in this node's log is not applied yet")]
+    ControlPending,
+    /// The envelope is sealed under a key that is not the active key (a rotation applied since
+    /// it was sealed): seal it again.
+    #[error("sealed under {key_id}, which is not the active key")]
+    NotActiveKey {
+        /// The key it was sealed under.
+        key_id: KeyId,
+    },
+}
+
 /// One key as the layer state knows it: replicated, identical on every replica that applied the
 /// same log prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -530,6 +548,28 @@ impl LayerState {
     pub fn control_pending(&self) -> bool {
         use std::sync::atomic::Ordering::SeqCst;
         self.control_hint.load(SeqCst) > self.applied_through.load(SeqCst)
+    }
+
+    /// The rule every adapter applies right before a proposal is appended to its log (its own,
+    /// or one forwarded to it): refused while its log may hold a layer control entry it has not
+    /// applied ([`control_pending`](Self::control_pending)), and an envelope (`sealed_under` its
+    /// key) only under the active key. Together they make every entry appended after a promote of
+    /// key `k` sealed under `k` or a later key, and no cleartext land above an enforce entry,
+    /// whatever the engine (`DESIGN.md` §10.8, §10.9, §10.11).
+    ///
+    /// # Errors
+    /// [`AppendRefusal`]: nothing may be appended; the proposal may be retried (prepared again
+    /// after [`AppendRefusal::NotActiveKey`]).
+    pub fn check_append(&self, sealed_under: Option<KeyId>) -> Result<(), AppendRefusal> {
+        if let Some(key_id) = sealed_under {
+            if self.keyring.active_key() != Some(key_id) {
+                return Err(AppendRefusal::NotActiveKey { key_id });
+            }
+        }
+        if self.control_pending() {
+            return Err(AppendRefusal::ControlPending);
+        }
+        Ok(())
     }
 
     /// Captures this layer state for a snapshot build that will seal later (with

@@ -86,8 +86,8 @@ pub use ids::{Algorithm, ClusterId, KekId, KeyId, ProposalId, Purpose};
 pub use keyring::{KeyState, KeyStats, Keyring, SealBudget, SecretKey, KEY_LEN};
 pub use layer::{EnvelopeLayer, Proposal};
 pub use layer_state::{
-    ControlError, ControlOutcome, EncryptionStatus, LayerKey, LayerSnapshot, LayerState, SnapshotCapture,
-    LAYER_SNAPSHOT_MAGIC,
+    AppendRefusal, ControlError, ControlOutcome, EncryptionStatus, LayerKey, LayerSnapshot, LayerState,
+    SnapshotCapture, LAYER_SNAPSHOT_MAGIC,
 };
 pub use provider::{FileKekProvider, KeyProvider, KeyProviderError, WrapContext, WrappedKey};
 pub use retention::{DestroyRefused, RetainedSnapshot, Retention};

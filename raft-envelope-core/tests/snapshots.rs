@@ -377,3 +377,16 @@ fn control_is_pending_until_the_replica_applied_past_the_last_appended_control_e
     state.note_applied_through(9);
     assert!(!state.control_pending());
 }
+
+#[test]
+fn appending_is_refused_under_a_rotated_key_or_while_control_is_pending() {
+    let leader = enforced_leader(&kek(7)); // key 2 active, key 1 decrypt-only
+    leader.check_append(None).unwrap();
+    leader.check_append(Some(KeyId(2))).unwrap();
+    assert_eq!(leader.check_append(Some(KeyId(1))), Err(AppendRefusal::NotActiveKey { key_id: KeyId(1) }));
+    leader.note_control_appended(40);
+    assert_eq!(leader.check_append(None), Err(AppendRefusal::ControlPending));
+    assert_eq!(leader.check_append(Some(KeyId(2))), Err(AppendRefusal::ControlPending));
+    leader.note_applied_through(40);
+    leader.check_append(Some(KeyId(2))).unwrap();
+}
