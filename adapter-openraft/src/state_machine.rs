@@ -327,13 +327,8 @@ impl<C: RaftTypeConfig, SM> EnvelopeStateMachine<C, SM> {
     /// state (its snapshots are not sealed), recorded and traced; `None` when the layer enforces
     /// nothing.
     fn snapshot_refusal(&self, meta: &SnapshotMeta<C::NodeId, C::Node>) -> Option<FatalApplyError> {
-        let cutover = self.layer.gate().cutover().filter(|c| *c != u64::MAX)?;
         let index = meta.last_log_id.as_ref().map_or(0, |l| l.index);
-        let error = self.layer.gate().record_halt(FatalApplyError::new(
-            index,
-            FailureReason::UnsealedSnapshot,
-            Some(cutover),
-        ));
+        let error = self.layer.gate().refuse_unsealed_snapshot(index)?;
         self.halt.set(error.clone());
         Some(error)
     }
@@ -502,7 +497,7 @@ where
         }
         // Never send the state machine's state in the clear once a cutover is in force: a
         // follower that needs a snapshot waits (it is not sent one) instead.
-        if self.layer.gate().cutover().is_some_and(|c| c != u64::MAX) {
+        if self.layer.gate().cutover_in_force().is_some() {
             return Ok(None);
         }
         Ok(self.inner.get_current_snapshot().await?.map(seal_snapshot_type))

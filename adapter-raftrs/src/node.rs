@@ -7,7 +7,7 @@ use raft::eraftpb::{Message, MessageType, Snapshot};
 use raft::{Config, RawNode, ReadState, SnapshotStatus, StateRole};
 use raft_envelope_core::{
     is_layer_snapshot, Algorithm, AppendRefusal, ApplyGate, ControlCommand, ControlError, EncryptionStatus,
-    EntryKind, EnvelopeHeader, EnvelopeLayer, FailureReason, FatalApplyError, KeyId, KeyProvider, LayerState,
+    EntryKind, EnvelopeHeader, EnvelopeLayer, FatalApplyError, KeyId, KeyProvider, LayerState,
     RetainedSnapshot, Retention, SnapshotHeader,
 };
 use raft_proto::ConfChangeI;
@@ -653,7 +653,7 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
     /// every halt) and nothing of it is restored or persisted.
     ///
     /// With a plain layer nothing authenticates a snapshot: while a cutover is in force (not
-    /// `None`, not `u64::MAX`) the node halts with reason [`FailureReason::UnsealedSnapshot`]
+    /// `None`, not `u64::MAX`) the node halts with reason [`FailureReason::UnsealedSnapshot`](raft_envelope_core::FailureReason::UnsealedSnapshot)
     /// instead, nothing restored or persisted. Inert, the snapshot goes to
     /// [`StateMachine::restore_snapshot`] as before.
     ///
@@ -759,14 +759,11 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
     /// install sealed layer snapshots ([`LayerState::install_snapshot`]).
     /// A plain layer with a cutover in force: snapshots can be neither sealed nor restored.
     fn refuses_unsealed_snapshots(&self) -> bool {
-        self.applier.layer().gate().cutover().is_some_and(|c| c != u64::MAX)
+        self.applier.layer().gate().cutover_in_force().is_some()
     }
 
     fn refuse_snapshot(&mut self, index: u64) -> Option<FatalApplyError> {
-        let cutover = self.applier.layer().gate().cutover().filter(|c| *c != u64::MAX);
-        cutover?;
-        let gate = self.applier.layer().gate();
-        let halt = gate.record_halt(FatalApplyError::new(index, FailureReason::UnsealedSnapshot, cutover));
+        let halt = self.applier.layer().gate().refuse_unsealed_snapshot(index)?;
         self.applier.halt(halt.clone());
         Some(halt)
     }

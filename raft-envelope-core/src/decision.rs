@@ -249,6 +249,24 @@ impl ApplyGate {
         self.cutover.cutover()
     }
 
+    /// The cutover when one is in force: neither `None` nor `Some(u64::MAX)` (which behaves
+    /// exactly like `None`).
+    pub fn cutover_in_force(&self) -> Option<u64> {
+        self.cutover().filter(|c| *c != u64::MAX)
+    }
+
+    /// The rule for installing a snapshot that carries no sealed layer state (a node whose keys
+    /// and cutover come from its configuration): while a cutover is in force nothing can
+    /// authenticate it, and installing it could put any state in place and move the applied index
+    /// past entries never opened, so the replica halts at the snapshot's last index
+    /// ([`FailureReason::UnsealedSnapshot`], recorded like every halt). `None`: it may be
+    /// installed (inert). Both adapters call this; sealed snapshots go through
+    /// [`LayerState::install_snapshot`](crate::LayerState::install_snapshot).
+    pub fn refuse_unsealed_snapshot(&self, index: u64) -> Option<FatalApplyError> {
+        let cutover = self.cutover_in_force()?;
+        Some(self.record_halt(FatalApplyError::new(index, FailureReason::UnsealedSnapshot, Some(cutover))))
+    }
+
     /// True when an unwrapper is configured.
     pub fn has_unwrapper(&self) -> bool {
         self.unwrapper.is_some()

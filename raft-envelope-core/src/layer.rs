@@ -102,7 +102,7 @@ impl EnvelopeLayer {
     /// sealing refuses the proposal instead (SPEC R4: refuse or seal). The one rule both adapters
     /// apply before appending cleartext.
     pub fn cleartext_would_land_above_cutover(&self, last_log_index: u64) -> Option<u64> {
-        let cutover = self.gate.cutover().filter(|c| *c != u64::MAX)?;
+        let cutover = self.gate.cutover_in_force()?;
         (last_log_index >= cutover).then_some(cutover)
     }
 

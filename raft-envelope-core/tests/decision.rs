@@ -260,3 +260,16 @@ fn seal_failure_is_returned_to_the_proposer() {
     let layer = EnvelopeLayer::inert().with_wrapper(c);
     assert!(matches!(layer.prepare(b"x".to_vec()), Err(SealError::NoActiveKey)));
 }
+
+#[test]
+fn an_unsealed_snapshot_halts_only_while_a_cutover_is_in_force() {
+    let cutover = Arc::new(Cutover::inert());
+    let gate = ApplyGate::new(cutover.clone());
+    assert!(gate.refuse_unsealed_snapshot(9).is_none(), "inert: installed as without the layer");
+    cutover.set(Some(u64::MAX));
+    assert!(gate.refuse_unsealed_snapshot(9).is_none(), "u64::MAX behaves like none");
+    cutover.set(Some(5));
+    let halt = gate.refuse_unsealed_snapshot(9).expect("halts above a cutover");
+    assert_eq!((halt.index, halt.reason, halt.cutover), (9, FailureReason::UnsealedSnapshot, Some(5)));
+    assert_eq!(gate.stats().halts.get(&FailureReason::UnsealedSnapshot), Some(&1), "counted like every halt");
+}
