@@ -449,8 +449,7 @@ impl Keyring {
     }
 
     /// Seals `payload` under `key_id`, which must hold material (active or decrypt-only), with
-    /// its nonce counter and budget: for a snapshot framed with the layer state of an earlier
-    /// index, whose active key has since been rotated.
+    /// its nonce counter and budget, into a new buffer (one allocation).
     pub(crate) fn seal_under(
         &self,
         key_id: KeyId,
@@ -459,6 +458,25 @@ impl Keyring {
         proposal_id: ProposalId,
         payload: &[u8],
     ) -> Result<Vec<u8>, SealError> {
+        let mut out = Vec::with_capacity(HEADER_LEN + payload.len() + TAG_LEN);
+        self.seal_into(key_id, purpose, cluster, proposal_id, &[payload], &mut out)?;
+        Ok(out)
+    }
+
+    /// Appends to `out` an envelope sealing the concatenation of `parts` under `key_id` (as
+    /// [`seal_under`](Self::seal_under)): each part is copied once, straight into `out`, and
+    /// sealed in place — for a snapshot sealed with a digest in front of the application's bytes
+    /// after its frame header, without an intermediate plaintext buffer. On error `out` is as it
+    /// was (what was appended is wiped first).
+    pub(crate) fn seal_into(
+        &self,
+        key_id: KeyId,
+        purpose: Purpose,
+        cluster: &ClusterId,
+        proposal_id: ProposalId,
+        parts: &[&[u8]],
+        out: &mut Vec<u8>,
+    ) -> Result<(), SealError> {
         let inner = self.read();
         let slot = inner.slots.get(&key_id).ok_or(SealError::NoActiveKey)?;
         let key = slot.key.as_ref().ok_or(SealError::NoActiveKey)?;
@@ -478,7 +496,7 @@ impl Keyring {
         let nonce_value = slot.nonce_base.wrapping_add(u128::from(position)) & ((1u128 << 96) - 1);
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(&nonce_value.to_be_bytes()[4..]);
-        Self::seal_with_nonce(key, slot.algorithm, key_id, nonce, purpose, cluster, proposal_id, payload)
+        Self::seal_with_nonce(key, slot.algorithm, key_id, proposal_id, nonce, purpose, cluster, parts, out)
             .inspect_err(|_| {
                 slot.cipher_failures.fetch_add(1, Ordering::Relaxed);
             })
@@ -489,27 +507,40 @@ impl Keyring {
         key: &LessSafeKey,
         algorithm: Algorithm,
         key_id: KeyId,
+        proposal_id: ProposalId,
         nonce: [u8; NONCE_LEN],
         purpose: Purpose,
         cluster: &ClusterId,
-        proposal_id: ProposalId,
-        payload: &[u8],
-    ) -> Result<Vec<u8>, SealError> {
+        parts: &[&[u8]],
+        out: &mut Vec<u8>,
+    ) -> Result<(), SealError> {
         let header = EnvelopeHeader::new(algorithm, purpose, key_id, proposal_id, nonce).to_bytes();
         let aad = Aad::new(&header, cluster);
-        // One allocation, one copy of the payload, sealed in place.
-        let mut out = Vec::with_capacity(HEADER_LEN + payload.len() + TAG_LEN);
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let start = out.len();
+        // Copied once into `out` (no allocation when it has the room), sealed in place.
+        out.reserve(HEADER_LEN + len + TAG_LEN);
         out.extend_from_slice(&header);
-        out.extend_from_slice(payload);
-        let tag = key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                aead::Aad::from(aad.as_bytes()),
-                &mut out[HEADER_LEN..],
-            )
-            .map_err(|_| SealError::Cipher { key_id, algorithm, len: payload.len() })?;
-        out.extend_from_slice(tag.as_ref());
-        Ok(out)
+        for part in parts {
+            out.extend_from_slice(part);
+        }
+        let sealed = key.seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            aead::Aad::from(aad.as_bytes()),
+            &mut out[start + HEADER_LEN..],
+        );
+        match sealed {
+            Ok(tag) => {
+                out.extend_from_slice(tag.as_ref());
+                Ok(())
+            }
+            Err(_) => {
+                // Plaintext was copied in: wipe it before giving the buffer back.
+                out[start..].zeroize();
+                out.truncate(start);
+                Err(SealError::Cipher { key_id, algorithm, len })
+            }
+        }
     }
 
     /// Seals with a caller-chosen nonce: only for checking known-answer vectors.
@@ -526,7 +557,19 @@ impl Keyring {
         let inner = self.read();
         let slot = inner.slots.get(&key_id).ok_or(SealError::NoActiveKey)?;
         let key = slot.key.as_ref().ok_or(SealError::NoActiveKey)?;
-        Self::seal_with_nonce(key, slot.algorithm, key_id, nonce, purpose, cluster, proposal_id, payload)
+        let mut out = Vec::new();
+        Self::seal_with_nonce(
+            key,
+            slot.algorithm,
+            key_id,
+            proposal_id,
+            nonce,
+            purpose,
+            cluster,
+            &[payload],
+            &mut out,
+        )?;
+        Ok(out)
     }
 
     /// Opens an envelope made for `purpose` in `cluster` into a new buffer.

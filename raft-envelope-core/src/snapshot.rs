@@ -2,9 +2,9 @@
 //! (`DESIGN.md` §10.10).
 
 use aws_lc_rs::digest::{digest, SHA256, SHA256_OUTPUT_LEN};
-use zeroize::Zeroizing;
+use zeroize::Zeroize;
 
-use crate::envelope::EnvelopeHeader;
+use crate::envelope::{EnvelopeHeader, HEADER_LEN, TAG_LEN};
 use crate::error::SealError;
 use crate::ids::{KeyId, ProposalId, Purpose};
 use crate::keyring::{Keyring, SecretKey};
@@ -123,29 +123,30 @@ impl LayerState {
             return Err(SealError::NoActiveKey);
         }
         let layer_bytes = layer.encode();
-        let mut out = Vec::with_capacity(FIXED_LEN + layer_bytes.len() + data.len() + 96);
+        let body_len =
+            if sealing { HEADER_LEN + SHA256_OUTPUT_LEN + data.len() + TAG_LEN } else { data.len() };
+        // One allocation; the application's bytes are copied once, straight into place.
+        let mut out = Vec::with_capacity(FIXED_LEN + layer_bytes.len() + body_len);
         out.extend_from_slice(&SNAPSHOT_MAGIC);
         out.push(SNAPSHOT_FORMAT_VERSION);
         out.push(if sealing { BODY_SEALED } else { BODY_CLEAR });
         out.extend_from_slice(&last_index.to_be_bytes());
         out.extend_from_slice(&(layer_bytes.len() as u32).to_be_bytes());
         out.extend_from_slice(&layer_bytes);
-        if !sealing {
+        let Some(key_id) = sealing_key else {
             out.extend_from_slice(data);
             return Ok(out);
-        }
-        let mut plain = Zeroizing::new(Vec::with_capacity(SHA256_OUTPUT_LEN + data.len()));
-        plain.extend_from_slice(digest(&SHA256, &out).as_ref());
-        plain.extend_from_slice(data);
-        let key_id = sealing_key.ok_or(SealError::NoActiveKey)?;
-        let sealed = self.keyring.seal_under(
+        };
+        let sum = digest(&SHA256, &out);
+        let parts = [sum.as_ref(), data];
+        self.keyring.seal_into(
             key_id,
             Purpose::Snapshot,
             &self.cluster,
             ProposalId(last_index),
-            &plain,
+            &parts,
+            &mut out,
         )?;
-        out.extend_from_slice(&sealed);
         tracing::debug!(last_index, key_id = key_id.0, "snapshot sealed");
         Ok(out)
     }
@@ -192,7 +193,7 @@ impl LayerState {
         if header.last_index != last_index {
             return Err(bad("snapshot made for another index"));
         }
-        let data = match header.sealed_under {
+        let mut data = match header.sealed_under {
             None => {
                 if header.layer.cutover.is_some()
                     || header.layer.active_key().is_some()
@@ -211,15 +212,21 @@ impl LayerState {
                 if envelope.proposal_id != ProposalId(last_index) {
                     return Err(bad("snapshot made for another index"));
                 }
-                let plain = Zeroizing::new(self.open_snapshot_body(&header.layer, key_id, parsed.body)?);
-                let (sum, data) = plain.split_at(SHA256_OUTPUT_LEN.min(plain.len()));
-                if sum != digest(&SHA256, parsed.prefix).as_ref() {
+                let mut plain = self.open_snapshot_body(&header.layer, key_id, parsed.body)?;
+                let sum = digest(&SHA256, parsed.prefix);
+                if plain.get(..SHA256_OUTPUT_LEN) != Some(sum.as_ref()) {
+                    plain.zeroize();
                     return Err(bad("layer section does not match the sealed body"));
                 }
-                data.to_vec()
+                // The application's bytes, in the same buffer: no second copy.
+                plain.drain(..SHA256_OUTPUT_LEN);
+                plain
             }
         };
-        self.restore(&header.layer)?;
+        if let Err(e) = self.restore(&header.layer) {
+            data.zeroize();
+            return Err(e);
+        }
         tracing::info!(last_index, key_id = header.sealed_under.map(|k| k.0), "snapshot installed");
         self.record_retained_snapshot(RetainedSnapshot::new(last_index, header.sealed_under));
         Ok(data)
