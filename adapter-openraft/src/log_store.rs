@@ -50,26 +50,26 @@ impl<LS> PrefetchingLogStore<LS> {
     pub fn get_ref(&self) -> &LS {
         &self.inner
     }
+}
 
-    fn prefetch_control_entries<'a, C>(&self, entries: impl IntoIterator<Item = &'a Entry<Sealed<C>>>)
-    where
-        C: RaftTypeConfig<Entry = Entry<C>> + 'a,
-    {
-        for entry in entries {
-            let EntryPayload::Normal(payload) = &entry.payload else { continue };
-            let Repr::Control(bytes) = &payload.0 else { continue };
-            // Before the entry is stored: until this node applied it, it appends no proposal.
-            self.state.note_control_appended(entry.log_id.index);
-            let (state, provider, bytes) = (self.state.clone(), self.provider.clone(), bytes.clone());
-            let index = entry.log_id.index;
-            tokio::spawn(async move {
-                // A failure is not final here: the apply tries again before it halts.
-                if let Err(e) = state.prefetch(&bytes, provider.as_ref()).await {
-                    tracing::warn!(index, "could not unwrap the key of an appended layer control entry: {e}");
-                }
-            });
+/// For each appended entry: a layer control entry is noted in the layer state before it is stored
+/// (until this node applied it, it appends no proposal), and the key it installs is unwrapped in
+/// the background.
+fn on_append<C>(state: &Arc<LayerState>, provider: &Arc<dyn KeyProvider>, entry: &Entry<Sealed<C>>)
+where
+    C: RaftTypeConfig<Entry = Entry<C>>,
+{
+    let EntryPayload::Normal(payload) = &entry.payload else { return };
+    let Repr::Control(bytes) = &payload.0 else { return };
+    let index = entry.log_id.index;
+    state.note_control_appended(index);
+    let (state, provider, bytes) = (state.clone(), provider.clone(), bytes.clone());
+    tokio::spawn(async move {
+        // A failure is not final here: the apply tries again before it halts.
+        if let Err(e) = state.prefetch(&bytes, provider.as_ref()).await {
+            tracing::warn!(index, "could not unwrap the key of an appended layer control entry: {e}");
         }
-    }
+    });
 }
 
 impl<LS: Clone> Clone for PrefetchingLogStore<LS> {
@@ -146,8 +146,9 @@ where
         I: IntoIterator<Item = Entry<Sealed<C>>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<Entry<Sealed<C>>> = entries.into_iter().collect();
-        self.prefetch_control_entries(&entries);
+        // Looked at as the decorated store takes them: no copy of the batch.
+        let (state, provider) = (self.state.clone(), self.provider.clone());
+        let entries = entries.into_iter().inspect(move |entry| on_append(&state, &provider, entry));
         self.inner.append(entries, callback).await
     }
 
