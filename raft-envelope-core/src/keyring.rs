@@ -159,6 +159,27 @@ struct Slot {
 }
 
 impl Slot {
+    /// A slot with fresh counters.
+    fn new(
+        algorithm: Algorithm,
+        state: KeyState,
+        key: Option<LessSafeKey>,
+        nonce_base: u128,
+        budget: SealBudget,
+    ) -> Self {
+        Self {
+            algorithm,
+            state,
+            key,
+            nonce_base,
+            budget,
+            reserved: AtomicU64::new(0),
+            cipher_failures: AtomicU64::new(0),
+            opens: AtomicU64::new(0),
+            failures: Default::default(),
+        }
+    }
+
     fn remaining(&self) -> u64 {
         let used = self.budget.already_used.saturating_add(self.reserved.load(Ordering::Relaxed));
         self.budget.limit.saturating_sub(used)
@@ -287,26 +308,25 @@ impl Keyring {
         aws_lc_rs::rand::fill(&mut base[4..]).map_err(|_| ConfigError::Random)?;
         let unbound = UnboundKey::new(algorithm.aead(), &key.0[..])
             .map_err(|_| ConfigError::KeyLength { len: KEY_LEN })?;
+        let slot = Slot::new(
+            algorithm,
+            KeyState::DecryptOnly,
+            Some(LessSafeKey::new(unbound)),
+            u128::from_be_bytes(base),
+            budget,
+        );
+        self.insert_slot(id, slot)?;
+        tracing::info!(key_id = id.0, %algorithm, "key inserted (decrypt-only)");
+        Ok(())
+    }
+
+    /// Adds `slot` under `id`, which must never have been used.
+    fn insert_slot(&self, id: KeyId, slot: Slot) -> Result<(), ConfigError> {
         let mut inner = self.write();
         if inner.slots.contains_key(&id) {
             return Err(ConfigError::DuplicateKeyId(id));
         }
-        inner.slots.insert(
-            id,
-            Slot {
-                algorithm,
-                state: KeyState::DecryptOnly,
-                key: Some(LessSafeKey::new(unbound)),
-                nonce_base: u128::from_be_bytes(base),
-                budget,
-                reserved: AtomicU64::new(0),
-                cipher_failures: AtomicU64::new(0),
-                opens: AtomicU64::new(0),
-                failures: Default::default(),
-            },
-        );
-        drop(inner);
-        tracing::info!(key_id = id.0, %algorithm, "key inserted (decrypt-only)");
+        inner.slots.insert(id, slot);
         Ok(())
     }
 
@@ -314,25 +334,7 @@ impl Keyring {
     /// snapshot that lists a key destroyed before the replica joined): envelopes under it fail
     /// with [`FailureReason::DestroyedKey`], and the id stays reserved.
     pub(crate) fn insert_destroyed(&self, id: KeyId, algorithm: Algorithm) -> Result<(), ConfigError> {
-        let mut inner = self.write();
-        if inner.slots.contains_key(&id) {
-            return Err(ConfigError::DuplicateKeyId(id));
-        }
-        inner.slots.insert(
-            id,
-            Slot {
-                algorithm,
-                state: KeyState::Destroyed,
-                key: None,
-                nonce_base: 0,
-                budget: SealBudget::default(),
-                reserved: AtomicU64::new(0),
-                cipher_failures: AtomicU64::new(0),
-                opens: AtomicU64::new(0),
-                failures: Default::default(),
-            },
-        );
-        Ok(())
+        self.insert_slot(id, Slot::new(algorithm, KeyState::Destroyed, None, 0, SealBudget::default()))
     }
 
     /// Makes `id` the one active (sealing) key; the previously active key becomes decrypt-only.
