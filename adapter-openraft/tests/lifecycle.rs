@@ -10,7 +10,7 @@ use raft_envelope_core::{
     Algorithm, ClusterId, DestroyRefused, EntryKind, FailureReason, FileKekProvider, KekId, KeyId,
     KeyProvider, KeyState, LayerState, PayloadUnwrapper, SealBudget, SecretKey,
 };
-use raft_envelope_openraft::testing::{Application, KvApp, TestCluster};
+use raft_envelope_openraft::testing::{Application, KvApp, StoredEntryView, TestCluster};
 use raft_envelope_openraft::{AdminError, AutoRotation};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -92,6 +92,12 @@ async fn wait_all(cluster: &TestCluster<Recording>, ids: &[u64], index: u64) {
     }
 }
 
+/// The payload entries (not control entries) node `id` stores above `cutover`.
+fn payloads_above(cluster: &TestCluster<Recording>, id: u64, cutover: u64) -> Vec<StoredEntryView> {
+    let entries = cluster.stored_entries(id).unwrap();
+    entries.into_iter().filter(|e| e.index > cutover && e.kind != EntryKind::Control).collect()
+}
+
 /// Indexes of the layer control entries node `id` stores.
 fn control_indexes(cluster: &TestCluster<Recording>, id: u64) -> Vec<u64> {
     let entries = cluster.stored_entries(id).unwrap();
@@ -131,10 +137,8 @@ async fn enable_through_control_entries_seals_everywhere_and_never_reaches_the_s
         assert_eq!(status.active_key, Some(KeyId(1)));
         assert_eq!(status.keys[0].sealed_entries, 6, "enforce + 5 writes sealed under key 1");
         // Every payload above the cutover is an envelope; the marker is nowhere in the log.
-        for e in cluster.stored_entries(id).unwrap() {
-            if e.index > enabled.cutover && e.kind != EntryKind::Control {
-                assert_eq!((e.kind, e.key_id), (EntryKind::Envelope, Some(KeyId(1))), "entry {}", e.index);
-            }
+        for e in payloads_above(&cluster, id, enabled.cutover) {
+            assert_eq!((e.kind, e.key_id), (EntryKind::Envelope, Some(KeyId(1))), "entry {}", e.index);
         }
         assert!(!cluster.log_contains(id, b"PLAINTEXT-MARKER-9c4e").unwrap());
         // Install, promote, enforce: control entries, none of them handed to the application.
@@ -209,10 +213,8 @@ async fn enable_under_concurrent_writers_and_a_leader_change_never_lands_clearte
         wait_all(&cluster, &[1, 2, 3], last).await;
         for id in [1, 2, 3] {
             assert!(!cluster.node(id).unwrap().is_halted(), "round {round}: node {id} halted");
-            for e in cluster.stored_entries(id).unwrap() {
-                if e.index > enabled.cutover && e.kind != EntryKind::Control {
-                    assert_eq!(e.kind, EntryKind::Envelope, "round {round}: entry {} on node {id}", e.index);
-                }
+            for e in payloads_above(&cluster, id, enabled.cutover) {
+                assert_eq!(e.kind, EntryKind::Envelope, "round {round}: entry {} on node {id}", e.index);
             }
         }
         assert_same_layer_state(&cluster);
@@ -268,10 +270,8 @@ async fn rotation_under_concurrent_writers_keeps_old_entries_open_and_never_halt
         let layer_state = cluster.node(id).unwrap().layer_state.unwrap();
         assert_eq!(layer_state.cipher().open(&bytes).unwrap(), b"first=under-key-1");
         // Every payload above the cutover is sealed, under the key active when it was proposed.
-        for e in cluster.stored_entries(id).unwrap() {
-            if e.index > enabled.cutover && e.kind != EntryKind::Control {
-                assert_eq!(e.kind, EntryKind::Envelope, "entry {}", e.index);
-            }
+        for e in payloads_above(&cluster, id, enabled.cutover) {
+            assert_eq!(e.kind, EntryKind::Envelope, "entry {}", e.index);
         }
     }
     assert_same_layer_state(&cluster);

@@ -176,18 +176,10 @@ fn rotation_under_load_never_halts_and_old_entries_still_open() {
     });
     let mut c = cluster.into_inner().unwrap();
     assert_eq!(rotated, vec![KeyId(2), KeyId(3)]);
-    let leader = c.wait_leader().unwrap();
-    c.wait_converged(leader).unwrap();
     let acked = acked.into_inner().unwrap();
     assert_eq!(acked.len(), WRITERS * EACH);
-    for id in c.ids() {
-        assert!(c.halted(id).unwrap().is_none(), "node {id} halted");
-        let payloads = c.state_machine(id).unwrap().payloads();
-        for (p, index) in &acked {
-            let at: Vec<_> = payloads.iter().filter(|(_, b)| b == p).map(|(i, _)| *i).collect();
-            assert_eq!(at, vec![*index], "node {id}: applied exactly once at its index");
-        }
-    }
+    common::assert_converged(&mut c, &acked, None, "rotation");
+    let leader = c.wait_leader().unwrap();
     let status = c.encryption_status().unwrap();
     assert_eq!(status.cutover, Some(cutover));
     assert_eq!(status.active_key, Some(KeyId(3)));
@@ -437,22 +429,9 @@ fn enable_under_concurrent_writers_with_a_leader_change_never_halts() {
             enable(&mut c)
         });
         let mut c = cluster.into_inner().unwrap();
-        let leader = c.wait_leader().unwrap();
-        c.wait_converged(leader).unwrap();
         let acked = acked.into_inner().unwrap();
         assert_eq!(acked.len(), WRITERS * EACH);
-        for id in c.ids() {
-            assert!(c.halted(id).unwrap().is_none(), "run {run}: node {id} halted");
-            let payloads = c.state_machine(id).unwrap().payloads();
-            for (p, index) in &acked {
-                let at: Vec<_> = payloads.iter().filter(|(_, b)| b == p).map(|(i, _)| *i).collect();
-                assert_eq!(at, vec![*index], "run {run}: node {id}: applied once at its index");
-            }
-            for i in cutover + 1..=c.stored_last_index(id).unwrap() {
-                let e = c.read_entry(id, i).unwrap().unwrap();
-                assert_ne!(classify(&e), EntryKind::Cleartext, "run {run}: node {id}: cleartext at {i} > C");
-            }
-        }
+        common::assert_converged(&mut c, &acked, Some(cutover), &format!("run {run}"));
         assert_eq!(c.encryption_status().unwrap().keys.len(), 1, "run {run}: one key");
         assert_identical_layer_states(&c, &states);
     }

@@ -5,7 +5,9 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use raft_envelope_raftrs::testing::Cluster;
+use raft_envelope_core::EntryKind;
+use raft_envelope_raftrs::framing::classify;
+use raft_envelope_raftrs::testing::{Cluster, KvStore};
 use raft_envelope_raftrs::{ProposeError, StateMachine};
 
 /// Where a writer proposes: the leader while the layer is inert (a cleartext proposal forwarded
@@ -57,6 +59,32 @@ pub(crate) fn write_until_applied<SM: StateMachine>(
             Ok(applied) => return applied.index,
             Err(e @ ProposeError::Halted { .. }) => panic!("{what}: a writer saw a halt: {e}"),
             Err(_) => on_retry(),
+        }
+    }
+}
+
+/// Waits until every replica caught up with the leader, then checks that none halted, that each
+/// applied every acknowledged `(payload, index)` exactly once, at that index, and, with a
+/// cutover, that none stores cleartext above it. `what` names the run in failures.
+pub(crate) fn assert_converged(
+    c: &mut Cluster<KvStore>,
+    acked: &[(Vec<u8>, u64)],
+    cutover: Option<u64>,
+    what: &str,
+) {
+    let leader = c.wait_leader().unwrap();
+    c.wait_converged(leader).unwrap();
+    for id in c.ids() {
+        assert!(c.halted(id).unwrap().is_none(), "{what}: node {id} halted");
+        let payloads = c.state_machine(id).unwrap().payloads();
+        for (p, index) in acked {
+            let at: Vec<_> = payloads.iter().filter(|(_, b)| b == p).map(|(i, _)| *i).collect();
+            assert_eq!(at, vec![*index], "{what}: node {id}: applied exactly once at its index");
+        }
+        let Some(cutover) = cutover else { continue };
+        for i in cutover + 1..=c.stored_last_index(id).unwrap() {
+            let e = c.read_entry(id, i).unwrap().unwrap();
+            assert_ne!(classify(&e), EntryKind::Cleartext, "{what}: node {id}: cleartext at {i} > C");
         }
     }
 }
