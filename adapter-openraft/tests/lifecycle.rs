@@ -157,27 +157,27 @@ async fn enable_through_control_entries_seals_everywhere_and_never_reaches_the_s
     cluster.shutdown().await;
 }
 
-/// Writers that keep proposing through the leader until stopped; returns how many succeeded.
+/// Writers that keep proposing through the leader until stopped; each returns how many writes
+/// succeeded and how many failed.
 fn spawn_writers(
     cluster: &Arc<TestCluster<Recording>>,
     n: usize,
     stop: &Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<u64>> {
+) -> Vec<tokio::task::JoinHandle<(u64, u64)>> {
     (0..n)
         .map(|w| {
             let (cluster, stop) = (cluster.clone(), stop.clone());
             tokio::spawn(async move {
-                let mut ok = 0u64;
+                let (mut ok, mut failed) = (0u64, 0u64);
                 let mut i = 0u64;
                 while !stop.load(Ordering::SeqCst) {
-                    // Writes may fail across a leader change (the test helper gives up after
-                    // 5 s without a leader); only halts and cleartext above C matter here.
-                    if cluster.write(format!("w{w}-{i}=MARKER-{w}-{i}").into_bytes()).await.is_ok() {
-                        ok += 1;
+                    match cluster.write(format!("w{w}-{i}=MARKER-{w}-{i}").into_bytes()).await {
+                        Ok(_) => ok += 1,
+                        Err(_) => failed += 1,
                     }
                     i += 1;
                 }
-                ok
+                (ok, failed)
             })
         })
         .collect()
@@ -206,7 +206,9 @@ async fn enable_under_concurrent_writers_and_a_leader_change_never_lands_clearte
         stop.store(true, Ordering::SeqCst);
         let mut written = 0;
         for w in writers {
-            written += w.await.unwrap();
+            // Writes may fail across a leader change (the test helper gives up after 5 s
+            // without a leader); only halts and cleartext above C matter here.
+            written += w.await.unwrap().0;
         }
         assert!(written > 0);
         let last = write(&cluster, "last=sealed").await;
@@ -229,27 +231,18 @@ async fn rotation_under_concurrent_writers_keeps_old_entries_open_and_never_halt
     let first = write(&cluster, "first=under-key-1").await;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let written = Arc::new(AtomicU64::new(0));
-    let mut writers = Vec::new();
-    for w in 0..4 {
-        let (cluster, stop, written) = (cluster.clone(), stop.clone(), written.clone());
-        writers.push(tokio::spawn(async move {
-            let mut i = 0u64;
-            while !stop.load(Ordering::SeqCst) {
-                cluster.write(format!("w{w}-{i}=v{i}").into_bytes()).await.unwrap();
-                written.fetch_add(1, Ordering::SeqCst);
-                i += 1;
-            }
-        }));
-    }
+    let writers = spawn_writers(&cluster, 4, &stop);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let k2 = cluster.rotate_key(kek().as_ref(), &kek_id(), Algorithm::Aes256GcmSiv).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let k3 = cluster.rotate_key(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     stop.store(true, Ordering::SeqCst);
+    let mut written = 0;
     for w in writers {
-        w.await.unwrap();
+        let (ok, failed) = w.await.unwrap();
+        assert_eq!(failed, 0, "no write fails across a rotation");
+        written += ok;
     }
     assert_eq!((k2, k3), (KeyId(2), KeyId(3)));
     let last = write(&cluster, "last=under-key-3").await;
@@ -259,11 +252,11 @@ async fn rotation_under_concurrent_writers_keeps_old_entries_open_and_never_halt
     let states: Vec<KeyState> = state.keys().iter().map(|k| k.state).collect();
     assert_eq!(states, [KeyState::DecryptOnly, KeyState::DecryptOnly, KeyState::Active]);
     assert!(state.keys().iter().all(|k| k.sealed_entries > 0), "every key sealed something");
-    assert!(written.load(Ordering::SeqCst) > 0);
+    assert!(written > 0);
     for id in [1, 2, 3] {
         assert!(!cluster.node(id).unwrap().is_halted(), "node {id} halted");
         let applied = cluster.node(id).unwrap().sm.with_app(|a| a.kv.applied_payloads);
-        assert_eq!(applied, written.load(Ordering::SeqCst) + 2, "node {id} applied every write");
+        assert_eq!(applied, written + 2, "node {id} applied every write");
         // The entry sealed under key 1 before the rotations still opens on every replica.
         let (kind, bytes) = cluster.read_entry(id, first).unwrap().unwrap();
         assert_eq!(kind, EntryKind::Envelope);
