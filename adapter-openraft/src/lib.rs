@@ -19,6 +19,7 @@ pub use payload::EnvelopePayload;
 pub use raft::{ClientWriteRaftError, DrainTimeout, EnvelopeRaft, PreparedWrite, WriteError};
 pub use raft_envelope_core::EncryptionStatus;
 pub use state_machine::{
-    layer_from_state, EnvelopeSnapshotBuilder, EnvelopeStateMachine, HaltRecord, DEFAULT_PREFETCH_TIMEOUT,
+    layer_from_state, EnvelopeSnapshotBuilder, EnvelopeStateMachine, HaltRecord,
+    DEFAULT_PROVIDER_WARN_INTERVAL,
 };
 pub use switch_on::{switch_on, SwitchOnError, SwitchOnNode};

@@ -77,14 +77,14 @@ struct Lifecycle {
     state: Arc<LayerState>,
     provider: Option<Arc<dyn KeyProvider>>,
     /// How often a wait for the key provider traces a warning.
-    prefetch_timeout: Duration,
+    provider_warn_every: Duration,
     cache: Arc<FramedCache>,
 }
 
 /// How often, by default, the apply path traces a warning while it waits for a slow key provider
 /// (an unreachable KMS): it keeps waiting, and the replica stalls instead of halting; only an
 /// answer that the key cannot be unwrapped halts it (`key_unavailable`).
-pub const DEFAULT_PREFETCH_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_PROVIDER_WARN_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Waits for a key provider call, tracing a warning every `every` it takes: a slow provider
 /// (an unreachable KMS) stalls apply on this replica, it does not halt it. One call is awaited
@@ -169,7 +169,7 @@ impl<C: RaftTypeConfig, SM> EnvelopeStateMachine<C, SM> {
         let lifecycle = Lifecycle {
             state,
             provider: None,
-            prefetch_timeout: DEFAULT_PREFETCH_TIMEOUT,
+            provider_warn_every: DEFAULT_PROVIDER_WARN_INTERVAL,
             cache: Arc::default(),
         };
         Self { inner, layer, codec, halt: HaltRecord::default(), lifecycle: Some(lifecycle) }
@@ -185,7 +185,7 @@ impl<C: RaftTypeConfig, SM> EnvelopeStateMachine<C, SM> {
     pub fn with_key_provider(mut self, provider: Arc<dyn KeyProvider>, warn_every: Duration) -> Self {
         if let Some(lifecycle) = &mut self.lifecycle {
             lifecycle.provider = Some(provider);
-            lifecycle.prefetch_timeout = warn_every;
+            lifecycle.provider_warn_every = warn_every;
         }
         self
     }
@@ -310,7 +310,7 @@ impl<C: RaftTypeConfig, SM> EnvelopeStateMachine<C, SM> {
         let index = entry.log_id.index;
         let state = &lifecycle.state;
         let call = || async move { state.prefetch(bytes, provider.as_ref()).await.map(drop) };
-        if let Err(e) = await_provider(lifecycle.prefetch_timeout, index, call).await {
+        if let Err(e) = await_provider(lifecycle.provider_warn_every, index, call).await {
             tracing::warn!(index, "could not unwrap the key of a layer control entry: {e}");
         }
     }
@@ -354,7 +354,7 @@ where
         if let Some(provider) = &lifecycle.provider {
             let (state, framed) = (&lifecycle.state, &framed);
             let call = || state.prefetch_sealed_snapshot(framed, provider.as_ref());
-            if let Err(e) = await_provider(lifecycle.prefetch_timeout, index, call).await {
+            if let Err(e) = await_provider(lifecycle.provider_warn_every, index, call).await {
                 tracing::warn!(index, "could not unwrap the keys of a snapshot: {e}");
             }
         }

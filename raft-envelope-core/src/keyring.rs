@@ -446,33 +446,21 @@ impl Keyring {
         proposal_id: ProposalId,
         payload: &[u8],
     ) -> Result<Vec<u8>, SealError> {
-        let active = self.read().active.ok_or(SealError::NoActiveKey)?;
-        self.seal_under(active, purpose, cluster, proposal_id, payload)
-    }
-
-    /// Seals `payload` under `key_id`, which must hold material (active or decrypt-only), with
-    /// its nonce counter and budget, into a new buffer (one allocation).
-    pub(crate) fn seal_under(
-        &self,
-        key_id: KeyId,
-        purpose: Purpose,
-        cluster: &ClusterId,
-        proposal_id: ProposalId,
-        payload: &[u8],
-    ) -> Result<Vec<u8>, SealError> {
         let mut out = Vec::with_capacity(HEADER_LEN + payload.len() + TAG_LEN);
-        self.seal_into(key_id, purpose, cluster, proposal_id, &[payload], &mut out)?;
+        self.seal_into(None, purpose, cluster, proposal_id, &[payload], &mut out)?;
         Ok(out)
     }
 
-    /// Appends to `out` an envelope sealing the concatenation of `parts` under `key_id` (as
-    /// [`seal_under`](Self::seal_under)): each part is copied once, straight into `out`, and
-    /// sealed in place — for a snapshot sealed with a digest in front of the application's bytes
-    /// after its frame header, without an intermediate plaintext buffer. On error `out` is as it
-    /// was (what was appended is wiped first).
+    /// Appends to `out` an envelope sealing the concatenation of `parts` under `key` — the active
+    /// key when `None`; otherwise a key that holds material (active or decrypt-only), as for a
+    /// snapshot framed with the layer state of an earlier index whose active key has since been
+    /// rotated — with its nonce counter and budget, under one read of the keyring. Each part is
+    /// copied once, straight into `out`, and sealed in place (a snapshot: frame header, then
+    /// digest and application bytes, with no intermediate plaintext buffer). On error `out` is as
+    /// it was (what was appended is wiped first).
     pub(crate) fn seal_into(
         &self,
-        key_id: KeyId,
+        key: Option<KeyId>,
         purpose: Purpose,
         cluster: &ClusterId,
         proposal_id: ProposalId,
@@ -480,6 +468,10 @@ impl Keyring {
         out: &mut Vec<u8>,
     ) -> Result<(), SealError> {
         let inner = self.read();
+        let key_id = match key {
+            Some(key_id) => key_id,
+            None => inner.active.ok_or(SealError::NoActiveKey)?,
+        };
         let slot = inner.slots.get(&key_id).ok_or(SealError::NoActiveKey)?;
         let key = slot.key.as_ref().ok_or(SealError::NoActiveKey)?;
 

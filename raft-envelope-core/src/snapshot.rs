@@ -140,7 +140,7 @@ impl LayerState {
         let sum = digest(&SHA256, &out);
         let parts = [sum.as_ref(), data];
         self.keyring.seal_into(
-            key_id,
+            Some(key_id),
             Purpose::Snapshot,
             &self.cluster,
             ProposalId(last_index),

@@ -23,7 +23,9 @@ use crate::config::Sealed;
 use crate::log_store::PrefetchingLogStore;
 use crate::payload::EnvelopePayload;
 use crate::raft::{EnvelopeRaft, WriteError};
-use crate::state_machine::{layer_from_state, EnvelopeStateMachine, HaltRecord, DEFAULT_PREFETCH_TIMEOUT};
+use crate::state_machine::{
+    layer_from_state, EnvelopeStateMachine, HaltRecord, DEFAULT_PROVIDER_WARN_INTERVAL,
+};
 use crate::switch_on::{switch_on, SwitchOnError, SwitchOnNode};
 
 /// The engine's type config in the test cluster.
@@ -204,7 +206,9 @@ impl<A: Application> TestCluster<A> {
             codec: Arc::new(BytesCodec),
             nodes: Arc::new(Mutex::new(BTreeMap::new())),
             refuse_cleartext: AtomicBool::new(true),
-            provider_warn_ms: std::sync::atomic::AtomicU64::new(DEFAULT_PREFETCH_TIMEOUT.as_millis() as u64),
+            provider_warn_ms: std::sync::atomic::AtomicU64::new(
+                DEFAULT_PROVIDER_WARN_INTERVAL.as_millis() as u64
+            ),
         };
         for (i, (node_layer, app)) in nodes.into_iter().enumerate() {
             let id = i as u64 + 1;
@@ -304,7 +308,7 @@ impl<A: Application> TestCluster<A> {
 
     /// How often nodes (re)started from now on warn while their apply path waits for a slow key
     /// provider ([`EnvelopeStateMachine::with_key_provider`]); default
-    /// [`DEFAULT_PREFETCH_TIMEOUT`].
+    /// [`DEFAULT_PROVIDER_WARN_INTERVAL`].
     pub fn set_provider_warn_interval(&self, every: Duration) {
         self.provider_warn_ms.store(every.as_millis() as u64, Ordering::SeqCst);
     }
