@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raft_envelope_core::{
-    Algorithm, ClusterId, EntryKind, FileKekProvider, KekId, KeyProvider, LayerState, SecretKey,
+    provider::{FileKekProvider, KekId, KeyProvider},
+    Algorithm, ClusterId, EntryKind, LayerState, SecretKey,
 };
 use raft_envelope_openraft::testing::{KvApp, TestCluster};
 
@@ -139,7 +140,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     step(11, "destroy the first data key: refused while any log still holds entries sealed under it");
     match cluster.destroy_key(enabled.key_id).await {
         Err(refused) => println!("   refused: {refused}"),
-        Ok(()) => println!("   destroyed (unexpected)"),
+        Ok(_) => println!("   destroyed (unexpected)"),
     }
 
     step(12, "compact every log into a sealed snapshot (it carries the layer state), then destroy");

@@ -9,15 +9,16 @@ mod payload;
 mod raft;
 mod state_machine;
 mod switch_on;
+#[cfg(feature = "testing")]
 pub mod testing;
 
-pub use admin::{AdminError, AutoRotation, Enabled, DEFAULT_ADMIN_TIMEOUT};
+pub use admin::{forward_to_leader, AdminError, PlaneError, DEFAULT_ADMIN_TIMEOUT};
 pub use codec::{BytesCodec, CodecError, JsonCodec, PayloadCodec};
 pub use config::{Sealed, SealedRaft};
 pub use log_store::PrefetchingLogStore;
 pub use payload::EnvelopePayload;
 pub use raft::{ClientWriteRaftError, DrainTimeout, EnvelopeRaft, PreparedWrite, WriteError};
-pub use raft_envelope_core::EncryptionStatus;
+pub use raft_envelope_core::lifecycle::EncryptionStatus;
 pub use state_machine::{
     layer_from_state, EnvelopeSnapshotBuilder, EnvelopeStateMachine, HaltRecord,
     DEFAULT_PROVIDER_WARN_INTERVAL,

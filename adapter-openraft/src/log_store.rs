@@ -6,8 +6,9 @@ use std::ops::RangeBounds;
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::type_config::TypeConfigExt;
 use openraft::{Entry, EntryPayload, LogId, OptionalSend, RaftTypeConfig, StorageError, Vote};
-use raft_envelope_core::{KeyProvider, LayerState};
+use raft_envelope_core::{provider::KeyProvider, LayerState};
 
 use crate::config::Sealed;
 use crate::payload::Repr;
@@ -26,8 +27,8 @@ use crate::payload::Repr;
 ///
 /// Everything else goes to the decorated store unchanged. Recommended for every node built from
 /// a layer state; without it the state machine unwraps keys when it reaches the entry, and only
-/// the metrics-based `LeaderCatchingUp` guard covers a layer state behind its log. Needs a Tokio
-/// runtime.
+/// the metrics-based `LeaderCatchingUp` guard covers a layer state behind its log. Unwrapping
+/// runs in a task spawned on the engine's `AsyncRuntime`.
 ///
 /// ```text
 /// let log = PrefetchingLogStore::new(my_log_store, state.clone(), kek_provider.clone());
@@ -62,14 +63,15 @@ where
     let EntryPayload::Normal(payload) = &entry.payload else { return };
     let Repr::Control(bytes) = &payload.0 else { return };
     let index = entry.log_id.index;
-    state.note_control_appended(index);
+    state.local().note_control_appended(index);
     let (state, provider, bytes) = (state.clone(), provider.clone(), bytes.clone());
-    tokio::spawn(async move {
+    // On the engine's runtime: the append does not wait for the key provider (a slow KMS).
+    drop(C::spawn(async move {
         // A failure is not final here: the apply tries again before it halts.
         if let Err(e) = state.prefetch(&bytes, provider.as_ref()).await {
             tracing::warn!(index, "could not unwrap the key of an appended layer control entry: {e}");
         }
-    });
+    }));
 }
 
 impl<LS: Clone> Clone for PrefetchingLogStore<LS> {
@@ -109,7 +111,7 @@ where
         // Read when the node starts: the stored log was not scanned, so any entry up to its last
         // index may be a layer control entry this node has not applied.
         if let Some(last) = &state.last_log_id {
-            self.state.note_control_appended(last.index);
+            self.state.local().note_control_appended(last.index);
         }
         Ok(state)
     }
@@ -155,7 +157,7 @@ where
     async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
         self.inner.truncate(log_id.clone()).await?;
         // Entries from `log_id` on are gone, with any control entry among them.
-        self.state.note_log_truncated(log_id.index.saturating_sub(1));
+        self.state.local().note_log_truncated(log_id.index.saturating_sub(1));
         Ok(())
     }
 

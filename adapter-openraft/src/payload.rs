@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use raft_envelope_core::{EntryKind, EnvelopeHeader, KeyId};
+use raft_envelope_core::{wire::EnvelopeHeader, EntryKind, KeyId};
 use serde::{Deserialize, Serialize};
 
 /// The `D` of a [`Sealed`](crate::Sealed) type config: the bytes of one normal log entry, tagged
@@ -88,6 +88,7 @@ impl EnvelopePayload {
     }
 
     /// The stored bytes, mutable: for fault injection in tests only.
+    #[cfg(feature = "testing")]
     pub(crate) fn bytes_mut(&mut self) -> Option<&mut Vec<u8>> {
         match &mut self.0 {
             Repr::Cleartext(b) | Repr::Envelope(b) | Repr::Control(b) => Some(b),

@@ -10,8 +10,9 @@ use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 use openraft::raft::ClientWriteResponse;
 use openraft::{Entry, LogId, RaftTypeConfig};
 use raft_envelope_core::{
-    AppendRefusal, EntryKind, EnvelopeLayer, KeyId, PayloadWrapper, ProposalId, RetainedSnapshot, Retention,
-    SealError,
+    error::AppendRefusal,
+    lifecycle::{RetainedSnapshot, Retention},
+    EntryKind, EnvelopeLayer, KeyId, PayloadWrapper, ProposalId, SealError,
 };
 
 use crate::codec::{CodecError, JsonCodec, PayloadCodec};
@@ -107,7 +108,7 @@ impl<NID: openraft::NodeId, N: openraft::Node> WriteError<NID, N> {
 /// Counts cleartext proposals between the moment they were prepared and the moment Raft has
 /// answered for them: switch-on waits until none is left (see [`EnvelopeRaft::seal_new_proposals`]).
 #[derive(Default)]
-struct Drain {
+pub(crate) struct Drain {
     /// Readers: proposers while they prepare. Writer: switch-on, to order itself after every
     /// prepare that may have read the old (cleartext) setting.
     switch: RwLock<()>,
@@ -117,6 +118,11 @@ struct Drain {
     /// Envelopes being submitted, by key: destroying a key waits until none sealed under it is
     /// left between `submit` and Raft's answer.
     sealed_in_flight: std::sync::Mutex<std::collections::BTreeMap<KeyId, usize>>,
+    /// Woken whenever a cleartext proposal stops being counted.
+    released: tokio::sync::Notify,
+    /// Cleartext proposals whose caller stopped waiting before Raft answered: still counted
+    /// until a drain has made sure RaftCore handled them (see `UntilHandled`).
+    abandoned: std::sync::Mutex<Vec<Arc<InFlight>>>,
 }
 
 impl Drain {
@@ -150,29 +156,66 @@ impl Drop for SealedInFlight<'_> {
 }
 
 /// Keeps a cleartext proposal counted while `submit` waits for Raft's answer. When the caller
-/// stops waiting (the `submit` future is dropped) before the answer, the count is released only
-/// once RaftCore has handled every API message queued before: `with_raft_state` travels through
-/// the same FIFO channel as the write, so when it returns the write was appended or refused.
-/// The common path (the answer arrives) spawns nothing.
-struct UntilHandled<C: RaftTypeConfig<Entry = Entry<C>>> {
-    raft: SealedRaft<C>,
+/// stops waiting (the `submit` future is dropped) before the answer, the proposal stays counted,
+/// parked in the drain's `abandoned` list: the next drain releases it once RaftCore has handled
+/// every API message queued before (`with_raft_state` travels through the same FIFO channel as
+/// the write, so when it returns the write was appended or refused). Dropping needs no runtime.
+struct UntilHandled<'a> {
+    drain: &'a Drain,
     token: Option<Arc<InFlight>>,
 }
 
-impl<C: RaftTypeConfig<Entry = Entry<C>>> Drop for UntilHandled<C> {
+impl Drop for UntilHandled<'_> {
     fn drop(&mut self) {
-        let Some(token) = self.token.take() else { return };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let raft = self.raft.clone();
-        runtime.spawn(async move {
+        if let Some(token) = self.token.take() {
+            self.drain.abandoned.lock().unwrap_or_else(PoisonError::into_inner).push(token);
+        }
+    }
+}
+
+/// Waits until no cleartext proposal prepared through `drain` is still waiting for Raft: woken
+/// by each release, never polling. Proposals whose caller stopped waiting are released once
+/// RaftCore has handled them.
+pub(crate) async fn drain_cleartext<C: RaftTypeConfig<Entry = Entry<C>>>(
+    raft: &SealedRaft<C>,
+    drain: &Drain,
+    timeout: Duration,
+) -> Result<(), DrainTimeout> {
+    use openraft::type_config::TypeConfigExt;
+    use openraft::Instant as _;
+    // Orders this wait after every prepare that read the wrapper before it changed.
+    drop(drain.switch.write().unwrap_or_else(PoisonError::into_inner));
+    let start = C::now();
+    let deadline = start + timeout;
+    loop {
+        let released = drain.released.notified();
+        let mut released = std::pin::pin!(released);
+        // Registered before the count is read, so a release in between is not missed.
+        released.as_mut().enable();
+        let in_flight = drain.cleartext_in_flight.load(Ordering::SeqCst);
+        if in_flight == 0 {
+            return Ok(());
+        }
+        let abandoned = std::mem::take(&mut *drain.abandoned.lock().unwrap_or_else(PoisonError::into_inner));
+        if !abandoned.is_empty() {
+            // Every write queued before this call has been appended or refused when it returns.
             let _ = raft.with_raft_state(|_| ()).await;
-            drop(token);
-        });
+            drop(abandoned);
+            continue;
+        }
+        let left = crate::admin::time_left::<C>(deadline);
+        if left.is_zero() || C::timeout(left, released).await.is_err() {
+            let in_flight = drain.cleartext_in_flight.load(Ordering::SeqCst);
+            if in_flight == 0 {
+                return Ok(());
+            }
+            return Err(DrainTimeout { in_flight, waited: start.elapsed() });
+        }
     }
 }
 
 /// Held by a cleartext proposal until Raft has answered for it (or it is dropped unsubmitted).
-struct InFlight(Arc<Drain>);
+pub(crate) struct InFlight(Arc<Drain>);
 
 impl InFlight {
     fn new(drain: &Arc<Drain>) -> Arc<Self> {
@@ -184,6 +227,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.cleartext_in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.released.notify_waiters();
     }
 }
 
@@ -243,8 +287,8 @@ pub struct EnvelopeRaft<C: RaftTypeConfig<Entry = Entry<C>>> {
     raft: SealedRaft<C>,
     layer: Arc<EnvelopeLayer>,
     codec: Arc<dyn PayloadCodec<C::D>>,
-    drain: Arc<Drain>,
-    pub(crate) admin: Option<Arc<crate::admin::Admin>>,
+    pub(crate) drain: Arc<Drain>,
+    pub(crate) admin: Option<Arc<crate::admin::Admin<C>>>,
 }
 
 impl<C: RaftTypeConfig<Entry = Entry<C>>> Clone for EnvelopeRaft<C> {
@@ -300,8 +344,9 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
         state: Arc<raft_envelope_core::LayerState>,
         codec: Arc<dyn PayloadCodec<C::D>>,
     ) -> Self {
-        let admin = Some(Arc::new(crate::admin::Admin::new(state)));
-        Self { raft, layer, codec, drain: Arc::default(), admin }
+        let drain: Arc<Drain> = Arc::default();
+        let admin = Some(Arc::new(crate::admin::Admin::new(raft.clone(), state, drain.clone())));
+        Self { raft, layer, codec, drain, admin }
     }
 
     /// The engine, for management calls.
@@ -406,7 +451,7 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
                 // The proposal stays counted until RaftCore has handled it, even when the caller
                 // stops waiting: a dropped caller must not let the drain finish while its
                 // proposal still sits in RaftCore's queue (see `UntilHandled`).
-                let mut guard = UntilHandled { raft: self.raft.clone(), token: Some(token.clone()) };
+                let mut guard = UntilHandled { drain: &self.drain, token: Some(token.clone()) };
                 let result = self.raft.client_write(payload).await;
                 guard.token = None;
                 result
@@ -457,19 +502,7 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
     /// # Errors
     /// [`DrainTimeout`] after `timeout`.
     pub async fn drain_cleartext(&self, timeout: Duration) -> Result<(), DrainTimeout> {
-        // Orders this wait after every prepare that read the wrapper before it changed.
-        drop(self.drain.switch.write().unwrap_or_else(PoisonError::into_inner));
-        let start = tokio::time::Instant::now();
-        loop {
-            let in_flight = self.drain.cleartext_in_flight.load(Ordering::SeqCst);
-            if in_flight == 0 {
-                return Ok(());
-            }
-            if start.elapsed() >= timeout {
-                return Err(DrainTimeout { in_flight, waited: start.elapsed() });
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        drain_cleartext::<C>(&self.raft, &self.drain, timeout).await
     }
 
     /// How many envelopes sealed under `key_id` are being submitted on this node (and its clones)
@@ -483,17 +516,17 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
     /// sealed under, and what it may still seal under (its active key, keys of envelopes being
     /// submitted). Gather one from every member and pass them to
     /// [`destroy_key`](Self::destroy_key).
-    pub fn retention(&self) -> Retention {
+    pub fn retention(&self) -> Retention<C::NodeId> {
         let metrics = self.raft.metrics().borrow().clone();
         let first = metrics.purged.as_ref().map_or(0, |p| p.index + 1);
         let snapshot = match (&self.admin, &metrics.snapshot) {
             // What the layer state recorded when the snapshot was built or installed: not gated
             // on the metrics, which may lag behind.
-            (Some(admin), _) => admin.state().retained_snapshot(),
+            (Some(admin), _) => admin.state().local().retained_snapshot(),
             (None, Some(s)) => Some(RetainedSnapshot::new(s.index, None)),
             (None, None) => None,
         };
-        let mut report = Retention::new(metrics.id, first, snapshot);
+        let mut report = Retention::new(metrics.id.clone(), first, snapshot);
         if let Some(admin) = &self.admin {
             // The active key first, then the keys in flight: a submit counts itself before it
             // checks the active key, so one that passed its check under a key this read no
@@ -508,7 +541,7 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
                 .copied()
                 .collect();
             // Snapshot builds in progress seal under the key they captured.
-            in_flight.extend(admin.state().keys_in_use());
+            in_flight.extend(admin.state().local().keys_in_use());
             in_flight.sort_unstable();
             in_flight.dedup();
             report = report.with_sealing(active, in_flight);

@@ -10,8 +10,11 @@ use openraft::{
     StorageError, StorageIOError, StoredMembership,
 };
 use raft_envelope_core::{
-    ApplyGate, EntryKind, EnvelopeLayer, FailureReason, FatalApplyError, KeyProvider, LayerState,
-    PayloadWrapper, RetainedSnapshot, SnapshotCapture, SnapshotHeader,
+    error::FailureReason,
+    lifecycle::{RetainedSnapshot, SnapshotCapture},
+    provider::KeyProvider,
+    wire::SnapshotHeader,
+    ApplyGate, EntryKind, EnvelopeLayer, FatalApplyError, LayerState, PayloadWrapper,
 };
 
 use crate::codec::{JsonCodec, PayloadCodec};
@@ -90,27 +93,30 @@ pub const DEFAULT_PROVIDER_WARN_INTERVAL: Duration = Duration::from_secs(5);
 /// (an unreachable KMS) stalls apply on this replica, it does not halt it. One call is awaited
 /// for four intervals, then dropped and made again with twice the time (a connection that hung
 /// is not waited on forever; a provider that is just slow gets ever longer).
-async fn await_provider<F, Fut>(
+async fn await_provider<C, F, Fut>(
     every: Duration,
     index: u64,
     mut call: F,
-) -> Result<(), raft_envelope_core::ControlError>
+) -> Result<(), raft_envelope_core::error::ControlError>
 where
+    C: RaftTypeConfig,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), raft_envelope_core::ControlError>>,
+    Fut: std::future::Future<Output = Result<(), raft_envelope_core::error::ControlError>>
+        + openraft::OptionalSend,
 {
-    let start = tokio::time::Instant::now();
+    use openraft::type_config::TypeConfigExt;
+    use openraft::Instant as _;
+    let start = C::now();
     let mut budget = every.saturating_mul(4);
     loop {
-        let attempt = call();
-        tokio::pin!(attempt);
-        let deadline = tokio::time::Instant::now() + budget;
+        let mut attempt = std::pin::pin!(call());
+        let deadline = C::now() + budget;
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let left = crate::admin::time_left::<C>(deadline);
             if left.is_zero() {
                 break;
             }
-            match tokio::time::timeout(every.min(left), &mut attempt).await {
+            match C::timeout(every.min(left), &mut attempt).await {
                 Ok(result) => return result,
                 Err(_) => tracing::warn!(
                     index,
@@ -285,14 +291,11 @@ impl<C: RaftTypeConfig, SM> EnvelopeStateMachine<C, SM> {
             return Err(gate.record_halt(error));
         };
         lifecycle.state.apply_control(index, bytes).map_err(|e| gate.record_halt(e))?;
-        if lifecycle.state.active_key().is_some() && !self.layer.is_sealing() {
-            // Every proposal prepared from now on is sealed. A cleartext proposal prepared before
-            // is counted by its `EnvelopeRaft` until Raft answers for it; the admin drains those
-            // before it proposes the enforce entry.
-            let cipher: Arc<dyn PayloadWrapper> = Arc::new(lifecycle.state.cipher());
-            self.layer.set_wrapper(Some(cipher));
-            tracing::info!(index, "envelope layer seals new proposals (a key is active)");
-        }
+        // Once a key is active every proposal prepared from now on is sealed. A cleartext
+        // proposal prepared before is counted by its `EnvelopeRaft` until Raft answers for it;
+        // the admin drains those before it proposes the enforce entry.
+        let cipher: Arc<dyn PayloadWrapper> = Arc::new(lifecycle.state.cipher());
+        lifecycle.state.sync_sealing(&self.layer, &cipher);
         Ok(())
     }
 
@@ -310,7 +313,7 @@ impl<C: RaftTypeConfig, SM> EnvelopeStateMachine<C, SM> {
         let index = entry.log_id.index;
         let state = &lifecycle.state;
         let call = || async move { state.prefetch(bytes, provider.as_ref()).await.map(drop) };
-        if let Err(e) = await_provider(lifecycle.provider_warn_every, index, call).await {
+        if let Err(e) = await_provider::<C, _, _>(lifecycle.provider_warn_every, index, call).await {
             tracing::warn!(index, "could not unwrap the key of a layer control entry: {e}");
         }
     }
@@ -354,7 +357,7 @@ where
         if let Some(provider) = &lifecycle.provider {
             let (state, framed) = (&lifecycle.state, &framed);
             let call = || state.prefetch_sealed_snapshot(framed, provider.as_ref());
-            if let Err(e) = await_provider(lifecycle.provider_warn_every, index, call).await {
+            if let Err(e) = await_provider::<C, _, _>(lifecycle.provider_warn_every, index, call).await {
                 tracing::warn!(index, "could not unwrap the keys of a snapshot: {e}");
             }
         }
@@ -369,17 +372,14 @@ where
                 );
             }
         };
-        if lifecycle.state.active_key().is_some() && !self.layer.is_sealing() {
-            let cipher: Arc<dyn PayloadWrapper> = Arc::new(lifecycle.state.cipher());
-            self.layer.set_wrapper(Some(cipher));
-            tracing::info!(index, "envelope layer seals new proposals (a key is active after a snapshot)");
-        }
+        let cipher: Arc<dyn PayloadWrapper> = Arc::new(lifecycle.state.cipher());
+        lifecycle.state.sync_sealing(&self.layer, &cipher);
         lifecycle.cache.put(meta.snapshot_id.clone(), framed);
         let state = lifecycle.state.clone();
         let mut inner_data = self.inner.begin_receiving_snapshot().await?;
         write_all(&mut *inner_data, &data).await.map_err(|e| read_error(meta, e))?;
         self.inner.install_snapshot(meta, inner_data).await?;
-        state.note_applied_through(index);
+        state.local().note_applied_through(index);
         Ok(())
     }
 }
@@ -401,7 +401,7 @@ where
     {
         let (applied, membership) = self.inner.applied_state().await?;
         if let (Some(lifecycle), Some(applied)) = (&self.lifecycle, &applied) {
-            lifecycle.state.note_applied_through(applied.index);
+            lifecycle.state.local().note_applied_through(applied.index);
         }
         Ok((applied, membership))
     }
@@ -426,7 +426,7 @@ where
         let last_good = good.last().map(|e| e.log_id.index);
         let responses = if good.is_empty() { Vec::new() } else { self.inner.apply(good).await? };
         if let (Some(lifecycle), Some(index)) = (&self.lifecycle, last_good) {
-            lifecycle.state.note_applied_through(index);
+            lifecycle.state.local().note_applied_through(index);
         }
         match failure {
             None => Ok(responses),
@@ -568,7 +568,7 @@ where
         write_all(&mut *buffer, &framed).await.map_err(|e| read_error(&meta, e))?;
         snapshot.snapshot = buffer;
         let sealed_under = SnapshotHeader::read(&framed).ok().and_then(|h| h.sealed_under);
-        frame.state.record_retained_snapshot(RetainedSnapshot::new(index, sealed_under));
+        frame.state.local().record_retained_snapshot(RetainedSnapshot::new(index, sealed_under));
         frame.cache.put(meta.snapshot_id.clone(), framed);
         tracing::info!(index, key_id = sealed_under.map(|k| k.0), "snapshot framed with the layer state");
         Ok(seal_snapshot_type(snapshot))

@@ -6,6 +6,9 @@ use std::time::Duration;
 use openraft::{Entry, RaftTypeConfig};
 use raft_envelope_core::{Cutover, PayloadWrapper};
 
+use openraft::type_config::TypeConfigExt;
+
+use crate::admin::time_left;
 use crate::raft::{DrainTimeout, EnvelopeRaft, WriteError};
 
 /// One node as the switch-on procedure sees it: its proposer and the cutover its apply gate
@@ -66,11 +69,10 @@ pub async fn switch_on<C: RaftTypeConfig<Entry = Entry<C>>>(
     wrapper: Arc<dyn PayloadWrapper>,
     timeout: Duration,
 ) -> Result<u64, SwitchOnError<C::NodeId, C::Node>> {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = C::now() + timeout;
     for (i, node) in nodes.iter().enumerate() {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         node.raft
-            .seal_new_proposals(wrapper.clone(), left)
+            .seal_new_proposals(wrapper.clone(), time_left::<C>(deadline))
             .await
             .map_err(|source| SwitchOnError::Drain { node: i, source })?;
     }
@@ -82,21 +84,45 @@ pub async fn switch_on<C: RaftTypeConfig<Entry = Entry<C>>>(
     Ok(index)
 }
 
+/// Commits the barrier on whichever node leads, waiting on the nodes' metrics (never polling)
+/// for a leader, and for a new leader after a refusal.
 async fn commit_barrier_on_leader<C: RaftTypeConfig<Entry = Entry<C>>>(
     nodes: &[SwitchOnNode<'_, C>],
-    deadline: tokio::time::Instant,
+    deadline: <C::AsyncRuntime as openraft::AsyncRuntime>::Instant,
 ) -> Result<u64, SwitchOnError<C::NodeId, C::Node>> {
-    let mut last_error = None;
-    while tokio::time::Instant::now() < deadline {
-        let leader = nodes.iter().find_map(|n| n.raft.raft().metrics().borrow().current_leader.clone());
-        let target = leader.and_then(|id| nodes.iter().find(|n| n.raft.raft().metrics().borrow().id == id));
-        if let Some(node) = target {
-            match node.raft.commit_barrier().await {
-                Ok(log_id) => return Ok(log_id.index),
-                Err(e) => last_error = Some(e),
+    let Some(first) = nodes.first() else { return Err(SwitchOnError::NoLeader) };
+    let mut refused_by: Option<(C::NodeId, u64)> = None;
+    loop {
+        let left = time_left::<C>(deadline);
+        // A leader, and after a refusal a different leader or a later term.
+        let metrics = first
+            .raft
+            .raft()
+            .wait(Some(left))
+            .metrics(
+                |m| match (&m.current_leader, &refused_by) {
+                    (None, _) => false,
+                    (Some(_), None) => true,
+                    (Some(leader), Some((old, term))) => leader != old || m.current_term > *term,
+                },
+                "a leader to commit the switch-on barrier",
+            )
+            .await;
+        let Ok(metrics) = metrics else {
+            return Err(SwitchOnError::NoLeader);
+        };
+        let leader = metrics.current_leader.clone();
+        let Some(node) = nodes.iter().find(|n| Some(&n.raft.raft().metrics().borrow().id) == leader.as_ref())
+        else {
+            return Err(SwitchOnError::NoLeader);
+        };
+        match node.raft.commit_barrier().await {
+            Ok(log_id) => return Ok(log_id.index),
+            Err(e) if time_left::<C>(deadline).is_zero() => return Err(SwitchOnError::Barrier(e)),
+            Err(e) => {
+                tracing::debug!("switch-on barrier refused, waiting for a new leader: {e}");
+                refused_by = leader.map(|l| (l, metrics.current_term));
             }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Err(last_error.map(SwitchOnError::Barrier).unwrap_or(SwitchOnError::NoLeader))
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raft_envelope_core::{
-    Algorithm, ApplyGate, ClusterId, Cutover, EntryKind, EnvelopeCipher, EnvelopeLayer, FailureReason, KeyId,
-    Keyring, SecretKey,
+    error::FailureReason, Algorithm, ApplyGate, ClusterId, Cutover, EntryKind, EnvelopeCipher, EnvelopeLayer,
+    KeyId, Keyring, SecretKey,
 };
 use raft_envelope_openraft::testing::{KvApp, TestCluster};
 

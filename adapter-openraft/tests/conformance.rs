@@ -10,7 +10,8 @@ use raft_envelope_conformance::{
     RecordingStateMachine, Response, StoredEntry,
 };
 use raft_envelope_core::{
-    Algorithm, EntryKind, EnvelopeLayer, FatalApplyError, KeyId, KeyProvider, LayerSnapshot,
+    lifecycle::LayerSnapshot, provider::KeyProvider, Algorithm, EntryKind, EnvelopeLayer, FatalApplyError,
+    KeyId,
 };
 use raft_envelope_openraft::testing::{Application, ClusterError, TestCluster, WriteFailure};
 use raft_envelope_openraft::{AdminError, WriteError};
@@ -182,11 +183,7 @@ impl Cluster for OpenraftCluster {
             provider.kek_id(),
             Algorithm::Aes256Gcm,
         ));
-        match enabled {
-            Ok(enabled) => Ok(enabled.cutover),
-            Err(AdminError::AlreadyEnforced { cutover }) => Ok(cutover),
-            Err(e) => Err(admin(e)),
-        }
+        enabled.map(|e| e.cutover).map_err(admin)
     }
 
     fn rotate_key(&self, provider: Arc<dyn KeyProvider>) -> Result<KeyId, HarnessError> {
@@ -196,7 +193,7 @@ impl Cluster for OpenraftCluster {
     }
 
     fn destroy_key(&self, key: KeyId) -> Result<(), HarnessError> {
-        self.runtime.block_on(self.cluster.destroy_key(key)).map_err(admin)
+        self.runtime.block_on(self.cluster.destroy_key(key)).map(drop).map_err(admin)
     }
 
     fn layer_snapshot(&self, node: NodeId) -> Result<LayerSnapshot, HarnessError> {

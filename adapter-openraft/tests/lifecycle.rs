@@ -6,12 +6,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use raft_envelope_core::error::ControlError;
+use raft_envelope_core::lifecycle::{AutoRotation, Retired};
 use raft_envelope_core::{
-    Algorithm, ClusterId, DestroyRefused, EntryKind, FailureReason, FileKekProvider, KekId, KeyId,
-    KeyProvider, KeyState, LayerState, PayloadUnwrapper, SealBudget, SecretKey,
+    error::FailureReason,
+    lifecycle::{DestroyRefused, KeyState, SealBudget},
+    provider::{FileKekProvider, KekId, KeyProvider},
+    Algorithm, ClusterId, EntryKind, KeyId, LayerState, PayloadUnwrapper, SecretKey,
 };
 use raft_envelope_openraft::testing::{Application, KvApp, StoredEntryView, TestCluster};
-use raft_envelope_openraft::{AdminError, AutoRotation};
+use raft_envelope_openraft::AdminError;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -314,13 +318,14 @@ async fn destroyed_key_refused_while_active_and_old_envelope_above_cutover_then_
     cluster.enable_encryption(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
     let old = write(&cluster, "old=under-key-1").await;
     let refused = cluster.destroy_key(KeyId(1)).await.unwrap_err();
-    assert!(matches!(refused, AdminError::Refused { key_id: KeyId(1), .. }), "{refused}");
+    assert!(matches!(refused, AdminError::DestroyRefused(DestroyRefused::ActiveKey(KeyId(1)))), "{refused}");
     let refused = cluster.destroy_key(KeyId(9)).await.unwrap_err();
-    assert!(matches!(refused, AdminError::Refused { key_id: KeyId(9), .. }), "{refused}");
+    assert!(matches!(refused, AdminError::Refused(ControlError::UnknownKey(KeyId(9)))), "{refused}");
 
     cluster.rotate_key(kek().as_ref(), &kek_id(), Algorithm::Aes256Gcm).await.unwrap();
-    cluster.retire_key(KeyId(1)).await.unwrap(); // already decrypt-only: nothing to do
-                                                 // Every log still holds the entry sealed under key 1: refused, naming a replica.
+    // Already decrypt-only: nothing to do.
+    assert_eq!(cluster.retire_key(KeyId(1)).await.unwrap(), Retired::AlreadyDecryptOnly);
+    // Every log still holds the entry sealed under key 1: refused, naming a replica.
     let refused = cluster.destroy_key(KeyId(1)).await.unwrap_err();
     assert!(
         matches!(&refused, AdminError::DestroyRefused(DestroyRefused::InLog { key_id: KeyId(1), .. })),
@@ -549,17 +554,18 @@ impl KeyProvider for UnreliableProvider {
 
     async fn wrap(
         &self,
-        context: &raft_envelope_core::WrapContext<'_>,
+        context: &raft_envelope_core::provider::WrapContext<'_>,
         key: &SecretKey,
-    ) -> Result<raft_envelope_core::WrappedKey, raft_envelope_core::KeyProviderError> {
+    ) -> Result<raft_envelope_core::provider::WrappedKey, raft_envelope_core::provider::KeyProviderError>
+    {
         self.inner.wrap(context, key).await
     }
 
     async fn unwrap(
         &self,
-        context: &raft_envelope_core::WrapContext<'_>,
-        wrapped: &raft_envelope_core::WrappedKey,
-    ) -> Result<SecretKey, raft_envelope_core::KeyProviderError> {
+        context: &raft_envelope_core::provider::WrapContext<'_>,
+        wrapped: &raft_envelope_core::provider::WrappedKey,
+    ) -> Result<SecretKey, raft_envelope_core::provider::KeyProviderError> {
         let hang = self
             .hanging_calls_left
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -620,7 +626,10 @@ async fn a_node_with_unapplied_control_entries_in_its_log_appends_nothing() {
     cluster.restart_with_provider(victim, Some(kek())).await.unwrap();
 
     let state = cluster.node(victim).unwrap().layer_state.unwrap();
-    assert!(state.control_pending(), "the restarted node knows its log may hold unapplied control entries");
+    assert!(
+        state.local().control_pending(),
+        "the restarted node knows its log may hold unapplied control entries"
+    );
     let raft = cluster.node(victim).unwrap().raft.unwrap();
     let answer = raft.client_write(b"x=1".to_vec()).await.unwrap_err();
     assert!(answer.forward_to_leader().is_some(), "a follower points at the leader: {answer}");
@@ -628,7 +637,7 @@ async fn a_node_with_unapplied_control_entries_in_its_log_appends_nothing() {
     cluster.hold_commit(victim, false).unwrap();
     let last = write(&cluster, "after=release").await;
     wait_all(&cluster, &[victim], last).await;
-    assert!(!state.control_pending(), "applied past them, it may append again");
+    assert!(!state.local().control_pending(), "applied past them, it may append again");
     assert_eq!(state.active_key(), Some(KeyId(2)));
     cluster.shutdown().await;
 }

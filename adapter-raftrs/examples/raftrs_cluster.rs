@@ -13,8 +13,9 @@ use std::sync::Arc;
 
 use raft::eraftpb::{Entry, EntryType};
 use raft_envelope_core::{
-    Algorithm, ApplyGate, ClusterId, Cutover, EntryKind, EnvelopeCipher, EnvelopeHeader, EnvelopeLayer,
-    KeyId, Keyring, PayloadWrapper, SecretKey, HEADER_LEN,
+    wire::{EnvelopeHeader, HEADER_LEN},
+    Algorithm, ApplyGate, ClusterId, Cutover, EntryKind, EnvelopeCipher, EnvelopeLayer, KeyId, Keyring,
+    PayloadWrapper, SecretKey,
 };
 use raft_envelope_raftrs::framing::{classify, ContextMarker, MarkerKind};
 use raft_envelope_raftrs::testing::{Cluster, KvStore};

@@ -8,8 +8,10 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Snapshot};
 use raft::{RawNode, Storage};
 use raft_envelope_core::{
-    EntryKind, EnvelopeHeader, EnvelopeLayer, FailureReason, FatalApplyError, LayerState, PayloadWrapper,
-    ProposalId, RetainedSnapshot, SnapshotHeader,
+    error::FailureReason,
+    lifecycle::RetainedSnapshot,
+    wire::{EnvelopeHeader, SnapshotHeader},
+    EntryKind, EnvelopeLayer, FatalApplyError, LayerState, PayloadWrapper, ProposalId,
 };
 
 use crate::error::NodeError;
@@ -94,9 +96,7 @@ impl<SM: StateMachine> EnvelopeApplier<SM> {
     }
 
     pub(crate) fn set_layer_state(&mut self, state: Arc<LayerState>, wrapper: Arc<dyn PayloadWrapper>) {
-        if state.active_key().is_some() && !self.layer.is_sealing() {
-            self.layer.set_wrapper(Some(wrapper.clone()));
-        }
+        state.sync_sealing(&self.layer, &wrapper);
         self.lifecycle = Some(Lifecycle { state, wrapper, prefetched_through: 0 });
     }
 
@@ -209,10 +209,7 @@ impl<SM: StateMachine> EnvelopeApplier<SM> {
                     self.halt = Some(halt.clone());
                     return Err(NodeError::Halted(halt));
                 }
-                if l.state.active_key().is_some() && !self.layer.is_sealing() {
-                    self.layer.set_wrapper(Some(l.wrapper.clone()));
-                    tracing::info!(index = entry.index, "a key is active: this node seals new proposals");
-                }
+                l.state.sync_sealing(&self.layer, &l.wrapper);
                 let (index, term) = (entry.index, entry.term);
                 self.sm.apply_control(index, term, None);
                 self.applied = index;
@@ -311,11 +308,8 @@ impl<SM: StateMachine> EnvelopeApplier<SM> {
                 return Err(NodeError::Halted(halt));
             }
         };
-        l.state.record_retained_snapshot(RetainedSnapshot::new(index, sealed_under));
-        if l.state.active_key().is_some() && !self.layer.is_sealing() {
-            self.layer.set_wrapper(Some(l.wrapper.clone()));
-            tracing::info!(index, "a key is active after the snapshot: this node seals new proposals");
-        }
+        l.state.local().record_retained_snapshot(RetainedSnapshot::new(index, sealed_under));
+        l.state.sync_sealing(&self.layer, &l.wrapper);
         let mut user = Snapshot::default();
         user.set_metadata(snapshot.get_metadata().clone());
         user.data = data.into();

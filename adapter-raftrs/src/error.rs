@@ -1,6 +1,9 @@
 //! The adapter's errors. None of them ever holds key material or payload bytes.
 
-use raft_envelope_core::{ControlError, FailureReason, FatalApplyError, KeyId, SealError};
+use raft_envelope_core::{
+    error::{ControlError, FailureReason},
+    FatalApplyError, KeyId, SealError,
+};
 
 /// A proposal was not applied, or its outcome could not be established.
 ///

@@ -33,7 +33,7 @@
 //!   its index (fail closed). With a plain layer nothing can authenticate a snapshot, so while
 //!   a cutover is in force [`EnvelopeNode`] refuses to restore one: the node halts with a
 //!   [`FatalApplyError`](raft_envelope_core::FatalApplyError) naming the snapshot's index,
-//!   [`FailureReason::UnsealedSnapshot`](raft_envelope_core::FailureReason::UnsealedSnapshot) and the cutover, plus a
+//!   [`FailureReason::UnsealedSnapshot`](raft_envelope_core::error::FailureReason::UnsealedSnapshot) and the cutover, plus a
 //!   `tracing` error event. Inert, snapshots are restored as before. [`MemStore`] keeps the
 //!   snapshot's data so a compacted leader can send it.
 //! - **Barriers** are proposed on the leader only ([`ProposeError::NotLeader`]) and matched
@@ -60,6 +60,7 @@
 //! use std::sync::Arc;
 //! use raft::{storage::MemStorage, Config};
 //! use raft_envelope_core::*;
+//! use raft_envelope_core::error::ConfigError;
 //! use raft_envelope_raftrs::{framing, testing::KvStore, EnvelopeNode};
 //!
 //! let ring = Arc::new(Keyring::with_active_key(KeyId(1), Algorithm::Aes256Gcm, SecretKey::generate()?)?);
@@ -94,6 +95,7 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+pub mod admin;
 mod applier;
 mod error;
 pub mod framing;
@@ -101,6 +103,7 @@ mod mem_store;
 mod node;
 mod proposer;
 mod state_machine;
+#[cfg(feature = "testing")]
 pub mod testing;
 mod tracker;
 
@@ -109,6 +112,6 @@ pub use error::{NodeError, ProposeError, StepError};
 pub use mem_store::MemStore;
 pub use node::{EnvelopeNode, DEFAULT_PROPOSAL_TIMEOUT_TICKS};
 pub use proposer::{EnvelopeProposer, Ticket};
-pub use raft_envelope_core::EncryptionStatus;
+pub use raft_envelope_core::lifecycle::EncryptionStatus;
 pub use state_machine::{LogStore, StateMachine};
 pub use tracker::{Applied, Completion, ProposalTracker};

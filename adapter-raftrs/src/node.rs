@@ -6,9 +6,11 @@ use std::sync::Arc;
 use raft::eraftpb::{Message, MessageType, Snapshot};
 use raft::{Config, RawNode, ReadState, SnapshotStatus, StateRole};
 use raft_envelope_core::{
-    is_layer_snapshot, Algorithm, AppendRefusal, ApplyGate, ControlCommand, ControlError, EncryptionStatus,
-    EntryKind, EnvelopeHeader, EnvelopeLayer, FatalApplyError, KeyId, KeyProvider, LayerState,
-    RetainedSnapshot, Retention, SnapshotHeader,
+    error::{AppendRefusal, ControlError},
+    lifecycle::{EncryptionStatus, RetainedSnapshot, Retention},
+    provider::KeyProvider,
+    wire::{is_layer_snapshot, ControlCommand, EnvelopeHeader, SnapshotHeader},
+    Algorithm, ApplyGate, EntryKind, EnvelopeLayer, FatalApplyError, KeyId, LayerState, ProposalId,
 };
 use raft_proto::ConfChangeI;
 
@@ -59,6 +61,13 @@ pub struct EnvelopeNode<S: LogStore, SM: StateMachine> {
     /// The snapshot raft-rs holds for this node whose keys were prefetched (key lifecycle): the
     /// Ready carrying a snapshot is not taken before that.
     snapshot_prefetched: Option<Snapshot>,
+    /// Ticks since the node started: the clock admin requests are bounded by.
+    ticks: u64,
+    /// Proposals made for admin requests ([`serve_admin`](Self::serve_admin)): their outcomes go
+    /// to the admin side, not to [`take_completions`](Self::take_completions).
+    pub(crate) admin_ids: std::collections::BTreeSet<raft_envelope_core::ProposalId>,
+    pub(crate) admin_done: Vec<Completion<SM::Response>>,
+    user_done: Vec<Completion<SM::Response>>,
 }
 
 impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
@@ -87,6 +96,10 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
             read_states: Vec::new(),
             provider: None,
             snapshot_prefetched: None,
+            ticks: 0,
+            admin_ids: std::collections::BTreeSet::new(),
+            admin_done: Vec::new(),
+            user_done: Vec::new(),
         })
     }
 
@@ -125,8 +138,8 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
         let mut node = Self::new(config, storage, sm, layer, logger)?;
         // After a restart the stored log may hold layer control entries this node has not
         // applied yet: until it applied past its last stored index, assume it does.
-        state.note_control_appended(node.raw.raft.raft_log.last_index());
-        state.note_applied_through(node.applier.applied());
+        state.local().note_control_appended(node.raw.raft.raft_log.last_index());
+        state.local().note_applied_through(node.applier.applied());
         node.applier.set_layer_state(state, cipher);
         node.provider = Some(provider);
         Ok(node)
@@ -205,7 +218,7 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
         snapshot.data = data.into();
         store.compact(snapshot).map_err(|e| fail(e.to_string()))?;
         if let Some(state) = self.layer_state() {
-            state.record_retained_snapshot(RetainedSnapshot::new(index, sealed_under));
+            state.local().record_retained_snapshot(RetainedSnapshot::new(index, sealed_under));
         }
         tracing::info!(index, key_id = sealed_under.map(|k| k.0), "snapshot taken, log compacted");
         Ok(index)
@@ -220,7 +233,7 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
     /// [`NodeError::Raft`] when the storage cannot say; [`NodeError::Snapshot`] when the retained
     /// snapshot's header cannot be read (nothing can then be said about the key it is sealed
     /// under).
-    pub fn retention(&self) -> Result<Retention, NodeError> {
+    pub fn retention(&self) -> Result<Retention<u64>, NodeError> {
         let store = self.raw.store();
         let first = store.first_index().map_err(NodeError::Raft)?;
         let snapshot = match store.retained_snapshot() {
@@ -345,24 +358,36 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
     /// ([`LayerState::check_command`]: it would halt every replica), [`ProposeError::Refused`]
     /// when the entry cannot be sealed (a cutover with no active key), raft-rs errors, the halt.
     pub fn propose_control(&mut self, command: &ControlCommand) -> Result<Ticket, ProposeError> {
-        self.propose_check()?;
         let state = self.layer_state().ok_or(ProposeError::NoLayerState)?.clone();
-        if self.raw.raft.state != StateRole::Leader {
-            return Err(ProposeError::NotLeader { leader: self.raw.raft.leader_id });
-        }
         // An entry that cannot apply would halt every replica: refuse it here instead.
         state.check_command(command).map_err(ProposeError::Control)?;
-        let id = self.proposer.layer().next_proposal_id();
+        let id = state.next_control_id();
         let data = state.encode_entry(id, command).map_err(ProposeError::Refused)?;
-        let context = ContextMarker::layer_control(id).encode();
-        let ticket = append(&mut self.raw, id, EntryKind::Control, context, data)?;
-        state.note_control_appended(self.raw.raft.raft_log.last_index());
-        self.tracker.track(&ticket);
+        let ticket = self.propose_control_entry(id, data)?;
         tracing::info!(
             command = command.name(),
             key_id = command.key_id().map(|k| k.0),
             "layer control entry proposed"
         );
+        Ok(ticket)
+    }
+
+    /// Proposes an encoded layer control entry `entry` with proposal id `id` (made by the
+    /// core's `Lifecycle`, or by [`LayerState::encode_entry`]) and tracks it; matched by
+    /// `(index, term)`. Admin, on the leader only.
+    ///
+    /// # Errors
+    /// [`ProposeError::NotLeader`], [`ProposeError::NoLayerState`], raft-rs errors, the halt.
+    pub fn propose_control_entry(&mut self, id: ProposalId, entry: Vec<u8>) -> Result<Ticket, ProposeError> {
+        self.propose_check()?;
+        let state = self.layer_state().ok_or(ProposeError::NoLayerState)?.clone();
+        if self.raw.raft.state != StateRole::Leader {
+            return Err(ProposeError::NotLeader { leader: self.raw.raft.leader_id });
+        }
+        let context = ContextMarker::layer_control(id).encode();
+        let ticket = append(&mut self.raw, id, EntryKind::Control, context, entry)?;
+        state.local().note_control_appended(self.raw.raft.raft_log.last_index());
+        self.tracker.track(&ticket);
         Ok(ticket)
     }
 
@@ -582,8 +607,14 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
         if self.check_running().is_err() {
             return false;
         }
+        self.ticks += 1;
         self.tracker.on_tick();
         self.raw.tick()
+    }
+
+    /// Ticks since this node started.
+    pub fn ticks(&self) -> u64 {
+        self.ticks
     }
 
     /// Starts an election on this node.
@@ -653,7 +684,7 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
     /// every halt) and nothing of it is restored or persisted.
     ///
     /// With a plain layer nothing authenticates a snapshot: while a cutover is in force (not
-    /// `None`, not `u64::MAX`) the node halts with reason [`FailureReason::UnsealedSnapshot`](raft_envelope_core::FailureReason::UnsealedSnapshot)
+    /// `None`, not `u64::MAX`) the node halts with reason [`FailureReason::UnsealedSnapshot`](raft_envelope_core::error::FailureReason::UnsealedSnapshot)
     /// instead, nothing restored or persisted. Inert, the snapshot goes to
     /// [`StateMachine::restore_snapshot`] as before.
     ///
@@ -713,16 +744,16 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
             store.apply_snapshot(snapshot).map_err(NodeError::Raft)?;
             self.applier.restored_to(index);
             if let Some(state) = self.applier.layer_state() {
-                state.note_applied_through(index);
+                state.local().note_applied_through(index);
             }
             self.snapshot_prefetched = None;
         }
         if let (Some(state), Some(first)) = (self.applier.layer_state(), rd.entries().first()) {
             // Stored entries from `first` on are replaced (raft-rs overwrites a conflicting
             // tail): control entries noted there are gone, those in the new entries are noted.
-            state.note_log_truncated(first.index - 1);
+            state.local().note_log_truncated(first.index - 1);
             if let Some(e) = rd.entries().iter().rev().find(|e| is_layer_control(e)) {
-                state.note_control_appended(e.index);
+                state.local().note_control_appended(e.index);
             }
         }
         store.append(rd.entries()).map_err(NodeError::Raft)?;
@@ -795,14 +826,26 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
             self.tracker.on_applied(entry);
         }
         if let Some(state) = self.applier.layer_state() {
-            state.note_applied_through(self.applier.applied());
+            state.local().note_applied_through(self.applier.applied());
         }
         result
     }
 
     /// The outcomes of tracked proposals reached since the last call.
     pub fn take_completions(&mut self) -> Vec<Completion<SM::Response>> {
-        self.tracker.take_completions()
+        self.sort_completions();
+        std::mem::take(&mut self.user_done)
+    }
+
+    /// Moves the tracker's new outcomes to the admin side or the application's.
+    pub(crate) fn sort_completions(&mut self) {
+        for c in self.tracker.take_completions() {
+            if self.admin_ids.remove(&c.id) {
+                self.admin_done.push(c);
+            } else {
+                self.user_done.push(c);
+            }
+        }
     }
 
     /// The error this node halted with, if it halted.
@@ -871,6 +914,7 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
     }
 
     /// The raft-rs node, mutable, bypassing the layer: for fault injection in tests only.
+    #[cfg(feature = "testing")]
     pub(crate) fn raw_node_mut(&mut self) -> &mut RawNode<S> {
         &mut self.raw
     }

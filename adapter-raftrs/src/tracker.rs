@@ -275,7 +275,7 @@ mod tests {
         let done = t.take_completions();
         assert_eq!(done.len(), 1);
         assert!(matches!(done[0].result, Err(ProposeError::TimedOut { ticks: 2 })));
-        let halt = FatalApplyError::new(3, raft_envelope_core::FailureReason::UnknownKey, Some(1));
+        let halt = FatalApplyError::new(3, raft_envelope_core::error::FailureReason::UnknownKey, Some(1));
         t.on_halt(&halt);
         let done = t.take_completions();
         assert!(matches!(done[0].result, Err(ProposeError::Halted { index: 3, .. })));

@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use raft::eraftpb::{ConfState, Entry, EntryType, Message, MessageType, Snapshot};
 use raft_envelope_core::{
-    Algorithm, ApplyGate, ClusterId, Cutover, EntryKind, EnvelopeCipher, EnvelopeHeader, EnvelopeLayer,
-    FailureReason, KeyId, Keyring, PayloadWrapper, SecretKey,
+    error::FailureReason, wire::EnvelopeHeader, Algorithm, ApplyGate, ClusterId, Cutover, EntryKind,
+    EnvelopeCipher, EnvelopeLayer, KeyId, Keyring, PayloadWrapper, SecretKey,
 };
 use raft_envelope_raftrs::framing::{classify, ContextMarker, CONTEXT_MAGIC};
 use raft_envelope_raftrs::testing::{Cluster, ClusterError, KvStore};

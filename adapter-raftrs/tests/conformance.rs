@@ -10,9 +10,12 @@ use raft_envelope_conformance::{
     AppliedPayload, Capabilities, ClusterBuilder, HarnessError, ManagedNode, NodeId,
     ProposeError as SuiteProposeError, RecordingStateMachine, Response, StoredEntry,
 };
+use raft_envelope_core::lifecycle::LifecycleError;
 use raft_envelope_core::{
-    Algorithm, ControlCommand, EntryKind, EnvelopeHeader, EnvelopeLayer, FatalApplyError, FileKekProvider,
-    KekId, KeyId, KeyProvider, LayerSnapshot, ProposalId, SecretKey,
+    lifecycle::LayerSnapshot,
+    provider::{FileKekProvider, KekId, KeyProvider},
+    wire::{ControlCommand, EnvelopeHeader},
+    Algorithm, EntryKind, EnvelopeLayer, FatalApplyError, KeyId, ProposalId, SecretKey,
 };
 use raft_envelope_raftrs::framing::{classify, ContextMarker};
 use raft_envelope_raftrs::testing::{block_on, Cluster, ClusterConfig, ClusterError};
@@ -376,7 +379,9 @@ impl raft_envelope_conformance::Cluster for RaftRs {
     fn destroy_key(&self, key: KeyId) -> Result<(), HarnessError> {
         match self.lock().destroy_key(key) {
             Ok(_) => Ok(()),
-            Err(ClusterError::DestroyRefused(reason)) => Err(HarnessError::DestroyRefused(reason)),
+            Err(ClusterError::Admin(LifecycleError::DestroyRefused(reason))) => {
+                Err(HarnessError::DestroyRefused(reason))
+            }
             Err(e) => Err(engine(e)),
         }
     }

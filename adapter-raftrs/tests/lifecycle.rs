@@ -9,11 +9,15 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use raft::eraftpb::{Entry, Message, MessageType, Snapshot};
+use raft_envelope_core::lifecycle::{Destroyed, Retired};
 use raft_envelope_core::{
-    is_clear_control_entry, Algorithm, ClusterId, ControlCommand, ControlError, DestroyRefused, EntryKind,
-    EnvelopeHeader, FailureReason, FileKekProvider, KekId, KeyId, KeyProvider, KeyState, LayerState,
-    PayloadUnwrapper, ProposalId, Purpose, RetainedSnapshot, Retention, SecretKey, SnapshotHeader,
+    error::{ControlError, FailureReason},
+    lifecycle::{DestroyRefused, KeyState, RetainedSnapshot, Retention},
+    provider::{FileKekProvider, KekId, KeyProvider},
+    wire::{is_clear_control_entry, ControlCommand, EnvelopeHeader, Purpose, SnapshotHeader},
+    Algorithm, ClusterId, EntryKind, KeyId, LayerState, PayloadUnwrapper, ProposalId, SecretKey,
 };
+use raft_envelope_raftrs::admin::AdminError;
 use raft_envelope_raftrs::framing::{classify, is_layer_control, ContextMarker};
 use raft_envelope_raftrs::testing::{block_on, Cluster, ClusterConfig, ClusterError, KvStore};
 use raft_envelope_raftrs::{LogStore, ProposeError, StepError};
@@ -291,12 +295,18 @@ fn admin_commands_are_proposed_on_the_leader_only_and_the_active_key_is_not_reti
     // Retiring the active key is refused (above C nothing could seal a later promote); after a
     // rotation the old key is decrypt-only already and retiring it changes nothing.
     let refused = c.retire_key(KeyId(1)).unwrap_err();
-    assert!(matches!(refused, ClusterError::RetireActiveKey(KeyId(1))), "{refused:?}");
+    assert!(
+        matches!(refused, ClusterError::Admin(AdminError::Refused(ControlError::ActiveKeyNeeded(KeyId(1))))),
+        "{refused:?}"
+    );
     c.rotate_key(provider(KEK_BYTES).as_ref(), Algorithm::Aes256Gcm).unwrap();
-    c.retire_key(KeyId(1)).unwrap();
+    assert_eq!(c.retire_key(KeyId(1)).unwrap(), Retired::AlreadyDecryptOnly);
     // A key never installed: the entry would halt every replica, so nothing is proposed.
     let unknown = c.retire_key(KeyId(9)).unwrap_err();
-    assert!(matches!(unknown, ClusterError::Control(ControlError::UnknownKey(KeyId(9)))), "{unknown:?}");
+    assert!(
+        matches!(unknown, ClusterError::Admin(AdminError::Refused(ControlError::UnknownKey(KeyId(9))))),
+        "{unknown:?}"
+    );
     let status = c.encryption_status().unwrap();
     assert_eq!(status.active_key, Some(KeyId(2)));
     assert_eq!(status.keys[0].state, KeyState::DecryptOnly);
@@ -642,10 +652,19 @@ fn destroy_is_refused_while_a_log_or_snapshot_holds_the_key_and_allowed_after_co
     c.propose(b"new=1".to_vec()).unwrap();
 
     let refused = c.destroy_key(KeyId(2)).unwrap_err();
-    assert!(matches!(refused, ClusterError::RetireActiveKey(KeyId(2))), "{refused:?}");
+    assert!(
+        matches!(
+            refused,
+            ClusterError::Admin(AdminError::DestroyRefused(DestroyRefused::ActiveKey(KeyId(2))))
+        ),
+        "{refused:?}"
+    );
     let refused = c.destroy_key(KeyId(1)).unwrap_err();
     assert!(
-        matches!(&refused, ClusterError::DestroyRefused(DestroyRefused::InLog { key_id: KeyId(1), .. })),
+        matches!(
+            &refused,
+            ClusterError::Admin(AdminError::DestroyRefused(DestroyRefused::InLog { key_id: KeyId(1), .. }))
+        ),
         "{refused:?}"
     );
     for id in c.ids().into_iter().filter(|i| *i != follower) {
@@ -655,8 +674,8 @@ fn destroy_is_refused_while_a_log_or_snapshot_holds_the_key_and_allowed_after_co
     // log still holds entries under it.
     let refused = c.destroy_key(KeyId(1)).unwrap_err();
     match &refused {
-        ClusterError::DestroyRefused(DestroyRefused::InLog { replica, .. }) => {
-            assert_eq!(replica, &follower.to_string())
+        ClusterError::Admin(AdminError::DestroyRefused(DestroyRefused::InLog { replica, .. })) => {
+            assert_eq!(*replica, follower)
         }
         other => panic!("refused because of node {follower}'s log: {other:?}"),
     }
@@ -666,7 +685,7 @@ fn destroy_is_refused_while_a_log_or_snapshot_holds_the_key_and_allowed_after_co
     c.compact(follower).unwrap();
     let retention = c.retention(follower).unwrap();
     assert_eq!(retention.snapshot.map(|s| s.sealed_under), Some(Some(KeyId(2))));
-    let index = c.destroy_key(KeyId(1)).unwrap();
+    let Destroyed::At { index } = c.destroy_key(KeyId(1)).unwrap() else { panic!("key 1 was live") };
     let after = c.propose(b"after=destroy".to_vec()).unwrap();
     for id in c.ids() {
         assert!(c.wait_applied(id, after.index).unwrap() >= after.index);

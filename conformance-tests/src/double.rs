@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use raft_envelope_core::{EntryKind, EnvelopeHeader, EnvelopeLayer, FatalApplyError};
+use raft_envelope_core::{wire::EnvelopeHeader, EntryKind, EnvelopeLayer, FatalApplyError};
 
 use crate::harness::{
     AppliedPayload, Capabilities, Cluster, ClusterBuilder, HarnessError, NodeId, ProposeError,

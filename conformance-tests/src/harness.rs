@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raft_envelope_core::{
-    DestroyRefused, EntryKind, EnvelopeLayer, FatalApplyError, KeyId, KeyProvider, LayerSnapshot, LayerState,
-    SealError,
+    lifecycle::{DestroyRefused, LayerSnapshot},
+    provider::KeyProvider,
+    EntryKind, EnvelopeLayer, FatalApplyError, KeyId, LayerState, SealError,
 };
 
 /// Identifies one replica of a test cluster, as the harness numbers them.
@@ -252,7 +253,7 @@ pub enum HarnessError {
     /// [`Cluster::destroy_key`] refused: a replica still retains entries or a snapshot sealed
     /// under the key, or did not report what it retains.
     #[error("destroy refused: {0}")]
-    DestroyRefused(#[source] DestroyRefused),
+    DestroyRefused(#[source] DestroyRefused<NodeId>),
     /// Anything else the engine reports. Must never carry payload or key bytes.
     #[error("{0}")]
     Engine(String),

@@ -10,8 +10,9 @@ use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use raft_envelope_core::{
-    Algorithm, ClusterId, EnvelopeCipher, EnvelopeHeader, KeyId, Keyring, PayloadUnwrapper, PayloadWrapper,
-    ProposalId, SecretKey, HEADER_LEN, TAG_LEN,
+    wire::{EnvelopeHeader, HEADER_LEN, TAG_LEN},
+    Algorithm, ClusterId, EnvelopeCipher, KeyId, Keyring, PayloadUnwrapper, PayloadWrapper, ProposalId,
+    SecretKey,
 };
 
 const SIZES: [usize; 4] = [64, 1024, 4096, 65536];

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use raft_envelope_core::wire::{EnvelopeHeader, FORMAT_VERSION, HEADER_LEN, OVERHEAD, TAG_LEN};
 use raft_envelope_core::*;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

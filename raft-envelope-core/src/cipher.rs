@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
-use crate::error::{OpenError, SealError};
-use crate::ids::{ClusterId, ProposalId, Purpose};
+use crate::errors::{OpenError, SealError};
+use crate::ids::{ProposalId, Purpose};
 use crate::keyring::Keyring;
+use crate::names::ClusterId;
 use crate::traits::{PayloadUnwrapper, PayloadWrapper};
 
 /// AES-256-GCM / AES-256-GCM-SIV envelopes (on `aws-lc-rs`) under a shared [`Keyring`], bound to
@@ -17,6 +18,8 @@ use crate::traits::{PayloadUnwrapper, PayloadWrapper};
 /// ```
 /// use std::sync::Arc;
 /// use raft_envelope_core::*;
+/// use raft_envelope_core::error::ConfigError;
+/// use raft_envelope_core::wire::EnvelopeHeader;
 ///
 /// let ring = Arc::new(Keyring::with_active_key(KeyId(7), Algorithm::Aes256Gcm, SecretKey::generate()?)?);
 /// let cipher = EnvelopeCipher::new(ClusterId::new("orders-eu")?, ring);

@@ -13,7 +13,8 @@
 
 use std::fmt;
 
-use crate::ids::{Algorithm, KekId, KeyId};
+use crate::ids::{Algorithm, KeyId};
+use crate::names::KekId;
 use crate::provider::WrappedKey;
 
 /// The first 8 bytes of every control entry in the clear: `"\xE5RCTL\r\n\x1A"`.
@@ -95,6 +96,41 @@ pub enum ControlCommand {
     Enforce,
 }
 
+/// The kind of a [`ControlCommand`], without its fields: for errors, counters and traces.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+#[non_exhaustive]
+pub enum CommandKind {
+    /// [`ControlCommand::InstallKey`].
+    InstallKey,
+    /// [`ControlCommand::PromoteKey`].
+    PromoteKey,
+    /// [`ControlCommand::RetireKey`].
+    RetireKey,
+    /// [`ControlCommand::DestroyKey`].
+    DestroyKey,
+    /// [`ControlCommand::Enforce`].
+    Enforce,
+}
+
+impl CommandKind {
+    /// A short stable name, for logs, traces and metrics labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CommandKind::InstallKey => "install_key",
+            CommandKind::PromoteKey => "promote_key",
+            CommandKind::RetireKey => "retire_key",
+            CommandKind::DestroyKey => "destroy_key",
+            CommandKind::Enforce => "enforce",
+        }
+    }
+}
+
+impl fmt::Display for CommandKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl ControlCommand {
     /// The key the command is about, if any.
     pub fn key_id(&self) -> Option<KeyId> {
@@ -107,15 +143,20 @@ impl ControlCommand {
         }
     }
 
+    /// Which command this is, without its fields.
+    pub const fn kind(&self) -> CommandKind {
+        match self {
+            ControlCommand::InstallKey(_) => CommandKind::InstallKey,
+            ControlCommand::PromoteKey { .. } => CommandKind::PromoteKey,
+            ControlCommand::RetireKey { .. } => CommandKind::RetireKey,
+            ControlCommand::DestroyKey { .. } => CommandKind::DestroyKey,
+            ControlCommand::Enforce => CommandKind::Enforce,
+        }
+    }
+
     /// A short stable name, for logs and traces.
     pub const fn name(&self) -> &'static str {
-        match self {
-            ControlCommand::InstallKey(_) => "install_key",
-            ControlCommand::PromoteKey { .. } => "promote_key",
-            ControlCommand::RetireKey { .. } => "retire_key",
-            ControlCommand::DestroyKey { .. } => "destroy_key",
-            ControlCommand::Enforce => "enforce",
-        }
+        self.kind().as_str()
     }
 
     const fn wire_id(&self) -> u8 {

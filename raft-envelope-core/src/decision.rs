@@ -5,8 +5,9 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::apply_error::FatalApplyError;
 use crate::envelope::EnvelopeHeader;
-use crate::error::{FailureReason, FatalApplyError};
+use crate::errors::FailureReason;
 use crate::traits::{CutoverSource, PayloadUnwrapper};
 
 /// What a committed entry is, as told by the adapter's framing without any key.
@@ -186,7 +187,7 @@ pub struct ApplyStats {
     /// Envelopes opened and handed over as plaintext.
     pub opened: u64,
     /// Halting decisions, by reason (only non-zero reasons appear).
-    pub halts: BTreeMap<crate::FailureReason, u64>,
+    pub halts: BTreeMap<crate::errors::FailureReason, u64>,
 }
 
 /// An adapter's apply-side configuration: the cutover source and the unwrapper, with counters.
@@ -197,6 +198,8 @@ pub struct ApplyStats {
 /// ```
 /// use std::sync::Arc;
 /// use raft_envelope_core::*;
+/// use raft_envelope_core::apply::decide;
+/// use raft_envelope_core::error::{ConfigError, FailureReason};
 ///
 /// let ring = Arc::new(Keyring::with_active_key(KeyId(1), Algorithm::Aes256Gcm, SecretKey::generate()?)?);
 /// let cipher = Arc::new(EnvelopeCipher::new(ClusterId::new("c1")?, ring));

@@ -15,8 +15,9 @@
 //!
 //! Authenticated data = the 28 header bytes ‖ one byte cluster-id length ‖ the cluster id.
 
-use crate::error::{Malformation, OpenError};
-use crate::ids::{Algorithm, ClusterId, KeyId, ProposalId, Purpose};
+use crate::errors::{Malformation, OpenError};
+use crate::ids::{Algorithm, KeyId, ProposalId, Purpose};
+use crate::names::ClusterId;
 
 /// The only envelope format version this build writes and reads.
 pub const FORMAT_VERSION: u8 = 1;

@@ -2,15 +2,22 @@
 
 use std::fmt;
 
-use crate::error::ConfigError;
-
 /// Identifies one data key in a [`Keyring`](crate::Keyring).
 ///
 /// Key ids travel in the clear (but authenticated) in every envelope header, so a replica can tell
 /// which key it needs before it has that key. An id is never reused for different key material:
-/// the nonce argument in `DESIGN.md` depends on it.
+/// the nonce argument in `DESIGN.md` depends on it. Id 0 is reserved ([`KeyId::RESERVED`]):
+/// a keyring refuses it as a data key id ([`ConfigError::ReservedKeyId`](crate::ConfigError::ReservedKeyId)), so an envelope
+/// header naming key 0 never opens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct KeyId(pub u32);
+
+impl KeyId {
+    /// Key id 0: never a data key. Free for a future use of the format (for example "no key"
+    /// in a record where a key id field is fixed-width); data keys start at 1.
+    pub const RESERVED: KeyId = KeyId(0);
+}
 
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -29,48 +36,6 @@ pub struct ProposalId(pub u64);
 impl fmt::Display for ProposalId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "proposal#{}", self.0)
-    }
-}
-
-/// The user-chosen identity of a cluster or Raft group, bound into every envelope's
-/// authenticated data.
-///
-/// An envelope sealed for one cluster never opens in another, even when both share a key.
-/// At most [`ClusterId::MAX_LEN`] bytes; it is not secret.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct ClusterId {
-    len: u8,
-    bytes: [u8; ClusterId::MAX_LEN],
-}
-
-impl ClusterId {
-    /// The longest identity accepted, in bytes.
-    pub const MAX_LEN: usize = 64;
-
-    /// Makes a cluster identity from up to [`ClusterId::MAX_LEN`] bytes.
-    ///
-    /// # Errors
-    /// [`ConfigError::ClusterIdTooLong`] for a longer input.
-    pub fn new(id: impl AsRef<[u8]>) -> Result<Self, ConfigError> {
-        let id = id.as_ref();
-        if id.len() > Self::MAX_LEN {
-            return Err(ConfigError::ClusterIdTooLong { len: id.len() });
-        }
-        let len = id.len() as u8; // <= 64
-        let mut bytes = [0u8; Self::MAX_LEN];
-        bytes[..id.len()].copy_from_slice(id);
-        Ok(Self { len, bytes })
-    }
-
-    /// The identity's bytes.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
-    }
-}
-
-impl fmt::Debug for ClusterId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ClusterId({:?})", String::from_utf8_lossy(self.as_bytes()))
     }
 }
 
@@ -165,47 +130,5 @@ impl fmt::Display for Algorithm {
             Algorithm::Aes256Gcm => "AES-256-GCM",
             Algorithm::Aes256GcmSiv => "AES-256-GCM-SIV",
         })
-    }
-}
-
-/// Names a key-encryption key (KEK): the key a [`KeyProvider`](crate::KeyProvider) wraps data
-/// keys under. Not secret; carried in the clear in every key-install control entry.
-///
-/// 1 to [`KekId::MAX_LEN`] bytes of UTF-8, chosen by the operator: a name such as `"file-kek-1"`,
-/// or a KMS key's resource name. It must mean the same KEK on every replica.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct KekId(Box<str>);
-
-impl KekId {
-    /// The longest id accepted, in bytes.
-    pub const MAX_LEN: usize = 255;
-
-    /// Makes a KEK id.
-    ///
-    /// # Errors
-    /// [`ConfigError::KekIdLength`] when `id` is empty or longer than [`KekId::MAX_LEN`] bytes.
-    pub fn new(id: impl Into<String>) -> Result<Self, ConfigError> {
-        let id = id.into();
-        if id.is_empty() || id.len() > Self::MAX_LEN {
-            return Err(ConfigError::KekIdLength { len: id.len() });
-        }
-        Ok(Self(id.into_boxed_str()))
-    }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for KekId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "KekId({:?})", &*self.0)
-    }
-}
-
-impl fmt::Display for KekId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }

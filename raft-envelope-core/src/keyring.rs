@@ -9,8 +9,9 @@ use aws_lc_rs::aead::{self, LessSafeKey, Nonce, UnboundKey};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::envelope::{Aad, EnvelopeHeader, HEADER_LEN, NONCE_LEN, OVERHEAD, TAG_LEN};
-use crate::error::{ConfigError, FailureReason, OpenError, SealError};
-use crate::ids::{Algorithm, ClusterId, KeyId, ProposalId, Purpose};
+use crate::errors::{ConfigError, FailureReason, OpenError, SealError};
+use crate::ids::{Algorithm, KeyId, ProposalId, Purpose};
+use crate::names::ClusterId;
 
 /// Length of a data key in bytes (AES-256).
 pub const KEY_LEN: usize = 32;
@@ -226,7 +227,7 @@ struct Inner {
 /// and changed while they run. Key material never leaves the keyring and is zeroized on drop.
 ///
 /// ```
-/// use raft_envelope_core::{Algorithm, KeyId, KeyState, Keyring, SecretKey};
+/// use raft_envelope_core::{Algorithm, KeyId, Keyring, SecretKey, lifecycle::KeyState};
 ///
 /// let ring = Keyring::new();
 /// ring.insert(KeyId(1), Algorithm::Aes256Gcm, SecretKey::generate()?)?;
@@ -235,7 +236,7 @@ struct Inner {
 /// ring.promote(KeyId(2))?; // key 1 becomes decrypt-only
 /// assert_eq!(ring.state(KeyId(1)), Some(KeyState::DecryptOnly));
 /// assert_eq!(ring.active_key(), Some(KeyId(2)));
-/// # Ok::<(), raft_envelope_core::ConfigError>(())
+/// # Ok::<(), raft_envelope_core::error::ConfigError>(())
 /// ```
 pub struct Keyring {
     inner: RwLock<Inner>,
@@ -288,7 +289,8 @@ impl Keyring {
     /// make it seal.
     ///
     /// # Errors
-    /// [`ConfigError::DuplicateKeyId`] when the id is (or was) in the keyring: ids are never reused.
+    /// [`ConfigError::DuplicateKeyId`] when the id is (or was) in the keyring: ids are never reused;
+    /// [`ConfigError::ReservedKeyId`] for [`KeyId::RESERVED`].
     pub fn insert(&self, id: KeyId, algorithm: Algorithm, key: SecretKey) -> Result<(), ConfigError> {
         self.insert_with_budget(id, algorithm, key, SealBudget::default())
     }
@@ -298,6 +300,25 @@ impl Keyring {
     /// # Errors
     /// As [`Keyring::insert`]; [`ConfigError::Random`] if no nonce base could be drawn.
     pub fn insert_with_budget(
+        &self,
+        id: KeyId,
+        algorithm: Algorithm,
+        key: SecretKey,
+        budget: SealBudget,
+    ) -> Result<(), ConfigError> {
+        if id == KeyId::RESERVED {
+            return Err(ConfigError::ReservedKeyId);
+        }
+        self.insert_material(id, algorithm, key, budget)
+    }
+
+    /// The one slot a [`FileKekProvider`](crate::provider::FileKekProvider) keeps: its KEK under
+    /// the reserved id 0, so a key-wrap envelope never names a data key id.
+    pub(crate) fn insert_kek(&self, algorithm: Algorithm, key: SecretKey) -> Result<(), ConfigError> {
+        self.insert_material(KeyId::RESERVED, algorithm, key, SealBudget::default())
+    }
+
+    fn insert_material(
         &self,
         id: KeyId,
         algorithm: Algorithm,
@@ -334,6 +355,9 @@ impl Keyring {
     /// snapshot that lists a key destroyed before the replica joined): envelopes under it fail
     /// with [`FailureReason::DestroyedKey`], and the id stays reserved.
     pub(crate) fn insert_destroyed(&self, id: KeyId, algorithm: Algorithm) -> Result<(), ConfigError> {
+        if id == KeyId::RESERVED {
+            return Err(ConfigError::ReservedKeyId);
+        }
         self.insert_slot(id, Slot::new(algorithm, KeyState::Destroyed, None, 0, SealBudget::default()))
     }
 

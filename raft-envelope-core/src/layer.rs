@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::decision::{ApplyGate, EntryKind};
-use crate::error::SealError;
+use crate::errors::SealError;
 use crate::ids::ProposalId;
 use crate::traits::PayloadWrapper;
 
@@ -38,6 +38,8 @@ impl fmt::Debug for Proposal {
 /// ```
 /// use std::sync::Arc;
 /// use raft_envelope_core::*;
+/// use raft_envelope_core::error::ConfigError;
+/// use raft_envelope_core::wire::EnvelopeHeader;
 ///
 /// let ring = Arc::new(Keyring::with_active_key(KeyId(1), Algorithm::Aes256Gcm, SecretKey::generate()?)?);
 /// let cipher = Arc::new(EnvelopeCipher::new(ClusterId::new("c")?, ring));

@@ -3,159 +3,21 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use zeroize::Zeroizing;
 
+use crate::apply_error::{ControlError, FatalApplyError};
 use crate::cipher::EnvelopeCipher;
 use crate::control::{ControlCommand, ControlDecodeError, InstallKey, Reader};
 use crate::envelope::{EnvelopeHeader, FORMAT_VERSION};
-use crate::error::{ConfigError, FailureReason, FatalApplyError, OpenError, SealError};
-use crate::ids::{Algorithm, ClusterId, KekId, KeyId, ProposalId, Purpose};
+use crate::errors::{AppendRefusal, ConfigError, SealError};
+use crate::ids::{Algorithm, KeyId, ProposalId, Purpose};
 use crate::keyring::{KeyState, Keyring, SealBudget, SecretKey};
-use crate::provider::{KeyProvider, KeyProviderError, WrapContext, WrappedKey};
-use crate::retention::RetainedSnapshot;
+use crate::local::{lock, NodeLocal};
+use crate::names::{ClusterId, KekId};
+use crate::provider::{KeyProvider, WrapContext, WrappedKey};
 use crate::traits::Cutover;
-
-/// Why a layer control entry (or a layer snapshot) could not be applied. Never holds key bytes.
-///
-/// On the apply path it is carried by the [`FatalApplyError`] that halts the replica
-/// ([`FatalApplyError::control`]).
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum ControlError {
-    /// The entry is not a well-formed control entry.
-    #[error("malformed control entry: {0}")]
-    Decode(#[from] ControlDecodeError),
-    /// A sealed control entry did not open (any [`OpenError`]: tampering, unknown or destroyed
-    /// key, wrong purpose, another cluster).
-    #[error("sealed control entry did not open: {0}")]
-    Open(OpenError),
-    /// A control entry in the clear above the cutover: above it, control entries must be sealed.
-    #[error("control entry in the clear above the cutover {cutover}")]
-    CleartextAboveCutover {
-        /// The cutover.
-        cutover: u64,
-    },
-    /// The command names a key the layer never installed.
-    #[error("{0} was never installed")]
-    UnknownKey(KeyId),
-    /// The command needs a live key, but it has been destroyed (promote, retire, or re-install).
-    #[error("{0} has been destroyed")]
-    KeyDestroyed(KeyId),
-    /// An install names a key id already installed with other material or settings, or held by
-    /// the keyring outside the layer state. Key ids are never reused.
-    #[error("{0} is already installed with other material")]
-    ConflictingInstall(KeyId),
-    /// This replica holds no unwrapped copy of the key the install entry (or snapshot) needs:
-    /// call [`LayerState::prefetch`] (or [`LayerState::prefetch_snapshot`]) with a provider
-    /// holding the KEK, then apply again.
-    #[error("{key_id} is not unwrapped on this replica (KEK {kek_id}); provide the key and retry")]
-    KeyUnavailable {
-        /// The data key.
-        key_id: KeyId,
-        /// The KEK it is wrapped under.
-        kek_id: KekId,
-    },
-    /// The key provider failed (prefetching, or wrapping a new key).
-    #[error("key provider failed for {key_id}: {source}")]
-    Provider {
-        /// The data key.
-        key_id: KeyId,
-        /// The provider's error.
-        #[source]
-        source: KeyProviderError,
-    },
-    /// The keyring refused the change (for example the system random generator failed).
-    #[error("keyring refused: {0}")]
-    Keyring(ConfigError),
-    /// A layer snapshot is not well formed.
-    #[error("malformed layer snapshot: {what}")]
-    MalformedSnapshot {
-        /// What is wrong.
-        what: &'static str,
-    },
-    /// With a cutover in force, the command would retire or destroy the only key that seals:
-    /// rotate to a new key first ([`LayerState::check_command`]).
-    #[error("{0} is the active key and a cutover is in force: rotate to a new key first")]
-    ActiveKeyNeeded(KeyId),
-    /// A sealed snapshot did not open (tampering, another cluster or index, a key not held here).
-    #[error("sealed snapshot did not open: {0}")]
-    SnapshotOpen(OpenError),
-    /// A snapshot in the clear whose layer state has a cutover or an active key: such snapshots
-    /// must be sealed.
-    #[error("snapshot in the clear, but its layer state requires sealing")]
-    UnsealedSnapshot,
-    /// A layer snapshot contradicts this layer state (it is older, or another history).
-    #[error("layer snapshot inconsistent with this layer state{}: {what}", key_id.map(|k| format!(" ({k})")).unwrap_or_default())]
-    InconsistentSnapshot {
-        /// The key concerned, if any.
-        key_id: Option<KeyId>,
-        /// What differs.
-        what: &'static str,
-    },
-}
-
-impl ControlError {
-    /// The key involved, when there is one.
-    pub fn key_id(&self) -> Option<KeyId> {
-        match self {
-            ControlError::Open(e) => e.key_id(),
-            ControlError::SnapshotOpen(e) => e.key_id(),
-            ControlError::UnknownKey(k)
-            | ControlError::KeyDestroyed(k)
-            | ControlError::ActiveKeyNeeded(k)
-            | ControlError::ConflictingInstall(k) => Some(*k),
-            ControlError::KeyUnavailable { key_id, .. } | ControlError::Provider { key_id, .. } => {
-                Some(*key_id)
-            }
-            ControlError::InconsistentSnapshot { key_id, .. } => *key_id,
-            ControlError::Decode(_)
-            | ControlError::CleartextAboveCutover { .. }
-            | ControlError::Keyring(_)
-            | ControlError::UnsealedSnapshot
-            | ControlError::MalformedSnapshot { .. } => None,
-        }
-    }
-
-    /// The fieldless reason, for counters, metrics and [`FatalApplyError::reason`].
-    pub fn reason(&self) -> FailureReason {
-        match self {
-            ControlError::Open(e) | ControlError::SnapshotOpen(e) => e.reason(),
-            ControlError::UnsealedSnapshot => FailureReason::UnsealedSnapshot,
-            ControlError::CleartextAboveCutover { .. } => FailureReason::CleartextAboveCutover,
-            ControlError::KeyUnavailable { .. } | ControlError::Provider { .. } => {
-                FailureReason::KeyUnavailable
-            }
-            ControlError::Keyring(_) => FailureReason::Other,
-            ControlError::Decode(_)
-            | ControlError::UnknownKey(_)
-            | ControlError::KeyDestroyed(_)
-            | ControlError::ConflictingInstall(_)
-            | ControlError::ActiveKeyNeeded(_)
-            | ControlError::MalformedSnapshot { .. }
-            | ControlError::InconsistentSnapshot { .. } => FailureReason::InvalidControl,
-        }
-    }
-}
-
-/// Why a node must not append a proposal now ([`LayerState::check_append`]). Retryable: nothing
-/// was appended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum AppendRefusal {
-    /// The node's log may hold a layer control entry it has not applied: its layer state may be
-    /// behind its log. Retry once it applied it.
-    #[error("a layer control entry in this node's log is not applied yet")]
-    ControlPending,
-    /// The envelope is sealed under a key that is not the active key (a rotation applied since
-    /// it was sealed): seal it again.
-    #[error("sealed under {key_id}, which is not the active key")]
-    NotActiveKey {
-        /// The key it was sealed under.
-        key_id: KeyId,
-    },
-}
 
 /// One key as the layer state knows it: replicated, identical on every replica that applied the
 /// same log prefix.
@@ -408,6 +270,8 @@ struct Inner {
 ///
 /// ```
 /// use raft_envelope_core::*;
+/// use raft_envelope_core::provider::{FileKekProvider, KekId};
+/// use raft_envelope_core::wire::ControlCommand;
 ///
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// let kek = FileKekProvider::from_key(KekId::new("kek-1")?, SecretKey::generate()?)?;
@@ -442,16 +306,10 @@ pub struct LayerState {
     inner: Mutex<Inner>,
     pub(crate) unwrapped: Mutex<BTreeMap<KeyId, Unwrapped>>,
     seal_limit: u64,
-    /// Local, not replicated: the snapshot this replica keeps, for its destroy-proof report.
-    retained: Mutex<Option<RetainedSnapshot>>,
-    /// Local: the keys snapshot builds in progress will seal under ([`SnapshotCapture`]).
-    claims: Mutex<BTreeMap<KeyId, usize>>,
-    /// Local: the highest log index at which a layer control entry may sit in this replica's
-    /// log ([`note_control_appended`](LayerState::note_control_appended)).
-    control_hint: std::sync::atomic::AtomicU64,
-    /// Local: the last log index this replica applied, any entry
-    /// ([`note_applied_through`](LayerState::note_applied_through)).
-    applied_through: std::sync::atomic::AtomicU64,
+    /// Proposal ids for the control entries this node seals.
+    next_control_id: std::sync::atomic::AtomicU64,
+    /// Node-local bookkeeping, never replicated.
+    local: NodeLocal,
 }
 
 /// The layer state captured for a snapshot build that seals later, while entries go on applying
@@ -473,13 +331,8 @@ impl SnapshotCapture {
 
 impl Drop for SnapshotCapture {
     fn drop(&mut self) {
-        let Some(key) = self.key else { return };
-        let mut claims = lock(&self.state.claims);
-        if let Some(n) = claims.get_mut(&key) {
-            *n -= 1;
-            if *n == 0 {
-                claims.remove(&key);
-            }
+        if let Some(key) = self.key {
+            self.state.local.release(key);
         }
     }
 }
@@ -491,10 +344,6 @@ impl fmt::Debug for SnapshotCapture {
             .field("key", &self.key)
             .finish()
     }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl LayerState {
@@ -515,44 +364,25 @@ impl LayerState {
             inner: Mutex::new(Inner::default()),
             unwrapped: Mutex::new(BTreeMap::new()),
             seal_limit: SealBudget::new(limit).limit(),
-            retained: Mutex::new(None),
-            claims: Mutex::new(BTreeMap::new()),
-            control_hint: std::sync::atomic::AtomicU64::new(0),
-            applied_through: std::sync::atomic::AtomicU64::new(0),
+            next_control_id: std::sync::atomic::AtomicU64::new(random_u64()),
+            local: NodeLocal::default(),
         }
     }
 
-    /// Records that this replica's log may hold a layer control entry at `index` (one was
-    /// appended there; or, after a restart, `index` is the last stored index and the log was not
-    /// read). Local and only ever raised: an entry that is truncated later keeps the hint until
-    /// the replica applies past it. See [`control_pending`](Self::control_pending).
-    pub fn note_control_appended(&self, index: u64) {
-        self.control_hint.fetch_max(index, std::sync::atomic::Ordering::SeqCst);
+    /// This replica's own bookkeeping (its log, its snapshot, its snapshot builds), which the
+    /// adapters feed and which is never replicated.
+    pub fn local(&self) -> &NodeLocal {
+        &self.local
     }
 
-    /// Records that this replica's log was truncated so that it ends at `last` at most (entries
-    /// above it were removed): a control entry noted above it is gone.
-    pub fn note_log_truncated(&self, last: u64) {
-        self.control_hint.fetch_min(last, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// Records that this replica applied every entry up to `index` (any kind).
-    pub fn note_applied_through(&self, index: u64) {
-        self.applied_through.fetch_max(index, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// True while this replica's log may hold a layer control entry it has not applied. Until
-    /// it has, its layer state may be behind its log (a promote, an enforce, a rotation another
-    /// leader committed): an adapter appends no proposal then, so that no cleartext can land above
-    /// an enforce entry and nothing is sealed under a key an unapplied entry rotates away.
-    pub fn control_pending(&self) -> bool {
-        use std::sync::atomic::Ordering::SeqCst;
-        self.control_hint.load(SeqCst) > self.applied_through.load(SeqCst)
+    /// A fresh proposal id for a control entry this node seals.
+    pub fn next_control_id(&self) -> ProposalId {
+        ProposalId(self.next_control_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
     }
 
     /// The rule every adapter applies right before a proposal is appended to its log (its own,
     /// or one forwarded to it): refused while its log may hold a layer control entry it has not
-    /// applied ([`control_pending`](Self::control_pending)), and an envelope (`sealed_under` its
+    /// applied ([`NodeLocal::control_pending`](crate::lifecycle::NodeLocal::control_pending)), and an envelope (`sealed_under` its
     /// key) only under the active key. Together they make every entry appended after a promote of
     /// key `k` sealed under `k` or a later key, and no cleartext land above an enforce entry,
     /// whatever the engine (`DESIGN.md` §10.8, §10.9, §10.11).
@@ -566,7 +396,7 @@ impl LayerState {
                 return Err(AppendRefusal::NotActiveKey { key_id });
             }
         }
-        if self.control_pending() {
+        if self.local.control_pending() {
             return Err(AppendRefusal::ControlPending);
         }
         Ok(())
@@ -585,33 +415,41 @@ impl LayerState {
         };
         let key = layer.active_key();
         if let Some(key) = key {
-            *lock(&self.claims).entry(key).or_default() += 1;
+            self.local.claim(key);
         }
         drop(inner);
         SnapshotCapture { state: self.clone(), layer, key }
     }
 
-    /// Keys this replica may still seal entries or snapshots under, besides its active key:
-    /// those of snapshot builds in progress ([`capture_for_snapshot`](Self::capture_for_snapshot)).
-    /// Adapters add them to their [`Retention`](crate::Retention) report.
-    pub fn keys_in_use(&self) -> Vec<KeyId> {
-        lock(&self.claims).keys().copied().collect()
-    }
-
-    /// Records the snapshot this replica now keeps (it built or installed one), for
-    /// [`retained_snapshot`](Self::retained_snapshot). A local fact, not replicated; an older
-    /// snapshot than the one recorded is ignored.
-    pub fn record_retained_snapshot(&self, snapshot: RetainedSnapshot) {
-        let mut retained = lock(&self.retained);
-        if !retained.is_some_and(|r| r.last_index > snapshot.last_index) {
-            *retained = Some(snapshot);
+    /// Makes `layer` seal exactly while this state has an active key: sets `wrapper` when a key
+    /// became active (a promote applied, or a snapshot restored one), removes it when the
+    /// active key was retired with no cutover in force (proposals go out in the clear again).
+    /// Call it after every applied control entry and restored snapshot. Returns whether the
+    /// layer changed.
+    pub fn sync_sealing(
+        &self,
+        layer: &crate::EnvelopeLayer,
+        wrapper: &Arc<dyn crate::PayloadWrapper>,
+    ) -> bool {
+        match (self.keyring.active_key().is_some(), layer.is_sealing()) {
+            (true, false) => {
+                layer.set_wrapper(Some(wrapper.clone()));
+                tracing::info!(
+                    applied_index = self.applied_index(),
+                    "a key is active: this node seals new proposals"
+                );
+                true
+            }
+            (false, true) if self.cutover().is_none() => {
+                layer.set_wrapper(None);
+                tracing::info!(
+                    applied_index = self.applied_index(),
+                    "no key is active: this node proposes in the clear"
+                );
+                true
+            }
+            _ => false,
         }
-    }
-
-    /// The snapshot this replica keeps, as last recorded: its index and the key its body is
-    /// sealed under. What goes into its [`Retention`](crate::Retention) report.
-    pub fn retained_snapshot(&self) -> Option<RetainedSnapshot> {
-        *lock(&self.retained)
     }
 
     /// The most entries one key may seal ([`with_seal_limit`](Self::with_seal_limit)).
@@ -660,6 +498,9 @@ impl LayerState {
             },
             ControlCommand::InstallKey(install) => match lock(&self.inner).keys.get(&install.key_id) {
                 // The same checks as applying it: a repeat of the same install is harmless.
+                None if install.key_id == KeyId::RESERVED => {
+                    Err(ControlError::Keyring(ConfigError::ReservedKeyId))
+                }
                 None if self.keyring.state(install.key_id).is_some() => {
                     Err(ControlError::ConflictingInstall(install.key_id))
                 }
@@ -719,6 +560,11 @@ impl LayerState {
     /// Every installed key, in key id order.
     pub fn keys(&self) -> Vec<LayerKey> {
         lock(&self.inner).keys.values().cloned().collect()
+    }
+
+    /// One installed key, if it was ever installed.
+    pub fn key(&self, key_id: KeyId) -> Option<LayerKey> {
+        lock(&self.inner).keys.get(&key_id).cloned()
     }
 
     /// A key id never used in this state: one above the highest installed.
@@ -1243,4 +1089,12 @@ impl fmt::Debug for LayerState {
             .field("unwrapped_pending", &pending)
             .finish()
     }
+}
+
+fn random_u64() -> u64 {
+    let mut start = [0u8; 8];
+    // Proposal ids only need to be distinct between concurrent proposers; when the system
+    // generator fails the ids simply start at 0.
+    let _ = aws_lc_rs::rand::fill(&mut start);
+    u64::from_be_bytes(start)
 }

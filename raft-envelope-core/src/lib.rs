@@ -18,6 +18,9 @@
 //! ```
 //! use std::sync::Arc;
 //! use raft_envelope_core::*;
+//! use raft_envelope_core::apply::decide;
+//! use raft_envelope_core::error::ConfigError;
+//! use raft_envelope_core::wire::OVERHEAD;
 //!
 //! // One keyring per node, the same keys on every replica.
 //! let keyring = Arc::new(Keyring::with_active_key(KeyId(1), Algorithm::Aes256Gcm, SecretKey::generate()?)?);
@@ -54,42 +57,65 @@
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
 
+mod apply_error;
 mod cipher;
 mod control;
 mod decision;
 mod envelope;
-mod error;
+mod errors;
 mod ids;
 mod keyring;
 mod layer;
 mod layer_state;
-mod provider;
+mod local;
+mod names;
 mod retention;
 mod snapshot;
 mod traits;
 
-/// The `async-trait` attribute, re-exported so a [`KeyProvider`] can be implemented without
-/// depending on `async-trait` directly.
+pub mod lifecycle;
+pub mod provider;
+
+/// The `async-trait` attribute, re-exported so a [`provider::KeyProvider`] or a
+/// [`lifecycle::ControlPlane`] can be implemented without depending on `async-trait` directly.
 pub use async_trait::async_trait;
 
+pub use apply_error::FatalApplyError;
 pub use cipher::EnvelopeCipher;
-pub use control::{
-    is_clear_control_entry, ControlCommand, ControlDecodeError, InstallKey, CONTROL_HEADER_LEN,
-    CONTROL_MAGIC, CONTROL_VERSION, MAX_CONTROL_ENTRY_LEN,
-};
-pub use decision::{decide, decide_owned, ApplyGate, ApplyStats, Decision, EntryKind};
-pub use envelope::{EnvelopeHeader, FORMAT_VERSION, HEADER_LEN, NONCE_LEN, OVERHEAD, TAG_LEN};
-pub use error::{
-    BoxedError, ConfigError, FailureReason, FatalApplyError, Malformation, OpenError, SealError,
-};
-pub use ids::{Algorithm, ClusterId, KekId, KeyId, ProposalId, Purpose};
-pub use keyring::{KeyState, KeyStats, Keyring, SealBudget, SecretKey, KEY_LEN};
-pub use layer::{EnvelopeLayer, Proposal};
-pub use layer_state::{
-    AppendRefusal, ControlError, ControlOutcome, EncryptionStatus, LayerKey, LayerSnapshot, LayerState,
-    SnapshotCapture, LAYER_SNAPSHOT_MAGIC,
-};
-pub use provider::{FileKekProvider, KeyProvider, KeyProviderError, WrapContext, WrappedKey};
-pub use retention::{DestroyRefused, RetainedSnapshot, Retention};
-pub use snapshot::{is_layer_snapshot, SnapshotHeader, SNAPSHOT_MAGIC};
+pub use decision::{ApplyGate, Decision, EntryKind};
+pub use errors::{OpenError, SealError};
+pub use ids::{Algorithm, KeyId, ProposalId};
+pub use keyring::{Keyring, SecretKey};
+pub use layer::EnvelopeLayer;
+pub use layer_state::LayerState;
+pub use names::ClusterId;
 pub use traits::{Cutover, CutoverSource, PayloadUnwrapper, PayloadWrapper};
+
+/// Wire formats: the envelope header and its constants, layer control entries, snapshot
+/// frames. Byte tables and test vectors in `DESIGN.md`.
+pub mod wire {
+    pub use crate::control::{
+        is_clear_control_entry, CommandKind, ControlCommand, ControlDecodeError, InstallKey,
+        CONTROL_HEADER_LEN, CONTROL_MAGIC, CONTROL_VERSION, MAX_CONTROL_ENTRY_LEN,
+    };
+    pub use crate::envelope::{EnvelopeHeader, FORMAT_VERSION, HEADER_LEN, NONCE_LEN, OVERHEAD, TAG_LEN};
+    pub use crate::ids::Purpose;
+    pub use crate::keyring::KEY_LEN;
+    pub use crate::layer_state::LAYER_SNAPSHOT_MAGIC;
+    pub use crate::snapshot::{is_layer_snapshot, SnapshotHeader, SNAPSHOT_MAGIC};
+}
+
+/// The apply side beyond [`ApplyGate`]: the decision as free functions, its counters, and what
+/// [`EnvelopeLayer::prepare`] returns.
+pub mod apply {
+    pub use crate::decision::{decide, decide_owned, ApplyGate, ApplyStats, Decision, EntryKind};
+    pub use crate::layer::Proposal;
+}
+
+/// Every error type of the crate. None of them ever holds key material or payload bytes.
+pub mod error {
+    pub use crate::apply_error::{ControlError, FatalApplyError};
+    pub use crate::errors::{
+        AppendRefusal, BoxedError, ConfigError, FailureReason, Malformation, OpenError, SealError,
+    };
+}

@@ -1,4 +1,5 @@
-//! Key providers: wrap and unwrap data keys under a key-encryption key (KEK).
+//! Key-encryption keys: the [`KeyProvider`] that wraps and unwraps data keys under a
+//! key-encryption key (KEK), and the built-in [`FileKekProvider`].
 
 use std::fmt;
 use std::fs::File;
@@ -7,9 +8,11 @@ use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
-use crate::error::{BoxedError, ConfigError, FailureReason};
-use crate::ids::{Algorithm, ClusterId, KekId, KeyId, ProposalId, Purpose};
+use crate::errors::{BoxedError, ConfigError, FailureReason};
+use crate::ids::{Algorithm, KeyId, ProposalId, Purpose};
 use crate::keyring::{Keyring, SecretKey, KEY_LEN};
+use crate::names::ClusterId;
+pub use crate::names::KekId;
 
 /// A data key wrapped under a key-encryption key: opaque bytes in the provider's own format,
 /// 1 to [`WrappedKey::MAX_LEN`] bytes. Not secret (it only opens under the KEK), but `Debug`
@@ -89,7 +92,7 @@ impl<'a> WrapContext<'a> {
 /// # Implementing a provider for a remote KMS
 ///
 /// ```
-/// use raft_envelope_core::{async_trait, KekId, KeyProvider, KeyProviderError, SecretKey, WrapContext, WrappedKey};
+/// use raft_envelope_core::{async_trait, SecretKey, provider::{KekId, KeyProvider, KeyProviderError, WrapContext, WrappedKey}};
 /// use std::sync::Arc;
 ///
 /// /// Stand-in for a KMS SDK client (encrypt / decrypt under a named key with an encryption
@@ -288,6 +291,7 @@ pub enum KeyProviderError {
 ///
 /// ```
 /// use raft_envelope_core::*;
+/// use raft_envelope_core::provider::{FileKekProvider, KekId, KeyProvider, KeyProviderError, WrapContext};
 ///
 /// # async fn demo() -> Result<(), KeyProviderError> {
 /// # let dir = std::env::temp_dir().join(format!("kek-doc-{}", std::process::id()));
@@ -342,7 +346,7 @@ impl FileKekProvider {
     /// [`KeyProviderError::Config`] if the system random generator fails.
     pub fn from_key(kek_id: KekId, kek: SecretKey) -> Result<Self, KeyProviderError> {
         let ring = Keyring::new();
-        ring.insert(KEK_SLOT, Algorithm::Aes256Gcm, kek)?;
+        ring.insert_kek(Algorithm::Aes256Gcm, kek)?;
         ring.promote(KEK_SLOT)?;
         Ok(Self { kek_id, path: None, kek: ring })
     }

@@ -4,12 +4,14 @@
 use aws_lc_rs::digest::{digest, SHA256, SHA256_OUTPUT_LEN};
 use zeroize::Zeroize;
 
+use crate::apply_error::ControlError;
 use crate::envelope::{EnvelopeHeader, HEADER_LEN, TAG_LEN};
-use crate::error::SealError;
+use crate::errors::SealError;
 use crate::ids::{KeyId, ProposalId, Purpose};
 use crate::keyring::{Keyring, SecretKey};
-use crate::layer_state::{lock, ControlError, LayerSnapshot, LayerState};
-use crate::retention::RetainedSnapshot;
+use crate::layer_state::{LayerSnapshot, LayerState};
+use crate::local::lock;
+use crate::local::RetainedSnapshot;
 
 /// `"\xE5RSNP\r\n\x1A"`: the first 8 bytes of a snapshot made by [`LayerState::seal_snapshot`].
 pub const SNAPSHOT_MAGIC: [u8; 8] = [0xE5, b'R', b'S', b'N', b'P', b'\r', b'\n', 0x1A];
@@ -110,7 +112,7 @@ impl LayerState {
     /// active key has been destroyed here since.
     ///
     /// Either way, record what this replica now retains with
-    /// [`record_retained_snapshot`](Self::record_retained_snapshot) once the engine keeps it.
+    /// [`NodeLocal::record_retained_snapshot`](crate::lifecycle::NodeLocal::record_retained_snapshot) once the engine keeps it.
     pub fn seal_snapshot_of(
         &self,
         layer: &LayerSnapshot,
@@ -162,7 +164,7 @@ impl LayerState {
     pub async fn prefetch_sealed_snapshot(
         &self,
         bytes: &[u8],
-        provider: &dyn crate::KeyProvider,
+        provider: &dyn crate::provider::KeyProvider,
     ) -> Result<(), ControlError> {
         let header = SnapshotHeader::read(bytes)?;
         self.prefetch_snapshot(&header.layer, provider).await
@@ -228,7 +230,7 @@ impl LayerState {
             return Err(e);
         }
         tracing::info!(last_index, key_id = header.sealed_under.map(|k| k.0), "snapshot installed");
-        self.record_retained_snapshot(RetainedSnapshot::new(last_index, header.sealed_under));
+        self.local().record_retained_snapshot(RetainedSnapshot::new(last_index, header.sealed_under));
         Ok(data)
     }
 

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::error::{OpenError, SealError};
+use crate::errors::{OpenError, SealError};
 use crate::ids::ProposalId;
 
 /// Seals a proposal payload into an envelope before it is proposed to Raft.

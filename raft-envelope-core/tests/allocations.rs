@@ -7,6 +7,7 @@ use std::alloc::System;
 use std::sync::Arc;
 
 use raft_envelope_core::*;
+
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]

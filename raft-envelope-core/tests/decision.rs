@@ -6,6 +6,9 @@ mod common;
 use std::sync::Arc;
 
 use common::cipher;
+use raft_envelope_core::apply::{decide, decide_owned};
+use raft_envelope_core::error::FailureReason;
+use raft_envelope_core::wire::{EnvelopeHeader, Purpose, HEADER_LEN};
 use raft_envelope_core::*;
 
 const C: u64 = 100;

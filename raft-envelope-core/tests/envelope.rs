@@ -9,6 +9,9 @@ use common::{cipher, cipher_with, cluster};
 use proptest::prelude::*;
 use raft_envelope_core::*;
 
+use raft_envelope_core::error::{ConfigError, FailureReason};
+use raft_envelope_core::wire::{EnvelopeHeader, Purpose, HEADER_LEN, OVERHEAD};
+
 #[test]
 fn round_trip_at_every_size_and_algorithm() {
     for alg in [Algorithm::Aes256Gcm, Algorithm::Aes256GcmSiv] {

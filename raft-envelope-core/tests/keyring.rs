@@ -7,6 +7,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use common::cluster;
+use raft_envelope_core::error::{ConfigError, FailureReason};
+use raft_envelope_core::lifecycle::{KeyState, SealBudget};
+use raft_envelope_core::wire::{EnvelopeHeader, HEADER_LEN};
 use raft_envelope_core::*;
 
 fn ring_with_two_keys() -> (Arc<Keyring>, EnvelopeCipher) {

@@ -9,6 +9,16 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use raft_envelope_core::*;
 
+use raft_envelope_core::error::{ControlError, FailureReason};
+use raft_envelope_core::lifecycle::{ControlOutcome, KeyState, LayerSnapshot, SealBudget};
+use raft_envelope_core::provider::{
+    FileKekProvider, KekId, KeyProvider, KeyProviderError, WrapContext, WrappedKey,
+};
+use raft_envelope_core::wire::{
+    is_clear_control_entry, ControlCommand, EnvelopeHeader, InstallKey, Purpose, LAYER_SNAPSHOT_MAGIC,
+    MAX_CONTROL_ENTRY_LEN,
+};
+
 fn kek(name: &str, byte: u8) -> FileKekProvider {
     FileKekProvider::from_key(KekId::new(name).unwrap(), SecretKey::from_bytes([byte; 32])).unwrap()
 }

@@ -3,6 +3,10 @@
 
 mod common;
 
+use raft_envelope_core::error::{AppendRefusal, ControlError, FailureReason};
+use raft_envelope_core::lifecycle::{DestroyRefused, LayerSnapshot, RetainedSnapshot, Retention};
+use raft_envelope_core::provider::{FileKekProvider, KekId};
+use raft_envelope_core::wire::{is_layer_snapshot, ControlCommand, SnapshotHeader};
 use raft_envelope_core::*;
 
 fn kek(byte: u8) -> FileKekProvider {
@@ -79,7 +83,7 @@ fn a_snapshot_taken_before_a_rotation_is_sealed_under_the_key_active_then() {
     block_on(joiner.prefetch_sealed_snapshot(&sealed, &provider)).unwrap();
     assert_eq!(joiner.install_snapshot(2, &sealed).unwrap(), b"state at 2");
     assert_eq!(joiner.snapshot(), captured);
-    assert_eq!(joiner.retained_snapshot(), Some(RetainedSnapshot::new(2, Some(KeyId(1)))));
+    assert_eq!(joiner.local().retained_snapshot(), Some(RetainedSnapshot::new(2, Some(KeyId(1)))));
 }
 
 #[test]
@@ -201,13 +205,13 @@ fn a_clear_snapshot_is_refused_once_a_key_is_active_here() {
 fn a_capture_keeps_its_key_in_use_until_dropped() {
     let provider = kek(7);
     let leader = std::sync::Arc::new(enforced_leader(&provider));
-    assert!(leader.keys_in_use().is_empty());
+    assert!(leader.local().keys_in_use().is_empty());
     let capture = leader.capture_for_snapshot();
     assert_eq!(capture.layer(), &leader.snapshot());
-    assert_eq!(leader.keys_in_use(), vec![KeyId(2)]);
+    assert_eq!(leader.local().keys_in_use(), vec![KeyId(2)]);
     let sealed = leader.seal_snapshot_of(capture.layer(), 30, b"state").unwrap();
     drop(capture);
-    assert!(leader.keys_in_use().is_empty());
+    assert!(leader.local().keys_in_use().is_empty());
     assert_eq!(SnapshotHeader::read(&sealed).unwrap().sealed_under, Some(KeyId(2)));
 }
 
@@ -220,11 +224,11 @@ fn a_snapshot_from_another_cluster_is_refused() {
     assert!(block_on(other.prefetch_sealed_snapshot(&sealed, &provider)).is_err());
 }
 
-fn members() -> Vec<String> {
-    vec!["1".into(), "2".into(), "3".into()]
+fn members() -> Vec<u64> {
+    vec![1, 2, 3]
 }
 
-fn compacted(first: u64, snapshot_key: Option<KeyId>) -> Vec<Retention> {
+fn compacted(first: u64, snapshot_key: Option<KeyId>) -> Vec<Retention<u64>> {
     (1..=3).map(|r| Retention::new(r, first, Some(RetainedSnapshot::new(first - 1, snapshot_key)))).collect()
 }
 
@@ -237,10 +241,7 @@ fn destroying_is_refused_while_a_log_still_holds_entries_sealed_under_the_key() 
     reports[1].first_log_index = 22;
     match leader.check_destroy(KeyId(1), &members(), &reports).unwrap_err() {
         DestroyRefused::InLog { replica, key_id, first_log_index, last_sealed_index } => {
-            assert_eq!(
-                (replica.as_str(), key_id, first_log_index, last_sealed_index),
-                ("2", KeyId(1), 22, 24)
-            );
+            assert_eq!((replica, key_id, first_log_index, last_sealed_index), (2, KeyId(1), 22, 24));
         }
         other => panic!("unexpected {other}"),
     }
@@ -252,10 +253,7 @@ fn destroying_is_refused_while_a_snapshot_sealed_under_the_key_is_retained() {
     let mut reports = compacted(30, Some(KeyId(2)));
     reports[2].snapshot = Some(RetainedSnapshot::new(21, Some(KeyId(1))));
     let error = leader.check_destroy(KeyId(1), &members(), &reports).unwrap_err();
-    assert_eq!(
-        error,
-        DestroyRefused::InSnapshot { replica: "3".into(), key_id: KeyId(1), snapshot_index: 21 }
-    );
+    assert_eq!(error, DestroyRefused::InSnapshot { replica: 3, key_id: KeyId(1), snapshot_index: 21 });
     assert!(error.to_string().contains("replica 3"));
 }
 
@@ -266,12 +264,12 @@ fn destroying_is_refused_while_a_replica_may_still_seal_under_the_key() {
     // Replica 1 has not applied the rotation yet.
     reports[0] = reports[0].clone().with_sealing(Some(KeyId(1)), Vec::new());
     let error = leader.check_destroy(KeyId(1), &members(), &reports).unwrap_err();
-    assert_eq!(error, DestroyRefused::StillSealing { replica: "1".into(), key_id: KeyId(1) });
+    assert_eq!(error, DestroyRefused::StillSealing { replica: 1, key_id: KeyId(1) });
     // Replica 2 rotated but still has an envelope under key 1 on its way to the log.
     reports[0] = reports[0].clone().with_sealing(Some(KeyId(2)), Vec::new());
     reports[1] = reports[1].clone().with_sealing(Some(KeyId(2)), vec![KeyId(1)]);
     let error = leader.check_destroy(KeyId(1), &members(), &reports).unwrap_err();
-    assert_eq!(error, DestroyRefused::StillSealing { replica: "2".into(), key_id: KeyId(1) });
+    assert_eq!(error, DestroyRefused::StillSealing { replica: 2, key_id: KeyId(1) });
 }
 
 #[test]
@@ -280,7 +278,7 @@ fn destroying_is_refused_without_a_report_from_every_member() {
     let mut reports = compacted(30, Some(KeyId(2)));
     reports.pop();
     let error = leader.check_destroy(KeyId(1), &members(), &reports).unwrap_err();
-    assert_eq!(error, DestroyRefused::NoReport { replica: "3".into() });
+    assert_eq!(error, DestroyRefused::NoReport { replica: 3 });
 }
 
 #[test]
@@ -359,23 +357,23 @@ fn local_seals_alone_make_rotation_due() {
 #[test]
 fn control_is_pending_until_the_replica_applied_past_the_last_appended_control_entry() {
     let state = LayerState::new(common::cluster("cluster-a"));
-    assert!(!state.control_pending());
-    state.note_control_appended(7);
-    assert!(state.control_pending());
-    state.note_applied_through(6);
-    assert!(state.control_pending());
-    state.note_applied_through(7);
-    assert!(!state.control_pending());
+    assert!(!state.local().control_pending());
+    state.local().note_control_appended(7);
+    assert!(state.local().control_pending());
+    state.local().note_applied_through(6);
+    assert!(state.local().control_pending());
+    state.local().note_applied_through(7);
+    assert!(!state.local().control_pending());
     // Raised by appends, never by an older note.
-    state.note_control_appended(3);
-    state.note_applied_through(2);
-    assert!(!state.control_pending());
+    state.local().note_control_appended(3);
+    state.local().note_applied_through(2);
+    assert!(!state.local().control_pending());
     // A truncated tail takes its control entries with it.
-    state.note_control_appended(20);
-    assert!(state.control_pending());
-    state.note_log_truncated(9);
-    state.note_applied_through(9);
-    assert!(!state.control_pending());
+    state.local().note_control_appended(20);
+    assert!(state.local().control_pending());
+    state.local().note_log_truncated(9);
+    state.local().note_applied_through(9);
+    assert!(!state.local().control_pending());
 }
 
 #[test]
@@ -384,9 +382,9 @@ fn appending_is_refused_under_a_rotated_key_or_while_control_is_pending() {
     leader.check_append(None).unwrap();
     leader.check_append(Some(KeyId(2))).unwrap();
     assert_eq!(leader.check_append(Some(KeyId(1))), Err(AppendRefusal::NotActiveKey { key_id: KeyId(1) }));
-    leader.note_control_appended(40);
+    leader.local().note_control_appended(40);
     assert_eq!(leader.check_append(None), Err(AppendRefusal::ControlPending));
     assert_eq!(leader.check_append(Some(KeyId(2))), Err(AppendRefusal::ControlPending));
-    leader.note_applied_through(40);
+    leader.local().note_applied_through(40);
     leader.check_append(Some(KeyId(2))).unwrap();
 }

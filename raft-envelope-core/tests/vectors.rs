@@ -8,6 +8,7 @@ mod common;
 use std::sync::Arc;
 
 use common::hex;
+use raft_envelope_core::wire::{EnvelopeHeader, Purpose};
 use raft_envelope_core::*;
 use serde_json::Value;
 

@@ -10,14 +10,15 @@ use std::time::Duration;
 use openraft::raft::ClientWriteResponse;
 use openraft::{BasicNode, Config, EntryPayload, Raft, ServerState, SnapshotPolicy};
 use raft_envelope_core::{
-    Algorithm, Cutover, EntryKind, EnvelopeLayer, FatalApplyError, KekId, KeyId, KeyProvider, LayerSnapshot,
-    LayerState, PayloadWrapper,
+    lifecycle::LayerSnapshot,
+    provider::{KekId, KeyProvider},
+    Algorithm, Cutover, EntryKind, EnvelopeLayer, FatalApplyError, KeyId, LayerState, PayloadWrapper,
 };
 
 use super::log_store::MemLogStore;
 use super::network::Router;
 use super::state_machine::{Application, MemStateMachine, TestConfig};
-use crate::admin::{AdminError, Enabled};
+use crate::admin::{forward_to_leader, AdminError, PlaneError};
 use crate::codec::{BytesCodec, PayloadCodec};
 use crate::config::Sealed;
 use crate::log_store::PrefetchingLogStore;
@@ -27,6 +28,7 @@ use crate::state_machine::{
     layer_from_state, EnvelopeStateMachine, HaltRecord, DEFAULT_PROVIDER_WARN_INTERVAL,
 };
 use crate::switch_on::{switch_on, SwitchOnError, SwitchOnNode};
+use raft_envelope_core::lifecycle::{Destroyed, Enabled, LifecycleError, Retired};
 
 /// The engine's type config in the test cluster.
 pub type SealedTestConfig = Sealed<TestConfig>;
@@ -591,13 +593,14 @@ impl<A: Application> TestCluster<A> {
                     // Not (or no longer) the leader, or leadership not confirmed by a quorum
                     // during an election: run it again on whoever leads next.
                     Err(e)
-                        if (e.forward_to_leader().is_some() || matches!(e, AdminError::NotLeader(_)))
+                        if (forward_to_leader(&e).is_some()
+                            || matches!(e, LifecycleError::Engine(PlaneError::NotLeader(_))))
                             && tokio::time::Instant::now() < deadline => {}
                     other => return other,
                 }
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(AdminError::NoLeader);
+                return Err(LifecycleError::Engine(PlaneError::NoLeader));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -643,7 +646,7 @@ impl<A: Application> TestCluster<A> {
     ///
     /// # Errors
     /// [`AdminError`].
-    pub async fn retire_key(&self, key_id: KeyId) -> Result<(), AdminError<u64, BasicNode>> {
+    pub async fn retire_key(&self, key_id: KeyId) -> Result<Retired, AdminError<u64, BasicNode>> {
         self.on_leader(|raft| async move { raft.retire_key(key_id).await }).await
     }
 
@@ -652,8 +655,8 @@ impl<A: Application> TestCluster<A> {
     /// while it is a member).
     ///
     /// # Errors
-    /// [`AdminError`], [`AdminError::DestroyRefused`] naming the replica.
-    pub async fn destroy_key(&self, key_id: KeyId) -> Result<(), AdminError<u64, BasicNode>> {
+    /// [`AdminError`], [`LifecycleError::DestroyRefused`] naming the replica.
+    pub async fn destroy_key(&self, key_id: KeyId) -> Result<Destroyed, AdminError<u64, BasicNode>> {
         self.on_leader(|raft| async move {
             let reports: Vec<_> = self.running().iter().map(|(_, r)| r.retention()).collect();
             raft.destroy_key(key_id, &reports).await

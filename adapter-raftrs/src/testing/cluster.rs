@@ -8,19 +8,21 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use raft::eraftpb::{ConfChange, ConfChangeType, Entry, Message, MessageType};
 use raft::{Config, GetEntriesContext, SnapshotStatus, Storage};
+use raft_envelope_core::lifecycle::{AutoRotation, Destroyed, Lifecycle, LifecycleError, Retention, Retired};
+use raft_envelope_core::provider::{KekId, KeyProvider};
 use raft_envelope_core::{
-    Algorithm, ControlCommand, ControlError, DestroyRefused, EnvelopeLayer, FatalApplyError, KekId, KeyId,
-    KeyProvider, KeyProviderError, LayerState, PayloadWrapper, ProposalId, Retention,
+    Algorithm, EnvelopeLayer, FatalApplyError, KeyId, LayerState, PayloadWrapper, ProposalId,
 };
 use slog::Logger;
 
+use crate::admin::{AdminError, AdminHandle, AdminInbox, ClusterPlane, PlaneError};
 use crate::error::{NodeError, ProposeError};
 use crate::mem_store::MemStore;
 use crate::node::EnvelopeNode;
 use crate::proposer::raft_error;
 use crate::state_machine::StateMachine;
 use crate::tracker::Applied;
-use raft_envelope_core::EncryptionStatus;
+use raft_envelope_core::lifecycle::EncryptionStatus;
 
 /// Timing of a test [`Cluster`], in logical ticks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,19 +65,13 @@ pub enum ClusterError {
     /// The storage refused an operation.
     #[error("storage: {0}")]
     Storage(String),
-    /// An admin command could not be prepared (key creation or wrapping failed).
+    /// An admin command failed or was refused ([`Lifecycle`]'s error over [`ClusterPlane`]):
+    /// nothing unsafe happened, and it can be run again.
     #[error(transparent)]
-    Control(#[from] ControlError),
-    /// Retiring the active key was refused: rotate to a new key instead.
-    #[error("{0} is the active key: rotate instead of retiring it")]
-    RetireActiveKey(KeyId),
+    Admin(#[from] AdminError),
     /// The node has no layer state (started with a plain layer).
     #[error("node {0} has no layer state")]
     NoLayerState(u64),
-    /// Destroying a key was refused: a replica still retains entries or a snapshot sealed under
-    /// it, or did not report (the reason names it). Nothing was proposed.
-    #[error("destroy refused: {0}")]
-    DestroyRefused(#[source] DestroyRefused),
 }
 
 /// How a node's layer is configured.
@@ -92,6 +88,8 @@ struct Slot<SM: StateMachine> {
     node: Option<EnvelopeNode<MemStore, SM>>,
     /// The layer state kept across restarts (persisted with the state machine).
     state: Option<Arc<LayerState>>,
+    /// The node's admin channel (lifecycle nodes): served by the pump as a Ready loop would.
+    admin: Option<(AdminHandle, AdminInbox)>,
 }
 
 /// Wakes the blocked thread.
@@ -104,7 +102,7 @@ impl Wake for ThreadWaker {
 }
 
 /// Runs `future` to completion on this thread (for key providers that need no async runtime,
-/// like [`FileKekProvider`](raft_envelope_core::FileKekProvider)): the test driver's way of
+/// like [`FileKekProvider`](raft_envelope_core::provider::FileKekProvider)): the test driver's way of
 /// calling async providers outside the synchronous raft-rs apply path.
 pub fn block_on<F: Future>(future: F) -> F::Output {
     let mut future = std::pin::pin!(future);
@@ -220,7 +218,8 @@ impl<SM: StateMachine> Cluster<SM> {
                 Setup::Layer(_) => None,
             };
             let node = cluster.start_node(*id, storage.clone(), make_sm(*id), layer)?;
-            cluster.slots.insert(*id, Slot { storage, node: Some(node), state });
+            let admin = cluster.admin_channel(&node);
+            cluster.slots.insert(*id, Slot { storage, node: Some(node), state, admin });
         }
         if let Some(first) = ids.first() {
             cluster.node_mut(*first)?.campaign()?;
@@ -345,8 +344,22 @@ impl<SM: StateMachine> Cluster<SM> {
                         self.queue.extend(last);
                     }
                 }
+                if let Some(slot) = self.slots.get_mut(id) {
+                    if let (Some(node), Some((_, inbox))) = (slot.node.as_mut(), slot.admin.as_mut()) {
+                        node.serve_admin(inbox);
+                    }
+                }
+                let Some(node) = self.slots.get_mut(id).and_then(|s| s.node.as_mut()) else { continue };
                 for c in node.take_completions() {
                     self.done.insert(c.id, c.result);
+                }
+            }
+            // A halted or stopped node still answers its admin requests (with `Stopped`).
+            for slot in self.slots.values_mut() {
+                if let (Some(node), Some((_, inbox))) = (slot.node.as_mut(), slot.admin.as_mut()) {
+                    if node.halted().is_some() || node.stopped().is_some() {
+                        node.serve_admin(inbox);
+                    }
                 }
             }
             while let Some(m) = self.queue.pop_front() {
@@ -435,11 +448,11 @@ impl<SM: StateMachine> Cluster<SM> {
     }
 
     /// When the running leader's active key is due for rotation ([`EnvelopeNode::rotation_due`]),
-    /// installs and promotes a new key (same algorithm) with the leader's own provider and
-    /// returns its id; `Ok(None)` when nothing is due.
+    /// rotates through [`Lifecycle::rotate_if_due`] with the leader's own provider (same
+    /// algorithm) and returns the new key's id; `Ok(None)` when nothing is due.
     ///
     /// # Errors
-    /// [`ClusterError`] of the install or promote; the old key stays active.
+    /// [`ClusterError::Admin`]; the old key stays active.
     pub fn rotate_if_due(&mut self) -> Result<Option<KeyId>, ClusterError> {
         let Some(leader) = self.leader() else { return Ok(None) };
         let node = self.node(leader)?;
@@ -448,12 +461,14 @@ impl<SM: StateMachine> Cluster<SM> {
         else {
             return Ok(None);
         };
-        let algorithm =
-            state.keys().iter().find(|k| k.key_id == due).map_or(Algorithm::Aes256Gcm, |k| k.algorithm);
-        tracing::info!(key_id = due.0, leader, "sealing budget low: rotating");
-        let (key_id, index) = self.admin(|c| c.install_and_promote(provider.as_ref(), algorithm))?;
-        tracing::info!(from = due.0, to = key_id.0, index, "key rotated automatically");
-        Ok(Some(key_id))
+        let algorithm = state.key(due).map_or(Algorithm::Aes256Gcm, |k| k.algorithm);
+        let rotation = AutoRotation::new(provider, algorithm);
+        let rotation = &rotation;
+        let rotated = self.run_admin(|l| Box::pin(async move { l.rotate_if_due(rotation).await }))?;
+        if let Some(key_id) = rotated {
+            tracing::info!(from = due.0, to = key_id.0, "key rotated automatically");
+        }
+        Ok(rotated)
     }
 
     /// Runs an admin command with automatic rotation held off.
@@ -628,15 +643,11 @@ impl<SM: StateMachine> Cluster<SM> {
         Ok(cutover)
     }
 
-    /// The leader, once its applied state includes every committed entry: it has committed an
-    /// entry of its own term (so everything any earlier leader committed is in its commit index)
-    /// and applied up to its commit index. Admin commands are prepared from this state (key ids,
-    /// the active key that seals the entry), so they are serial and never conflict.
-    /// Waits for a leader that can run an admin command: it committed an entry of its term and
-    /// applied up to its commit index (its layer state is current), and has a layer state.
+    /// Waits for a leader that has committed an entry of its term and applied up to its commit
+    /// index (its layer state is current, as admin commands need).
     ///
     /// # Errors
-    /// [`ClusterError::NoLeader`], [`ClusterError::Timeout`], [`ClusterError::NoLayerState`].
+    /// [`ClusterError::NoLeader`], [`ClusterError::Timeout`].
     pub fn admin_leader(&mut self) -> Result<u64, ClusterError> {
         let leader = self.wait_leader()?;
         let ready = self.wait_until(|c| {
@@ -647,209 +658,134 @@ impl<SM: StateMachine> Cluster<SM> {
         if !ready {
             return Err(ClusterError::Timeout("the leader to apply its commit index"));
         }
-        if self.node(leader)?.layer_state().is_none() {
-            return Err(ClusterError::NoLayerState(leader));
-        }
         Ok(leader)
     }
 
-    /// Proposes one admin command through the leader and waits until the leader applied it;
-    /// returns its index.
-    fn run_control(&mut self, command: &ControlCommand) -> Result<u64, ClusterError> {
-        let leader = self.admin_leader()?;
-        let ticket = self.node_mut(leader)?.propose_control(command)?;
-        Ok(self.wait_completion(ticket.id)?.index)
+    /// The admin channel of a lifecycle node, its requests bounded by the cluster's wait.
+    fn admin_channel(&self, node: &EnvelopeNode<MemStore, SM>) -> Option<(AdminHandle, AdminInbox)> {
+        let (handle, inbox) = node.admin_channel().ok()?;
+        Some((handle, inbox.with_timeout_ticks(self.cfg.max_wait_ticks)))
     }
 
-    /// Installs a new key (wrapped under `provider`'s KEK) and promotes it, through the leader;
-    /// returns the key id and the promote entry's index.
-    fn install_and_promote(
-        &mut self,
-        provider: &dyn KeyProvider,
-        algorithm: Algorithm,
-    ) -> Result<(KeyId, u64), ClusterError> {
-        let leader = self.admin_leader()?;
-        let node = self.node_mut(leader)?;
-        let (key_id, ticket) = block_on(node.propose_install(provider, algorithm))?;
-        self.wait_completion(ticket.id)?;
-        let promoted = self.run_control(&ControlCommand::PromoteKey { key_id })?;
-        Ok((key_id, promoted))
-    }
-
-    /// Switches encryption on through the log and returns the cutover `C`:
+    /// The key-lifecycle driver on the current leader, over every node's admin handle: the
+    /// public admin API ([`ClusterPlane::lifecycle`]) as a user's own driver would use it.
     ///
-    /// 1. **Install**: a new data key (id `next_key_id()` over the leader's applied state),
-    ///    wrapped under `kek_id` by `provider`, in an install entry; every replica unwraps it with
-    ///    its own provider before applying it (prefetch), or halts there (`key_unavailable`).
-    /// 2. **Promote**: the key becomes active on every replica at the promote entry's index `P`;
-    ///    each node seals its new proposals from the moment it applied `P`, and from then on
-    ///    its `step` refuses forwarded cleartext.
-    /// 3. **Drain**: wait (bounded) until every running node applied `P`; not needed for safety,
-    ///    it only spares writers refusals.
-    /// 4. **Enforce**: an enforce entry (sealed under the new key); its index is `C` on every
-    ///    replica.
+    /// # Errors
+    /// [`ClusterError::NoLeader`], [`ClusterError::NoLayerState`].
+    pub fn lifecycle(&mut self) -> Result<Lifecycle<ClusterPlane>, ClusterError> {
+        let leader = self.wait_leader()?;
+        let handle = |s: &Slot<SM>| s.admin.as_ref().map(|(h, _)| h.clone());
+        let on = self.slots.get(&leader).and_then(handle).ok_or(ClusterError::NoLayerState(leader))?;
+        let members = self.slots.values().filter_map(handle).collect();
+        Ok(ClusterPlane::lifecycle(on, members))
+    }
+
+    /// Runs `future` to completion, pumping the cluster (messages, Ready, admin requests, ticks)
+    /// while it waits: the cluster plays every node's Ready loop. Admin requests are bounded in
+    /// ticks by the nodes' inboxes, so the future always completes.
+    pub fn drive<T>(&mut self, future: impl Future<Output = T>) -> T {
+        let mut future = std::pin::pin!(future);
+        let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        loop {
+            if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+                return out;
+            }
+            self.settle();
+            if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+                return out;
+            }
+            self.tick(1);
+        }
+    }
+
+    /// Runs an admin operation on the leader with automatic rotation held off; when leadership
+    /// moved meanwhile (`NotLeader`, or a proposal superseded or dropped by a leader change), runs
+    /// it again on the new leader, up to five times.
+    fn run_admin<'a, T>(
+        &mut self,
+        op: impl Fn(
+            Lifecycle<ClusterPlane>,
+        ) -> std::pin::Pin<Box<dyn Future<Output = Result<T, AdminError>> + 'a>>,
+    ) -> Result<T, ClusterError> {
+        self.admin(|c| {
+            let mut attempt = 0;
+            loop {
+                let lifecycle = c.lifecycle()?;
+                let result = c.drive(op(lifecycle));
+                attempt += 1;
+                match result {
+                    Err(LifecycleError::Engine(
+                        PlaneError::NotLeader { .. } | PlaneError::Propose { .. },
+                    )) if attempt < 5 => {}
+                    other => return other.map_err(ClusterError::Admin),
+                }
+            }
+        })
+    }
+
+    /// Switches encryption on through the log ([`Lifecycle::enable_encryption`]) and returns the
+    /// cutover `C`: install a new data key wrapped under `kek_id`, promote it, wait until every
+    /// running node applied the promote, commit the enforce entry (its index is `C`).
     ///
     /// Why no cleartext can land above `C`: take an entry `e` committed at `i > C`. The leader
     /// that created `e` appended it after its log prefix `1..i`, which is the committed prefix
     /// (Log Matching), so at that moment its log held the promote at `P < C`. Either that leader
-    /// had applied `P` — then its layer sealed (a node never stops sealing once a key is active,
-    /// and a restart with the persisted layer state seals from the start), so it sealed its own
-    /// proposal (sealing and appending happen in one `&mut RawNode` call) and its `step` refused
-    /// a forwarded cleartext one — or it had not, and then its log held a layer control entry
-    /// above its applied index, for which a node that does not seal refuses cleartext from its
-    /// own proposer ([`ProposeError::ControlPending`]) and from `step`. Either way `e` is not
-    /// cleartext. This depends only on the creating leader's log and applied index, so it holds
-    /// through leader changes and with nodes that are down (they catch up from the log). A
-    /// cleartext proposal in flight from before is refused and its client sees a retryable
-    /// error or a timeout, never a halt.
+    /// had applied `P` — then its layer sealed, so it sealed its own proposal (sealing and
+    /// appending happen in one `&mut RawNode` call) and its `step` refused a forwarded cleartext
+    /// one — or it had not, and then its log held a layer control entry above its applied
+    /// index, for which a node refuses cleartext from its own proposer
+    /// ([`ProposeError::ControlPending`]) and from `step`. Either way `e` is not cleartext.
     ///
-    /// Idempotent: when a cutover is already set, returns it; when a key is already active,
-    /// skips steps 1 and 2.
+    /// Idempotent: when a cutover is already set, returns it.
     ///
     /// # Errors
-    /// [`ClusterError`]: the command that failed; a failed attempt leaves the cluster
-    /// consistent (every replica applies the same prefix) and can be retried.
+    /// [`ClusterError::Admin`]; a failed attempt leaves the cluster consistent and can be
+    /// retried.
     pub fn enable_encryption(
         &mut self,
         provider: &dyn KeyProvider,
         kek_id: &KekId,
         algorithm: Algorithm,
     ) -> Result<u64, ClusterError> {
-        self.admin(|c| c.enable_inner(provider, kek_id, algorithm))
+        let enabled = self
+            .run_admin(|l| Box::pin(async move { l.enable_encryption(provider, kek_id, algorithm).await }))?;
+        Ok(enabled.cutover)
     }
 
-    fn enable_inner(
-        &mut self,
-        provider: &dyn KeyProvider,
-        kek_id: &KekId,
-        algorithm: Algorithm,
-    ) -> Result<u64, ClusterError> {
-        let leader = self.admin_leader()?;
-        let state = self.node(leader)?.layer_state().cloned().ok_or(ClusterError::NoLayerState(leader))?;
-        if let Some(cutover) = state.cutover() {
-            return Ok(cutover);
-        }
-        if provider.kek_id() != kek_id {
-            return Err(ClusterError::Control(ControlError::Provider {
-                key_id: state.next_key_id(),
-                source: KeyProviderError::UnknownKek {
-                    requested: kek_id.clone(),
-                    held: provider.kek_id().clone(),
-                },
-            }));
-        }
-        if state.active_key().is_none() {
-            let (_, promoted) = self.install_and_promote(provider, algorithm)?;
-            self.wait_until(|c| {
-                c.ids().iter().all(|id| !c.running(*id) || c.applied(*id).is_ok_and(|a| a >= promoted))
-            });
-        }
-        let enforce = self.run_control(&ControlCommand::Enforce)?;
-        let cutover = self.node(leader).ok().and_then(|n| n.layer_state()?.cutover()).unwrap_or(enforce);
-        tracing::info!(cutover, "encryption enabled through the log");
-        Ok(cutover)
-    }
-
-    /// Rotates: installs a new key wrapped under `provider`'s KEK and promotes it (the previous
-    /// active key becomes decrypt-only: old entries still open). Returns the new key id.
+    /// Rotates ([`Lifecycle::rotate_key`]): installs a new key wrapped under `provider`'s KEK and
+    /// promotes it (the previous active key becomes decrypt-only). Returns the new key id.
     ///
     /// # Errors
-    /// [`ClusterError`].
+    /// [`ClusterError::Admin`].
     pub fn rotate_key(
         &mut self,
         provider: &dyn KeyProvider,
         algorithm: Algorithm,
     ) -> Result<KeyId, ClusterError> {
-        let (key_id, _) = self.admin(|c| c.install_and_promote(provider, algorithm))?;
-        Ok(key_id)
-    }
-
-    /// Retires `key_id` to decrypt-only through the log. Returns the entry's index.
-    ///
-    /// As on openraft, the active key is refused ([`ClusterError::RetireActiveKey`]; rotate
-    /// instead, which retires the previous key in the same entry as the promote): with a cutover
-    /// in force nothing could seal control entries any more ([`LayerState::check_command`]), and
-    /// before one, sealed writes would be refused until a key is promoted. Unknown and destroyed
-    /// keys are refused too (the entry would halt every replica).
-    ///
-    /// # Errors
-    /// [`ClusterError`].
-    pub fn retire_key(&mut self, key_id: KeyId) -> Result<u64, ClusterError> {
-        self.admin(|c| {
-            let command = ControlCommand::RetireKey { key_id };
-            let leader = c.check_command(&command)?;
-            let active = c.node(leader)?.layer_state().and_then(|s| s.active_key());
-            if active == Some(key_id) {
-                return Err(ClusterError::RetireActiveKey(key_id));
-            }
-            c.run_control(&command)
+        self.run_admin(|l| {
+            Box::pin(async move { l.rotate_key(provider, provider.kek_id(), algorithm).await })
         })
     }
 
-    /// [`LayerState::check_command`] on the leader's applied state.
-    fn check_command(&mut self, command: &ControlCommand) -> Result<u64, ClusterError> {
-        let leader = self.admin_leader()?;
-        let state = self.node(leader)?.layer_state().cloned().ok_or(ClusterError::NoLayerState(leader))?;
-        state.check_command(command).map_err(|e| match e {
-            ControlError::ActiveKeyNeeded(k) => ClusterError::RetireActiveKey(k),
-            e => ClusterError::Control(e),
-        })?;
-        Ok(leader)
-    }
-
-    /// Destroys `key_id` through the log, with proof: every replica drops its material, and
-    /// envelopes under it no longer open. Returns the destroy entry's index once the leader
-    /// applied it.
-    ///
-    /// The proof, checked on the leader right before proposing (nothing runs in between: the
-    /// cluster is single-threaded):
-    /// 1. the key is not the active key ([`LayerState::check_command`], then
-    ///    [`LayerState::check_destroy`]);
-    /// 2. no entry sealed under the key is in flight: the leader has applied its whole log
-    ///    (`applied == last index`), so its count of entries sealed under the key
-    ///    (`last_sealed_index`) covers its log; and no later entry can be sealed under it,
-    ///    because a node appends nothing while its log holds an unapplied layer control entry
-    ///    ([`ProposeError::ControlPending`], [`StepError::ControlPending`](crate::StepError::ControlPending)),
-    ///    seals its own proposals under its active key, and refuses forwarded envelopes sealed
-    ///    under another key ([`StepError::NotActiveKey`](crate::StepError::NotActiveKey)) —
-    ///    so every entry above the promote of the current key is sealed under it;
-    /// 3. every member (voters and learners of the leader's configuration) reports what it
-    ///    retains ([`EnvelopeNode::retention`]: first log index, retained snapshot and the key
-    ///    it is sealed under), and [`LayerState::check_destroy`] finds no log that still holds
-    ///    an entry at or below `last_sealed_index` and no snapshot sealed under the key.
+    /// Retires `key_id` to decrypt-only on every replica ([`Lifecycle::retire_key`]).
     ///
     /// # Errors
-    /// [`ClusterError::DestroyRefused`] naming the replica (nothing proposed);
-    /// [`ClusterError::RetireActiveKey`] for the active key; other [`ClusterError`]s.
-    pub fn destroy_key(&mut self, key_id: KeyId) -> Result<u64, ClusterError> {
-        self.admin(|c| c.destroy_inner(key_id))
+    /// [`ClusterError::Admin`]: refused for an unknown or destroyed key, and for the active key
+    /// under a cutover.
+    pub fn retire_key(&mut self, key_id: KeyId) -> Result<Retired, ClusterError> {
+        self.run_admin(|l| Box::pin(async move { l.retire_key(key_id).await }))
     }
 
-    fn destroy_inner(&mut self, key_id: KeyId) -> Result<u64, ClusterError> {
-        let command = ControlCommand::DestroyKey { key_id };
-        let leader = self.check_command(&command)?;
-        let caught_up =
-            self.wait_until(|c| c.node(leader).is_ok_and(|n| n.is_leader() && n.applied() == n.last_index()));
-        if !caught_up {
-            return Err(ClusterError::Timeout("the leader to apply its whole log"));
-        }
-        let node = self.node(leader)?;
-        let state = node.layer_state().cloned().ok_or(ClusterError::NoLayerState(leader))?;
-        let conf = node.raw_node().raft.prs().conf().to_conf_state();
-        let mut ids: Vec<u64> =
-            conf.voters.iter().chain(&conf.learners).chain(&conf.voters_outgoing).copied().collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let members: Vec<String> = ids.iter().map(u64::to_string).collect();
-        let reports: Vec<Retention> = ids.iter().filter_map(|id| self.retention(*id).ok()).collect();
-        state.check_destroy(key_id, &members, &reports).map_err(|reason| {
-            tracing::warn!(key_id = key_id.0, "destroy refused: {reason}");
-            ClusterError::DestroyRefused(reason)
-        })?;
-        let ticket = self.node_mut(leader)?.propose_control(&command)?;
-        let index = self.wait_completion(ticket.id)?.index;
-        tracing::info!(key_id = key_id.0, index, "key destroyed through the log");
-        Ok(index)
+    /// Destroys `key_id` with proof ([`Lifecycle::destroy_key`]): a barrier, every member's
+    /// [`EnvelopeNode::retention`] report, [`LayerState::check_destroy`], then the destroy
+    /// entry.
+    ///
+    /// # Errors
+    /// [`ClusterError::Admin`], with [`LifecycleError::DestroyRefused`] naming the replica
+    /// (nothing proposed).
+    pub fn destroy_key(&mut self, key_id: KeyId) -> Result<Destroyed, ClusterError> {
+        self.run_admin(|l| Box::pin(async move { l.destroy_key(key_id).await }))
     }
 
     /// What node `id` still stores that may hold entries sealed under a key
@@ -857,7 +793,7 @@ impl<SM: StateMachine> Cluster<SM> {
     ///
     /// # Errors
     /// [`ClusterError::NoSuchNode`]; the node's error.
-    pub fn retention(&self, id: u64) -> Result<Retention, ClusterError> {
+    pub fn retention(&self, id: u64) -> Result<Retention<u64>, ClusterError> {
         Ok(self.node(id)?.retention()?)
     }
 
@@ -902,7 +838,8 @@ impl<SM: StateMachine> Cluster<SM> {
         let id = self.slots.keys().next_back().map_or(1, |k| k + 1);
         let storage = MemStore::new_with_conf_state((self.initial_voters.clone(), vec![]));
         let node = self.start_node(id, storage.clone(), sm, Setup::Lifecycle(state.clone(), provider))?;
-        self.slots.insert(id, Slot { storage, node: Some(node), state: Some(state) });
+        let admin = self.admin_channel(&node);
+        self.slots.insert(id, Slot { storage, node: Some(node), state: Some(state), admin });
         self.isolated.push(id);
         let result = self.add_learner(id);
         self.isolated.retain(|i| *i != id);
@@ -984,8 +921,10 @@ impl<SM: StateMachine> Cluster<SM> {
     }
 
     fn finish_restart(&mut self, id: u64, node: EnvelopeNode<MemStore, SM>) -> Result<(), ClusterError> {
+        let admin = self.admin_channel(&node);
         if let Some(slot) = self.slots.get_mut(&id) {
             slot.node = Some(node);
+            slot.admin = admin;
         }
         self.settle();
         // Catch up: a heartbeat tells the leader where this node is.

@@ -1,6 +1,6 @@
 //! R2 Cutover, and why it is tag-aware: the decision looks at the index and at what the entry is.
 
-use raft_envelope_core::{EntryKind, FailureReason};
+use raft_envelope_core::{error::FailureReason, EntryKind};
 
 use super::support::{payload, require, Env};
 use crate::harness::{Cluster, ClusterBuilder, ProposeError, StoredEntry};

@@ -3,8 +3,10 @@
 use std::sync::Arc;
 
 use raft_envelope_core::{
-    Algorithm, ApplyGate, ClusterId, Cutover, EntryKind, EnvelopeCipher, EnvelopeHeader, FailureReason,
-    KeyId, Keyring, PayloadUnwrapper, PayloadWrapper, ProposalId, Purpose, SecretKey,
+    error::FailureReason,
+    wire::{EnvelopeHeader, Purpose},
+    Algorithm, ApplyGate, ClusterId, Cutover, EntryKind, EnvelopeCipher, KeyId, Keyring, PayloadUnwrapper,
+    PayloadWrapper, ProposalId, SecretKey,
 };
 
 use super::support::{Env, Fixture, Role, PRIMARY};

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raft_envelope_core::{
-    ApplyGate, ClusterId, Cutover, EntryKind, EnvelopeCipher, FailureReason, PayloadWrapper, ProposalId,
-    Purpose, OVERHEAD,
+    error::FailureReason,
+    wire::{Purpose, OVERHEAD},
+    ApplyGate, ClusterId, Cutover, EntryKind, EnvelopeCipher, PayloadWrapper, ProposalId,
 };
 
 use super::support::{payload, require, Env, Fixture, Role, PRIMARY};

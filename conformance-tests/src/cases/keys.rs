@@ -5,8 +5,10 @@ use std::sync::Arc;
 use std::thread;
 
 use raft_envelope_core::{
-    Algorithm, EntryKind, EnvelopeCipher, EnvelopeHeader, KeyId, KeyState, PayloadUnwrapper, PayloadWrapper,
-    ProposalId, SealBudget, SealError, SecretKey, KEY_LEN,
+    lifecycle::{KeyState, SealBudget},
+    wire::{EnvelopeHeader, KEY_LEN},
+    Algorithm, EntryKind, EnvelopeCipher, KeyId, PayloadUnwrapper, PayloadWrapper, ProposalId, SealError,
+    SecretKey,
 };
 
 use super::support::{contains, payload, require, Env, Fixture, Role, DECOY, PRIMARY, ROTATED};

@@ -13,9 +13,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use raft_envelope_core::{
-    is_clear_control_entry, ClusterId, EntryKind, EnvelopeHeader, FailureReason, FatalApplyError,
-    FileKekProvider, KekId, KeyId, KeyProvider, KeyState, LayerKey, LayerSnapshot, LayerState,
-    PayloadUnwrapper, Purpose, SecretKey, KEY_LEN,
+    error::FailureReason,
+    lifecycle::{KeyState, LayerKey, LayerSnapshot},
+    provider::{FileKekProvider, KekId, KeyProvider},
+    wire::{is_clear_control_entry, EnvelopeHeader, Purpose, KEY_LEN},
+    ClusterId, EntryKind, FatalApplyError, KeyId, LayerState, PayloadUnwrapper, SecretKey,
 };
 
 use super::support::{payload, require, REPLICAS};
@@ -709,7 +711,7 @@ pub fn destroy_refused_while_needed_allowed_after_compaction<B: ClusterBuilder>(
     };
     let reason = refused("nothing compacted");
     assert!(
-        matches!(reason, raft_envelope_core::DestroyRefused::InLog { key_id, .. } if key_id == first),
+        matches!(reason, raft_envelope_core::lifecycle::DestroyRefused::InLog { key_id, .. } if key_id == first),
         "refused because a log holds entries sealed under {first}: {reason}"
     );
     let (last_node, others) = env.nodes.split_last().expect("nodes");
@@ -718,10 +720,10 @@ pub fn destroy_refused_while_needed_allowed_after_compaction<B: ClusterBuilder>(
     }
     let reason = refused("one replica not compacted");
     let named = match &reason {
-        raft_envelope_core::DestroyRefused::InLog { replica, .. } => replica.clone(),
+        raft_envelope_core::lifecycle::DestroyRefused::InLog { replica, .. } => *replica,
         other => panic!("refused because of the uncompacted log: {other}"),
     };
-    assert_eq!(named, last_node.to_string(), "the refusal names the replica that did not compact");
+    assert_eq!(named, *last_node, "the refusal names the replica that did not compact");
     for node in &env.nodes {
         assert_eq!(key(&env.snapshot(*node), first).state, KeyState::DecryptOnly, "nothing was destroyed");
     }

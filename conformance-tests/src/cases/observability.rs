@@ -1,7 +1,7 @@
 //! R8 Observability: a halt emits an error event with index, key id and reason; counters exist
 //! for seals, opens and open failures by reason, per key id.
 
-use raft_envelope_core::FailureReason;
+use raft_envelope_core::error::FailureReason;
 
 use super::support::{require, Env, PRIMARY};
 use crate::harness::ClusterBuilder;

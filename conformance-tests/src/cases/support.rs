@@ -8,8 +8,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use raft_envelope_core::{
-    ApplyGate, ClusterId, Cutover, CutoverSource, EnvelopeCipher, EnvelopeLayer, FailureReason,
-    FatalApplyError, KeyId, Keyring, SealBudget, SecretKey, KEY_LEN,
+    error::FailureReason, lifecycle::SealBudget, wire::KEY_LEN, ApplyGate, ClusterId, Cutover, CutoverSource,
+    EnvelopeCipher, EnvelopeLayer, FatalApplyError, KeyId, Keyring, SecretKey,
 };
 
 use crate::harness::{AppliedPayload, Capabilities, Cluster, ClusterBuilder, NodeId, Response, StoredEntry};

@@ -255,76 +255,6 @@ impl OpenError {
     }
 }
 
-/// A committed entry could not be handed to the state machine: the replica must halt.
-///
-/// *Invariably fatal* for apply: the adapter stops applying at [`index`](Self::index), does not
-/// advance its applied index, hands no byte of the entry to the state machine, and fails again on
-/// the same entry after a restart until the cause is repaired. Never contains key or payload bytes.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("apply halted at log index {index}{key}: {reason}{detail}",
-    key = self.key_id.map(|k| format!(" ({k})")).unwrap_or_default(),
-    detail = self.detail())]
-#[non_exhaustive]
-pub struct FatalApplyError {
-    /// The log index of the entry that failed.
-    pub index: u64,
-    /// The key named by the envelope, when it could be read.
-    pub key_id: Option<KeyId>,
-    /// Why it failed.
-    pub reason: FailureReason,
-    /// The cutover in force when the decision was made.
-    pub cutover: Option<u64>,
-    /// The unwrapper's error, when opening failed.
-    pub source: Option<OpenError>,
-    /// Why a layer control entry could not be applied, when the entry was one
-    /// ([`LayerState::apply_control`](crate::LayerState::apply_control)). Boxed: it is rare, and
-    /// keeps this error small on every apply path's `Result`.
-    pub control: Option<Box<crate::ControlError>>,
-}
-
-impl FatalApplyError {
-    /// The error for `index` failing with `reason` and no unwrapper error.
-    pub fn new(index: u64, reason: FailureReason, cutover: Option<u64>) -> Self {
-        Self { index, key_id: None, reason, cutover, source: None, control: None }
-    }
-
-    /// The error for `index` failing because the unwrapper returned `error`.
-    pub fn from_open(index: u64, error: OpenError, cutover: Option<u64>) -> Self {
-        Self {
-            index,
-            key_id: error.key_id(),
-            reason: error.reason(),
-            cutover,
-            source: Some(error),
-            control: None,
-        }
-    }
-
-    /// The error for the layer control entry at `index` failing with `error`.
-    pub fn from_control(index: u64, error: crate::ControlError, cutover: Option<u64>) -> Self {
-        let source = match &error {
-            crate::ControlError::Open(open) => Some(open.clone()),
-            _ => None,
-        };
-        Self {
-            index,
-            key_id: error.key_id(),
-            reason: error.reason(),
-            cutover,
-            source,
-            control: Some(Box::new(error)),
-        }
-    }
-
-    fn detail(&self) -> String {
-        match (&self.source, &self.control) {
-            (Some(open), _) => format!(" ({open})"),
-            (None, Some(control)) => format!(" ({control})"),
-            (None, None) => String::new(),
-        }
-    }
-}
-
 /// A keyring or configuration change was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -341,6 +271,9 @@ pub enum ConfigError {
         /// The length given.
         len: usize,
     },
+    /// Key id 0 is reserved and never names a data key ([`KeyId::RESERVED`](crate::KeyId::RESERVED)).
+    #[error("key id 0 is reserved and never names a data key")]
+    ReservedKeyId,
     /// A key id is already in the keyring (ids are never reused, even after destruction).
     #[error("{0} is already in the keyring")]
     DuplicateKeyId(KeyId),
@@ -366,5 +299,23 @@ pub enum ConfigError {
     WrappedKeyLength {
         /// The length given.
         len: usize,
+    },
+}
+
+/// Why a node must not append a proposal now ([`LayerState::check_append`]). Retryable: nothing
+/// was appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppendRefusal {
+    /// The node's log may hold a layer control entry it has not applied: its layer state may be
+    /// behind its log. Retry once it applied it.
+    #[error("a layer control entry in this node's log is not applied yet")]
+    ControlPending,
+    /// The envelope is sealed under a key that is not the active key (a rotation applied since
+    /// it was sealed): seal it again.
+    #[error("sealed under {key_id}, which is not the active key")]
+    NotActiveKey {
+        /// The key it was sealed under.
+        key_id: KeyId,
     },
 }

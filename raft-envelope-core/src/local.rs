@@ -1,0 +1,113 @@
+//! What one replica knows about itself and does not replicate: the bookkeeping behind the append
+//! rule and the destroy-proof report.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::ids::KeyId;
+
+/// A snapshot one replica retains, as it reports it for the destroy proof.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub struct RetainedSnapshot {
+    /// The last log index it includes.
+    pub last_index: u64,
+    /// The key its body is sealed under (`None`: in the clear).
+    pub sealed_under: Option<KeyId>,
+}
+
+impl RetainedSnapshot {
+    /// A retained snapshot.
+    pub fn new(last_index: u64, sealed_under: Option<KeyId>) -> Self {
+        Self { last_index, sealed_under }
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Node-local bookkeeping of a [`LayerState`](crate::LayerState) ([`LayerState::local`](crate::LayerState::local)):
+/// facts about this replica's own log, snapshot and snapshot builds, which differ between
+/// replicas and are never replicated, persisted or put in a snapshot. The adapters feed it from
+/// the engine's storage callbacks; [`LayerState::check_append`](crate::LayerState::check_append)
+/// and the replica's retention report read it.
+#[derive(Debug, Default)]
+pub struct NodeLocal {
+    /// The snapshot this replica keeps.
+    retained: Mutex<Option<RetainedSnapshot>>,
+    /// The keys snapshot builds in progress will seal under, with how many builds each.
+    claims: Mutex<BTreeMap<KeyId, usize>>,
+    /// The highest log index at which a layer control entry may sit in this replica's log.
+    control_hint: AtomicU64,
+    /// The last log index this replica applied, any entry.
+    applied_through: AtomicU64,
+}
+
+impl NodeLocal {
+    /// Records that this replica's log may hold a layer control entry at `index` (one was
+    /// appended there; or, after a restart, `index` is the last stored index and the log was not
+    /// read). Only ever raised by appends: an entry that is truncated later keeps the hint until
+    /// the replica applies past it or [`note_log_truncated`](Self::note_log_truncated) lowers it.
+    pub fn note_control_appended(&self, index: u64) {
+        self.control_hint.fetch_max(index, SeqCst);
+    }
+
+    /// Records that this replica's log was truncated so that it ends at `last` at most (entries
+    /// above it were removed): a control entry noted above it is gone.
+    pub fn note_log_truncated(&self, last: u64) {
+        self.control_hint.fetch_min(last, SeqCst);
+    }
+
+    /// Records that this replica applied every entry up to `index` (any kind).
+    pub fn note_applied_through(&self, index: u64) {
+        self.applied_through.fetch_max(index, SeqCst);
+    }
+
+    /// True while this replica's log may hold a layer control entry it has not applied. Until
+    /// it has, its layer state may be behind its log (a promote, an enforce, a rotation another
+    /// leader committed): an adapter appends no proposal then, so that no cleartext can land above
+    /// an enforce entry and nothing is sealed under a key an unapplied entry rotates away.
+    pub fn control_pending(&self) -> bool {
+        self.control_hint.load(SeqCst) > self.applied_through.load(SeqCst)
+    }
+
+    /// Records the snapshot this replica now keeps (it built or installed one), for
+    /// [`retained_snapshot`](Self::retained_snapshot). An older snapshot than the one recorded
+    /// is ignored.
+    pub fn record_retained_snapshot(&self, snapshot: RetainedSnapshot) {
+        let mut retained = lock(&self.retained);
+        if !retained.is_some_and(|r| r.last_index > snapshot.last_index) {
+            *retained = Some(snapshot);
+        }
+    }
+
+    /// The snapshot this replica keeps, as last recorded: its index and the key its body is
+    /// sealed under. What goes into its [`Retention`](crate::lifecycle::Retention) report.
+    pub fn retained_snapshot(&self) -> Option<RetainedSnapshot> {
+        *lock(&self.retained)
+    }
+
+    /// Keys this replica may still seal snapshots under besides its active key: those of
+    /// snapshot builds in progress ([`LayerState::capture_for_snapshot`](crate::LayerState::capture_for_snapshot)).
+    /// Adapters add them to their [`Retention`](crate::lifecycle::Retention) report.
+    pub fn keys_in_use(&self) -> Vec<KeyId> {
+        lock(&self.claims).keys().copied().collect()
+    }
+
+    pub(crate) fn claim(&self, key: KeyId) {
+        *lock(&self.claims).entry(key).or_default() += 1;
+    }
+
+    pub(crate) fn release(&self, key: KeyId) {
+        let mut claims = lock(&self.claims);
+        if let Some(n) = claims.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                claims.remove(&key);
+            }
+        }
+    }
+}
