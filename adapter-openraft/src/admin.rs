@@ -291,6 +291,20 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
         admin.lifecycle.enable_encryption(provider, kek_id, algorithm).await
     }
 
+    /// Starts sealing without enforcing, on the leader ([`Lifecycle::start_sealing`]): installs
+    /// a new data key wrapped under `kek_id` and promotes it. Returns the active key.
+    ///
+    /// # Errors
+    /// [`AdminError`]; only the leader runs it.
+    pub async fn start_sealing(
+        &self,
+        provider: &dyn KeyProvider,
+        kek_id: &KekId,
+        algorithm: Algorithm,
+    ) -> Result<KeyId, C> {
+        self.admin()?.lifecycle.start_sealing(provider, kek_id, algorithm).await
+    }
+
     /// Rotates the data key, on the leader ([`Lifecycle::rotate_key`]): installs a new key
     /// wrapped under `kek_id` and promotes it; the previous active key becomes decrypt-only.
     /// Returns the new key's id.

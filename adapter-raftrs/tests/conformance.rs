@@ -10,7 +10,7 @@ use raft_envelope_conformance::{
     AppliedPayload, Capabilities, ClusterBuilder, HarnessError, ManagedNode, NodeId,
     ProposeError as SuiteProposeError, RecordingStateMachine, Response, StoredEntry,
 };
-use raft_envelope_core::lifecycle::LifecycleError;
+use raft_envelope_core::lifecycle::{LifecycleError, Retired};
 use raft_envelope_core::{
     lifecycle::LayerSnapshot,
     provider::{FileKekProvider, KekId, KeyProvider},
@@ -140,6 +140,14 @@ fn suite_result(result: Result<Applied<Vec<u8>>, ProposeError>) -> Result<Respon
 
 fn engine(e: impl std::fmt::Display) -> HarnessError {
     HarnessError::Engine(e.to_string())
+}
+
+fn admin(e: ClusterError) -> HarnessError {
+    match e {
+        ClusterError::Admin(LifecycleError::DestroyRefused(reason)) => HarnessError::DestroyRefused(reason),
+        ClusterError::Admin(LifecycleError::Refused(reason)) => HarnessError::Refused(reason),
+        other => engine(other),
+    }
 }
 
 impl RaftRs {
@@ -374,7 +382,18 @@ impl raft_envelope_conformance::Cluster for RaftRs {
         Ok(self.install_and_promote(provider.as_ref())?.0)
     }
 
-    /// `Cluster::destroy_key`: the proof (leader caught up, every member's retention,
+    fn start_sealing(&self, provider: Arc<dyn KeyProvider>) -> Result<KeyId, HarnessError> {
+        self.lock().start_sealing(provider.as_ref(), Algorithm::Aes256Gcm).map_err(admin)
+    }
+
+    fn retire_key(&self, key: KeyId) -> Result<Option<u64>, HarnessError> {
+        match self.lock().retire_key(key).map_err(admin)? {
+            Retired::At { index } => Ok(Some(index)),
+            _ => Ok(None),
+        }
+    }
+
+    /// `Cluster::destroy_key`: the proof (a barrier, every member's retention,
     /// `check_destroy`) runs before anything is proposed.
     fn destroy_key(&self, key: KeyId) -> Result<(), HarnessError> {
         match self.lock().destroy_key(key) {
@@ -414,4 +433,4 @@ impl raft_envelope_conformance::Cluster for RaftRs {
     }
 }
 
-raft_envelope_conformance::conformance_suite!(RaftRsBuilder);
+raft_envelope_conformance::conformance_main!(RaftRsBuilder);

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raft_envelope_core::{
+    error::ControlError,
     lifecycle::{DestroyRefused, LayerSnapshot},
     provider::KeyProvider,
     EntryKind, EnvelopeLayer, FatalApplyError, KeyId, LayerState, SealError,
@@ -254,6 +255,11 @@ pub enum HarnessError {
     /// under the key, or did not report what it retains.
     #[error("destroy refused: {0}")]
     DestroyRefused(#[source] DestroyRefused<NodeId>),
+    /// An admin command was refused before anything was proposed (it would halt every replica
+    /// or leave nothing to seal with): [`ControlError::ActiveKeyNeeded`],
+    /// [`ControlError::UnknownKey`], [`ControlError::KeyDestroyed`], ...
+    #[error("refused before proposing: {0}")]
+    Refused(#[source] ControlError),
     /// Anything else the engine reports. Must never carry payload or key bytes.
     #[error("{0}")]
     Engine(String),
@@ -518,6 +524,31 @@ pub trait Cluster: Sync {
     fn rotate_key(&self, provider: Arc<dyn KeyProvider>) -> Result<KeyId, HarnessError> {
         let _ = provider;
         Err(HarnessError::Unsupported("rotate_key"))
+    }
+
+    /// Starts sealing through the log without enforcing: installs a new AES-256-GCM data key
+    /// wrapped under `provider`'s KEK and promotes it (the core's
+    /// `Lifecycle::start_sealing`). Returns the active key. Capability
+    /// [`Capabilities::key_lifecycle`].
+    ///
+    /// # Errors
+    /// Any [`HarnessError`]; [`HarnessError::Unsupported`] by default.
+    fn start_sealing(&self, provider: Arc<dyn KeyProvider>) -> Result<KeyId, HarnessError> {
+        let _ = provider;
+        Err(HarnessError::Unsupported("start_sealing"))
+    }
+
+    /// Retires `key` through the log (the core's `Lifecycle::retire_key`): `Some(index)` of
+    /// the retire entry once the leader applied it, `None` when the key was already
+    /// decrypt-only (nothing proposed). Capability [`Capabilities::key_lifecycle`].
+    ///
+    /// # Errors
+    /// [`HarnessError::Refused`] for the active key under a cutover, an unknown or a destroyed
+    /// key (nothing proposed); any other [`HarnessError`]; [`HarnessError::Unsupported`] by
+    /// default.
+    fn retire_key(&self, key: KeyId) -> Result<Option<u64>, HarnessError> {
+        let _ = key;
+        Err(HarnessError::Unsupported("retire_key"))
     }
 
     /// Destroys `key` through the log (a decrypt-only key: the suite never destroys the active

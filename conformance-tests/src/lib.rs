@@ -2,13 +2,17 @@
 #![forbid(unsafe_code)]
 
 use std::any::Any;
+use std::fmt::Write as _;
 use std::io::Write as _;
 use std::panic::{self, AssertUnwindSafe};
 
 pub mod cases;
 pub mod double;
 mod harness;
+mod needs;
 mod trace;
+
+pub use needs::unmet;
 
 pub use harness::{
     AppliedPayload, Capabilities, Cluster, ClusterBuilder, HarnessError, ManagedNode, NodeId, ProposeError,
@@ -63,20 +67,77 @@ pub fn all_cases<B: ClusterBuilder>() -> Vec<(&'static str, Case<B>)> {
     __cases!(@list table [B])
 }
 
-/// Runs one case as a test: announces it, runs it, and prints `SKIPPED <case>: <reason>` to the
-/// process's stderr (not captured by the test harness) when it was skipped. A failing case
-/// panics, failing the test. Used by [`conformance_suite!`].
-pub fn run_case<B: ClusterBuilder>(name: &str, builder: &B, case: Case<B>) {
-    trace::install();
-    tracing::info!("=== case {name}");
-    match case(builder) {
-        Outcome::Passed => tracing::info!("=== case {name} passed"),
-        Outcome::Skipped(why) => {
-            tracing::warn!("=== case {name} SKIPPED: {why}");
-            // Straight to the process's stderr, past the test harness's capture: a skip must show.
-            let _ = writeln!(std::io::stderr(), "SKIPPED {name}: {why}");
-        }
+/// How many captured log lines a failing case prints with its failure.
+const FAILURE_LOG_LINES: usize = 400;
+
+/// Runs every case as its own test through `libtest-mimic`, with `cargo test`'s usual output,
+/// arguments (`--list`, filters, `--ignored`, `--test-threads`, ...) and summary:
+///
+/// - a case the harness lacks a capability for is **ignored** (and says which capability it
+///   needs), never reported as passed;
+/// - a case that fails prints its panic message and the log lines captured while it ran (this
+///   project's crates at every level, everything else at INFO and above): engine logs are shown
+///   only for failing cases, or live for every case with `RAFT_ENVELOPE_SUITE_LOG=1`;
+/// - cases run one at a time unless `--test-threads` says otherwise (each builds its own
+///   cluster, and one at a time keeps each failure's log its own).
+///
+/// Used by [`conformance_main!`]; returns the process's exit code.
+pub fn run_suite<B>(builder: B) -> std::process::ExitCode
+where
+    B: ClusterBuilder + Send + Sync + 'static,
+{
+    let traces = trace::install();
+    let mut args = libtest_mimic::Arguments::from_args();
+    if args.test_threads.is_none() {
+        args.test_threads = Some(1);
     }
+    let caps = builder.capabilities();
+    let builder = std::sync::Arc::new(builder);
+    let mut ignored = Vec::new();
+    let trials = all_cases::<B>()
+        .into_iter()
+        .map(|(name, case)| {
+            let mut why = needs::unmet(name, &caps);
+            if why.is_none() && !traces && needs::needs_traces(name) {
+                why = Some(
+                    "needs the suite's tracing subscriber (another global subscriber is installed)".into(),
+                );
+            }
+            if let Some(why) = &why {
+                ignored.push(format!("{name}: {why}"));
+            }
+            let builder = builder.clone();
+            libtest_mimic::Trial::test(name, move || run_trial(name, builder.as_ref(), case))
+                .with_ignored_flag(why.is_some())
+        })
+        .collect();
+    if !ignored.is_empty() && !args.list {
+        let _ = writeln!(std::io::stderr(), "ignored for this harness:\n  {}", ignored.join("\n  "));
+    }
+    libtest_mimic::run(&args, trials).exit_code()
+}
+
+/// Runs one case for [`run_suite`]: passed, or failed with its panic message and its log.
+fn run_trial<B: ClusterBuilder>(name: &str, builder: &B, case: Case<B>) -> Result<(), libtest_mimic::Failed> {
+    let mark = trace::mark();
+    tracing::info!("=== case {name}");
+    let result = panic::catch_unwind(AssertUnwindSafe(|| case(builder)));
+    let failure = match result {
+        Ok(Outcome::Passed) => return Ok(()),
+        Ok(Outcome::Skipped(why)) => format!(
+            "the case skipped itself although the harness declares what it needs ({why}): \
+             the suite's requirement table is out of date"
+        ),
+        Err(payload) => panic_text(payload),
+    };
+    let lines = trace::since(mark);
+    let shown = &lines[lines.len().saturating_sub(FAILURE_LOG_LINES)..];
+    let mut message =
+        format!("{failure}\n--- log of {name} (last {} of {} lines) ---\n", shown.len(), lines.len());
+    for line in shown {
+        let _ = writeln!(message, "{:>5} {}", line.level, line.text);
+    }
+    Err(message.into())
 }
 
 fn panic_text(payload: Box<dyn Any + Send>) -> String {
@@ -111,24 +172,40 @@ pub fn run_all<B: ClusterBuilder>(builder: &B) -> SuiteReport {
     run_named(builder, &[])
 }
 
-/// Expands one `#[test]` function per case, named after the case, running it against the
-/// [`ClusterBuilder`] the expression evaluates to (evaluated once per case).
+/// The `main` of a conformance test target: runs every case against the [`ClusterBuilder`]
+/// the expression evaluates to, each as its own test ([`run_suite`]). The target needs
+/// `harness = false` (the suite is its own test runner, so skipped cases show as ignored):
 ///
-/// Invoke it at the top of an integration test file (or in a module of its own, since it defines
-/// functions named after the cases):
+/// ```toml
+/// [[test]]
+/// name = "conformance"
+/// harness = false
+/// ```
 ///
 /// ```
-/// raft_envelope_conformance::conformance_suite!(raft_envelope_conformance::double::DoubleBuilder::default());
+/// # mod hidden {
+/// raft_envelope_conformance::conformance_main!(raft_envelope_conformance::double::DoubleBuilder::default());
+/// # }
 /// # fn main() {}
 /// ```
 #[macro_export]
-macro_rules! conformance_suite {
+macro_rules! conformance_main {
     ($builder:expr) => {
-        $crate::__cases!(@list tests [$builder]);
+        /// Built only by the standard test harness: fails, saying what to fix (with
+        /// `harness = false` this test does not exist and `main` runs the suite).
+        #[test]
+        fn conformance_main_needs_harness_false() {
+            panic!("conformance_main! is a test target's main: set `harness = false` for this target in Cargo.toml");
+        }
+
+        #[allow(dead_code)] // Reason: unused only under the standard harness, which the test above reports.
+        fn main() -> std::process::ExitCode {
+            $crate::run_suite($builder)
+        }
     };
 }
 
-/// The one list of cases, in suite order; used by [`conformance_suite!`] and [`all_cases`].
+/// The one list of cases, in suite order; used by [`all_cases`].
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __cases {
@@ -180,7 +257,7 @@ macro_rules! __cases {
             // R8
             halt_emits_error_event,
             counters_track_seals_opens_failures,
-            // Key lifecycle through the log (issue 7)
+            // Key lifecycle through the log
             switch_on_through_control_entries_under_load_never_halts,
             rotation_under_load_old_entries_still_open,
             replica_without_kek_halts_at_install_and_resumes,
@@ -188,15 +265,9 @@ macro_rules! __cases {
             layer_state_identical_on_all_replicas,
             member_joins_by_snapshot_after_compaction_and_opens_everything,
             destroy_refused_while_needed_allowed_after_compaction,
+            // R11: lifecycle is one behaviour on every engine
+            retire_makes_key_decrypt_only_everywhere,
         }
-    };
-    (@tests [$builder:expr] $($case:ident,)+) => {
-        $(
-            #[test]
-            fn $case() {
-                $crate::run_case(stringify!($case), &$builder, $crate::cases::$case);
-            }
-        )+
     };
     (@table [$b:ty] $($case:ident,)+) => {
         vec![$((stringify!($case), $crate::cases::$case::<$b> as $crate::Case<$b>)),+]

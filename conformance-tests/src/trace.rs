@@ -1,6 +1,6 @@
-//! A small process-wide `tracing` subscriber: prints events at INFO and above (so phase
-//! announcements appear in test output) and keeps them, so cases can search traces for secrets
-//! and for the halt event (SPEC R6, R8).
+//! A small process-wide `tracing` subscriber: keeps events, so cases can search traces for
+//! secrets and for the halt event (`SPEC.md` R6, R8), and a failing case can print what
+//! happened while it ran. Prints INFO and above live only when `RAFT_ENVELOPE_SUITE_LOG` is set.
 
 use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,6 +31,8 @@ struct Capture {
 
 static CAPTURE: OnceLock<Capture> = OnceLock::new();
 static INSTALLED: AtomicBool = AtomicBool::new(false);
+/// Print INFO and above as they happen (`RAFT_ENVELOPE_SUITE_LOG` set), not only with failures.
+static LIVE: OnceLock<bool> = OnceLock::new();
 
 /// Installs the capture as the global default subscriber, once. Returns false when another
 /// global subscriber was installed first (traces cannot be inspected then).
@@ -107,7 +109,8 @@ impl Subscriber for Forward {
         let mut text = Text(String::new());
         event.record(&mut text);
         let level = *event.metadata().level();
-        if level <= Level::INFO {
+        if level <= Level::INFO && *LIVE.get_or_init(|| std::env::var_os("RAFT_ENVELOPE_SUITE_LOG").is_some())
+        {
             eprintln!("{level:>5} {}: {}", event.metadata().target(), text.0);
         }
         let seq = self.0.seq.fetch_add(1, Ordering::AcqRel);
@@ -115,7 +118,7 @@ impl Subscriber for Forward {
         if lines.len() >= KEEP {
             lines.drain(..KEEP / 2);
         }
-        lines.push(Line { seq, level, text: text.0 });
+        lines.push(Line { seq, level, text: format!("{}: {}", event.metadata().target(), text.0) });
     }
 
     fn enter(&self, _span: &Id) {}

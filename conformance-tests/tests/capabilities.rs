@@ -144,3 +144,22 @@ fn limited_harnesses_still_catch_broken_adapters() {
         }
     }
 }
+
+/// The requirement table the runner ignores cases by (`unmet`) says exactly which cases skip
+/// themselves: a case the table lets run never skips, and a case it ignores would skip.
+#[test]
+fn declared_requirements_match_the_cases_own_skips() {
+    let all = Capabilities { key_lifecycle: false, snapshots: false, ..Capabilities::ALL };
+    for caps in PARTIAL.iter().chain(std::iter::once(&all)) {
+        let report = run_all(&Limited { inner: DoubleBuilder::default(), caps: *caps });
+        for (name, result) in &report.results {
+            let declared = raft_envelope_conformance::unmet(name, caps);
+            let skipped = matches!(result, raft_envelope_conformance::CaseResult::Skipped(_));
+            assert_eq!(
+                declared.is_some(),
+                skipped,
+                "{caps:?}: {name}: declared {declared:?}, ran {result:?}"
+            );
+        }
+    }
+}

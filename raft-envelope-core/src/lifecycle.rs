@@ -10,6 +10,7 @@
 //!
 //! | operation | entries proposed | outcome on every replica, at the entry's index |
 //! |---|---|---|
+//! | [`start_sealing`](Lifecycle::start_sealing) | install, promote | a new key active: every node seals, nothing enforced |
 //! | [`enable_encryption`](Lifecycle::enable_encryption) | install, promote, (drain), enforce | a new key active; cutover = the enforce entry's index |
 //! | [`rotate_key`](Lifecycle::rotate_key) | install, promote | the new key active, the previous one decrypt-only |
 //! | [`retire_key`](Lifecycle::retire_key) | retire | the key decrypt-only (only the active key changes; refused under a cutover) |
@@ -415,6 +416,31 @@ impl<P: ControlPlane> Lifecycle<P> {
             state.cutover().ok_or(LifecycleError::NotApplied { command: CommandKind::Enforce, index })?;
         tracing::info!(cutover, key_id = key_id.0, "encryption enforced through the log");
         Ok(Enabled { key_id, cutover, newly_enforced: true })
+    }
+
+    /// The first half of a switch-on, on its own: installs a new data key wrapped under `kek_id`
+    /// and promotes it, so every node seals its new proposals from the promote entry on, but
+    /// enforces nothing (cleartext still applies everywhere). A staged rollout seals first,
+    /// watches, then calls [`enable_encryption`](Self::enable_encryption) to enforce; until then
+    /// [`retire_key`](Self::retire_key) on the active key goes back to cleartext proposals.
+    /// Returns the active key (the existing one when a key is already active: nothing proposed).
+    ///
+    /// # Errors
+    /// [`LifecycleError`].
+    pub async fn start_sealing(
+        &self,
+        provider: &dyn KeyProvider,
+        kek_id: &KekId,
+        algorithm: Algorithm,
+    ) -> Result<KeyId, PlaneError<P>> {
+        let _serial = self.serial()?;
+        self.plane.catch_up().await.map_err(LifecycleError::Engine)?;
+        if let Some(active) = self.plane.layer_state().active_key() {
+            return Ok(active);
+        }
+        let key_id = self.install_and_promote(provider, kek_id, algorithm).await?;
+        tracing::info!(key_id = key_id.0, "every node seals new proposals; nothing enforced yet");
+        Ok(key_id)
     }
 
     /// Rotates the data key: installs a new key wrapped under `kek_id` and promotes it; the

@@ -642,6 +642,19 @@ impl<A: Application> TestCluster<A> {
         self.on_leader(|raft| async move { raft.rotate_key(provider, kek_id, algorithm).await }).await
     }
 
+    /// [`EnvelopeRaft::start_sealing`] on the leader.
+    ///
+    /// # Errors
+    /// [`AdminError`].
+    pub async fn start_sealing(
+        &self,
+        provider: &dyn KeyProvider,
+        kek_id: &KekId,
+        algorithm: Algorithm,
+    ) -> Result<KeyId, AdminError<u64, BasicNode>> {
+        self.on_leader(|raft| async move { raft.start_sealing(provider, kek_id, algorithm).await }).await
+    }
+
     /// [`EnvelopeRaft::retire_key`] on the leader.
     ///
     /// # Errors

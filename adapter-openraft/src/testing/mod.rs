@@ -15,6 +15,7 @@ mod cluster;
 mod log_store;
 mod network;
 mod state_machine;
+pub mod suite;
 
 pub use cluster::{
     test_config, ClusterError, ManagedNode, SealedTestConfig, StoredEntryView, TestCluster, TestNode,

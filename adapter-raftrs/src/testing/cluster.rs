@@ -768,6 +768,21 @@ impl<SM: StateMachine> Cluster<SM> {
         })
     }
 
+    /// Starts sealing without enforcing ([`Lifecycle::start_sealing`]): installs a new key
+    /// wrapped under `provider`'s KEK and promotes it. Returns the active key.
+    ///
+    /// # Errors
+    /// [`ClusterError::Admin`].
+    pub fn start_sealing(
+        &mut self,
+        provider: &dyn KeyProvider,
+        algorithm: Algorithm,
+    ) -> Result<KeyId, ClusterError> {
+        self.run_admin(|l| {
+            Box::pin(async move { l.start_sealing(provider, provider.kek_id(), algorithm).await })
+        })
+    }
+
     /// Retires `key_id` to decrypt-only on every replica ([`Lifecycle::retire_key`]).
     ///
     /// # Errors

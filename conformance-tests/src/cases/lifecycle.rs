@@ -754,3 +754,102 @@ pub fn destroy_refused_while_needed_allowed_after_compaction<B: ClusterBuilder>(
     }
     Outcome::Passed
 }
+
+/// R11: retiring a key takes effect on every replica at the retire entry's index. Sealing
+/// started without enforcing (`start_sealing`): retiring the active key makes it decrypt-only
+/// everywhere, new proposals go out in the clear again and apply, and nothing halts; retiring it
+/// again proposes nothing. After a real switch-on the retired key stays decrypt-only, and the
+/// active key under a cutover is refused before anything is proposed.
+pub fn retire_makes_key_decrypt_only_everywhere<B: ClusterBuilder>(builder: &B) -> Outcome {
+    require!(builder.capabilities(), key_lifecycle);
+    let env = Managed::start(builder, [true; REPLICAS]);
+    env.propose_n("clear-before", 1);
+
+    tracing::info!("--- seal without enforcing");
+    let sealing = env.cluster.start_sealing(env.kek()).expect("start_sealing");
+    let sealed = env.propose(&payload("sealed-while-active"));
+    env.wait_all(sealed.index);
+    if env.caps.raw_log {
+        let stored = env.cluster.read_entry(env.leader(), sealed.index).expect("read_entry").expect("stored");
+        assert_eq!(stored.kind, EntryKind::Envelope, "sealing started: the entry is an envelope");
+    }
+    for node in &env.nodes {
+        let snapshot = env.snapshot(*node);
+        assert_eq!(
+            (snapshot.active_key(), snapshot.cutover),
+            (Some(sealing), None),
+            "node {node}: sealing, not enforced"
+        );
+    }
+
+    tracing::info!("--- retire the active key");
+    let retired_at =
+        env.cluster.retire_key(sealing).expect("retire_key").expect("the retire entry was proposed");
+    env.wait_all(retired_at);
+    let leader_view = env.snapshot(env.leader());
+    for node in &env.nodes {
+        let snapshot = env.snapshot(*node);
+        assert_eq!(
+            key(&snapshot, sealing).state,
+            KeyState::DecryptOnly,
+            "node {node}: the key is decrypt-only"
+        );
+        assert_eq!(snapshot.active_key(), None, "node {node}: no key seals");
+        assert!(snapshot.applied_index >= Some(retired_at), "node {node} applied the retire entry");
+        assert_eq!(snapshot.keys, leader_view.keys, "node {node}: the same key records as the leader");
+    }
+    let clear = payload("clear-after-retire");
+    let after = env.propose(&clear);
+    env.wait_all(after.index);
+    if env.caps.raw_log {
+        let stored = env.cluster.read_entry(env.leader(), after.index).expect("read_entry").expect("stored");
+        assert_eq!(
+            (stored.kind, &stored.bytes),
+            (EntryKind::Cleartext, &clear),
+            "proposals are in the clear again"
+        );
+    }
+    for node in &env.nodes {
+        assert!(env.halted(*node).is_none(), "node {node} must not halt");
+        let applied: Vec<_> = env.payloads(*node).into_iter().map(|p| p.bytes).collect();
+        assert!(applied.contains(&clear), "node {node} applied the cleartext proposal");
+        assert!(
+            applied.contains(&payload_bytes_of(&env, *node, sealed.index)),
+            "node {node} applied the sealed one"
+        );
+    }
+    let last = env.cluster.last_index().expect("last_index");
+    assert_eq!(
+        env.cluster.retire_key(sealing).expect("retire_key again"),
+        None,
+        "already decrypt-only: nothing proposed"
+    );
+    assert_eq!(env.cluster.last_index().expect("last_index"), last, "nothing was appended");
+
+    tracing::info!("--- switch on for real, then try to retire the active key under the cutover");
+    env.enable();
+    let active = env.snapshot(env.leader()).active_key().expect("active key");
+    assert_ne!(active, sealing, "a retired key is never promoted again by a switch-on");
+    let last = env.cluster.last_index().expect("last_index");
+    match env.cluster.retire_key(active) {
+        Err(crate::HarnessError::Refused(_)) => {}
+        other => panic!("retiring the active key under a cutover must be refused: {other:?}"),
+    }
+    assert_eq!(env.cluster.last_index().expect("last_index"), last, "a refused retire appends nothing");
+    for node in &env.nodes {
+        let snapshot = env.snapshot(*node);
+        assert_eq!(key(&snapshot, sealing).state, KeyState::DecryptOnly, "node {node}: still decrypt-only");
+        assert_eq!(snapshot.active_key(), Some(active), "node {node}: the new key seals");
+        assert!(env.halted(*node).is_none(), "node {node} must not halt");
+    }
+    Outcome::Passed
+}
+
+/// The payload `node` applied at `index`.
+fn payload_bytes_of<B: ClusterBuilder>(env: &Managed<B>, node: NodeId, index: u64) -> Vec<u8> {
+    env.payloads(node)
+        .into_iter()
+        .find(|p| p.index == index)
+        .unwrap_or_else(|| panic!("node {node} applied a payload at {index}"))
+        .bytes
+}

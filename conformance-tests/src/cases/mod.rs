@@ -39,8 +39,8 @@ pub use keys::{
 pub use lifecycle::{
     control_entries_never_reach_the_state_machine, destroy_refused_while_needed_allowed_after_compaction,
     layer_state_identical_on_all_replicas, member_joins_by_snapshot_after_compaction_and_opens_everything,
-    replica_without_kek_halts_at_install_and_resumes, rotation_under_load_old_entries_still_open,
-    switch_on_through_control_entries_under_load_never_halts,
+    replica_without_kek_halts_at_install_and_resumes, retire_makes_key_decrypt_only_everywhere,
+    rotation_under_load_old_entries_still_open, switch_on_through_control_entries_under_load_never_halts,
 };
 pub use observability::{counters_track_seals_opens_failures, halt_emits_error_event};
 pub use proposals::{
