@@ -72,3 +72,7 @@ where
     type AsyncRuntime = C::AsyncRuntime;
     type Responder = OneshotResponder<Sealed<C>>;
 }
+
+/// The error `Raft::client_write` returns, for node id `NID` and node `N`.
+pub type ClientWriteRaftError<NID, N> =
+    openraft::error::RaftError<NID, openraft::error::ClientWriteError<NID, N>>;

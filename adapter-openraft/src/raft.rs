@@ -2,8 +2,8 @@
 //! it is proposed.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
@@ -16,11 +16,9 @@ use raft_envelope_core::{
 };
 
 use crate::codec::{CodecError, JsonCodec, PayloadCodec};
-use crate::config::{Sealed, SealedRaft};
+use crate::config::{ClientWriteRaftError, Sealed, SealedRaft};
+use crate::drain::{drain_cleartext, Drain, DrainTimeout, InFlight, SealedInFlight, UntilHandled};
 use crate::payload::EnvelopePayload;
-
-/// The error `Raft::client_write` returns, for node id `NID` and node `N`.
-pub type ClientWriteRaftError<NID, N> = RaftError<NID, ClientWriteError<NID, N>>;
 
 /// A write through [`EnvelopeRaft`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -105,132 +103,6 @@ impl<NID: openraft::NodeId, N: openraft::Node> WriteError<NID, N> {
     }
 }
 
-/// Counts cleartext proposals between the moment they were prepared and the moment Raft has
-/// answered for them: switch-on waits until none is left (see [`EnvelopeRaft::seal_new_proposals`]).
-#[derive(Default)]
-pub(crate) struct Drain {
-    /// Readers: proposers while they prepare. Writer: switch-on, to order itself after every
-    /// prepare that may have read the old (cleartext) setting.
-    switch: RwLock<()>,
-    cleartext_in_flight: AtomicUsize,
-    /// True when the cleartext-above-cutover guard is switched off (`Default`: on).
-    cleartext_guard_off: AtomicBool,
-    /// Envelopes being submitted, by key: destroying a key waits until none sealed under it is
-    /// left between `submit` and Raft's answer.
-    sealed_in_flight: std::sync::Mutex<std::collections::BTreeMap<KeyId, usize>>,
-    /// Woken whenever a cleartext proposal stops being counted.
-    released: tokio::sync::Notify,
-    /// Cleartext proposals whose caller stopped waiting before Raft answered: still counted
-    /// until a drain has made sure RaftCore handled them (see `UntilHandled`).
-    abandoned: std::sync::Mutex<Vec<Arc<InFlight>>>,
-}
-
-impl Drain {
-    fn sealed_in_flight(&self, key_id: KeyId) -> usize {
-        let map = self.sealed_in_flight.lock().unwrap_or_else(PoisonError::into_inner);
-        map.get(&key_id).copied().unwrap_or(0)
-    }
-}
-
-/// Counts one envelope under its key while `submit` runs.
-struct SealedInFlight<'a>(&'a Drain, KeyId);
-
-impl<'a> SealedInFlight<'a> {
-    fn new(drain: &'a Drain, key_id: KeyId) -> Self {
-        *drain.sealed_in_flight.lock().unwrap_or_else(PoisonError::into_inner).entry(key_id).or_default() +=
-            1;
-        Self(drain, key_id)
-    }
-}
-
-impl Drop for SealedInFlight<'_> {
-    fn drop(&mut self) {
-        let mut map = self.0.sealed_in_flight.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = map.get_mut(&self.1) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.1);
-            }
-        }
-    }
-}
-
-/// Keeps a cleartext proposal counted while `submit` waits for Raft's answer. When the caller
-/// stops waiting (the `submit` future is dropped) before the answer, the proposal stays counted,
-/// parked in the drain's `abandoned` list: the next drain releases it once RaftCore has handled
-/// every API message queued before (`with_raft_state` travels through the same FIFO channel as
-/// the write, so when it returns the write was appended or refused). Dropping needs no runtime.
-struct UntilHandled<'a> {
-    drain: &'a Drain,
-    token: Option<Arc<InFlight>>,
-}
-
-impl Drop for UntilHandled<'_> {
-    fn drop(&mut self) {
-        if let Some(token) = self.token.take() {
-            self.drain.abandoned.lock().unwrap_or_else(PoisonError::into_inner).push(token);
-        }
-    }
-}
-
-/// Waits until no cleartext proposal prepared through `drain` is still waiting for Raft: woken
-/// by each release, never polling. Proposals whose caller stopped waiting are released once
-/// RaftCore has handled them.
-pub(crate) async fn drain_cleartext<C: RaftTypeConfig<Entry = Entry<C>>>(
-    raft: &SealedRaft<C>,
-    drain: &Drain,
-    timeout: Duration,
-) -> Result<(), DrainTimeout> {
-    use openraft::type_config::TypeConfigExt;
-    use openraft::Instant as _;
-    // Orders this wait after every prepare that read the wrapper before it changed.
-    drop(drain.switch.write().unwrap_or_else(PoisonError::into_inner));
-    let start = C::now();
-    let deadline = start + timeout;
-    loop {
-        let released = drain.released.notified();
-        let mut released = std::pin::pin!(released);
-        // Registered before the count is read, so a release in between is not missed.
-        released.as_mut().enable();
-        let in_flight = drain.cleartext_in_flight.load(Ordering::SeqCst);
-        if in_flight == 0 {
-            return Ok(());
-        }
-        let abandoned = std::mem::take(&mut *drain.abandoned.lock().unwrap_or_else(PoisonError::into_inner));
-        if !abandoned.is_empty() {
-            // Every write queued before this call has been appended or refused when it returns.
-            let _ = raft.with_raft_state(|_| ()).await;
-            drop(abandoned);
-            continue;
-        }
-        let left = crate::admin::time_left::<C>(deadline);
-        if left.is_zero() || C::timeout(left, released).await.is_err() {
-            let in_flight = drain.cleartext_in_flight.load(Ordering::SeqCst);
-            if in_flight == 0 {
-                return Ok(());
-            }
-            return Err(DrainTimeout { in_flight, waited: start.elapsed() });
-        }
-    }
-}
-
-/// Held by a cleartext proposal until Raft has answered for it (or it is dropped unsubmitted).
-pub(crate) struct InFlight(Arc<Drain>);
-
-impl InFlight {
-    fn new(drain: &Arc<Drain>) -> Arc<Self> {
-        drain.cleartext_in_flight.fetch_add(1, Ordering::SeqCst);
-        Arc::new(Self(drain.clone()))
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.cleartext_in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.0.released.notify_waiters();
-    }
-}
-
 /// A request prepared for proposing: encoded and (when the layer seals) sealed, with its
 /// [`ProposalId`].
 ///
@@ -262,17 +134,6 @@ impl fmt::Debug for PreparedWrite {
     }
 }
 
-/// The switch-on drain did not finish in time: cleartext proposals prepared before sealing was
-/// switched on are still waiting for Raft's answer. Sealing stays on; retry the drain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("{in_flight} cleartext proposals still in flight after {waited:?}")]
-pub struct DrainTimeout {
-    /// Cleartext proposals still waiting.
-    pub in_flight: usize,
-    /// How long the drain waited.
-    pub waited: Duration,
-}
-
 /// The proposer decorator: the application's write path with the envelope layer in front of
 /// `openraft::Raft<Sealed<C>>`.
 ///
@@ -280,15 +141,16 @@ pub struct DrainTimeout {
 /// the same `ClientWriteResponse<C>` and `RaftError` a plain `Raft<C>` returns; only sealing
 /// failures add a variant. Make one per node and clone it (clones share the switch-on drain).
 ///
-/// Management calls (`initialize`, membership changes, metrics, `wait`, `shutdown`) go to
-/// [`raft`](Self::raft) directly. Writes must not: `EnvelopePayload` has no public constructor outside
-/// this crate, so every application write goes through the layer.
+/// Management calls (`initialize`, membership changes, metrics, `wait`, `shutdown`) are the
+/// engine's own, reached directly through `Deref` (or [`raft`](Self::raft)). Writes cannot
+/// bypass the layer: `EnvelopePayload` has no public constructor outside this crate, so every
+/// application write goes through it.
 pub struct EnvelopeRaft<C: RaftTypeConfig<Entry = Entry<C>>> {
     raft: SealedRaft<C>,
     layer: Arc<EnvelopeLayer>,
     codec: Arc<dyn PayloadCodec<C::D>>,
     pub(crate) drain: Arc<Drain>,
-    pub(crate) admin: Option<Arc<crate::admin::Admin<C>>>,
+    pub(crate) admin: Option<Arc<crate::plane::Admin<C>>>,
 }
 
 impl<C: RaftTypeConfig<Entry = Entry<C>>> Clone for EnvelopeRaft<C> {
@@ -345,7 +207,7 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
         codec: Arc<dyn PayloadCodec<C::D>>,
     ) -> Self {
         let drain: Arc<Drain> = Arc::default();
-        let admin = Some(Arc::new(crate::admin::Admin::new(raft.clone(), state, drain.clone())));
+        let admin = Some(Arc::new(crate::plane::Admin::new(raft.clone(), state, drain.clone())));
         Self { raft, layer, codec, drain, admin }
     }
 
@@ -558,6 +420,37 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
     pub async fn commit_barrier(&self) -> Result<LogId<C::NodeId>, WriteError<C::NodeId, C::Node>> {
         let response = self.raft.client_write(EnvelopePayload::barrier()).await.map_err(WriteError::Raft)?;
         Ok(response.log_id)
+    }
+}
+
+/// Everything else a `Raft` offers, directly: `initialize`, `add_learner`,
+/// `change_membership`, `metrics`, `wait`, `trigger`, `ensure_linearizable`, `shutdown`, the RPC
+/// handlers (`append_entries`, `vote`, `install_snapshot`) ... Writes still go through the layer:
+/// [`EnvelopeRaft::client_write`] is the inherent method, and `Raft::client_write` on the
+/// engine takes an [`EnvelopePayload`], which only this crate constructs.
+impl<C: RaftTypeConfig<Entry = Entry<C>>> std::ops::Deref for EnvelopeRaft<C> {
+    type Target = SealedRaft<C>;
+
+    fn deref(&self) -> &SealedRaft<C> {
+        &self.raft
+    }
+}
+
+impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
+    /// Proposes a layer control entry `entry` made by the core's
+    /// [`Lifecycle`](raft_envelope_core::lifecycle::Lifecycle) (for a
+    /// [`ControlPlane`](raft_envelope_core::lifecycle::ControlPlane) of your own, over your RPC)
+    /// and returns its index once this node (the leader) applied it. An entry that does not
+    /// apply halts every replica: propose only what `Lifecycle` hands over.
+    ///
+    /// # Errors
+    /// [`WriteError::Raft`], typically `ForwardToLeader`.
+    // Reason: the error mirrors `Raft::client_write`'s own `RaftError`, unboxed.
+    #[allow(clippy::result_large_err)]
+    pub async fn propose_control(&self, entry: Vec<u8>) -> Result<u64, WriteError<C::NodeId, C::Node>> {
+        let response =
+            self.raft.client_write(EnvelopePayload::control(entry)).await.map_err(WriteError::Raft)?;
+        Ok(response.log_id.index)
     }
 }
 

@@ -112,7 +112,7 @@ where
         let mut attempt = std::pin::pin!(call());
         let deadline = C::now() + budget;
         loop {
-            let left = crate::admin::time_left::<C>(deadline);
+            let left = crate::drain::time_left::<C>(deadline);
             if left.is_zero() {
                 break;
             }

@@ -8,8 +8,8 @@ use raft_envelope_core::{Cutover, PayloadWrapper};
 
 use openraft::type_config::TypeConfigExt;
 
-use crate::admin::time_left;
-use crate::raft::{DrainTimeout, EnvelopeRaft, WriteError};
+use crate::drain::{time_left, DrainTimeout};
+use crate::raft::{EnvelopeRaft, WriteError};
 
 /// One node as the switch-on procedure sees it: its proposer and the cutover its apply gate
 /// reads.

@@ -18,11 +18,11 @@ use raft_envelope_core::{
 use super::log_store::MemLogStore;
 use super::network::Router;
 use super::state_machine::{Application, MemStateMachine, TestConfig};
-use crate::admin::{forward_to_leader, AdminError, PlaneError};
 use crate::codec::{BytesCodec, PayloadCodec};
 use crate::config::Sealed;
 use crate::log_store::PrefetchingLogStore;
 use crate::payload::EnvelopePayload;
+use crate::plane::{forward_to_leader, AdminError, PlaneError};
 use crate::raft::{EnvelopeRaft, WriteError};
 use crate::state_machine::{
     layer_from_state, EnvelopeStateMachine, HaltRecord, DEFAULT_PROVIDER_WARN_INTERVAL,
