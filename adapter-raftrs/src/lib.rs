@@ -59,7 +59,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use raft::{storage::MemStorage, Config};
-//! use raft_envelope_core::*;
+//! use raft_envelope_core::{Algorithm, ApplyGate, ClusterId, EntryKind, EnvelopeCipher, EnvelopeLayer, KeyId, Keyring, SecretKey};
 //! use raft_envelope_core::error::ConfigError;
 //! use raft_envelope_raftrs::{framing, testing::KvStore, EnvelopeNode};
 //!

@@ -6,7 +6,10 @@
 use std::sync::Arc;
 
 use raft_envelope_core::wire::{EnvelopeHeader, FORMAT_VERSION, HEADER_LEN, OVERHEAD, TAG_LEN};
-use raft_envelope_core::*;
+use raft_envelope_core::{
+    Algorithm, ApplyGate, ClusterId, Cutover, Decision, EntryKind, EnvelopeCipher, KeyId, Keyring,
+    PayloadUnwrapper, PayloadWrapper, ProposalId, SecretKey,
+};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let keyring = Arc::new(Keyring::new());

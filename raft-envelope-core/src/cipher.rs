@@ -17,7 +17,7 @@ use crate::traits::{PayloadUnwrapper, PayloadWrapper};
 ///
 /// ```
 /// use std::sync::Arc;
-/// use raft_envelope_core::*;
+/// use raft_envelope_core::{Algorithm, ClusterId, EnvelopeCipher, KeyId, Keyring, PayloadUnwrapper, PayloadWrapper, ProposalId, SecretKey};
 /// use raft_envelope_core::error::ConfigError;
 /// use raft_envelope_core::wire::EnvelopeHeader;
 ///

@@ -197,7 +197,7 @@ pub struct ApplyStats {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use raft_envelope_core::*;
+/// use raft_envelope_core::{Algorithm, ApplyGate, ClusterId, Cutover, EntryKind, EnvelopeCipher, KeyId, Keyring, PayloadWrapper, ProposalId, SecretKey};
 /// use raft_envelope_core::apply::decide;
 /// use raft_envelope_core::error::{ConfigError, FailureReason};
 ///

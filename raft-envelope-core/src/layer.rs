@@ -37,7 +37,7 @@ impl fmt::Debug for Proposal {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use raft_envelope_core::*;
+/// use raft_envelope_core::{Algorithm, ApplyGate, ClusterId, EntryKind, EnvelopeCipher, EnvelopeLayer, KeyId, Keyring, SecretKey};
 /// use raft_envelope_core::error::ConfigError;
 /// use raft_envelope_core::wire::EnvelopeHeader;
 ///

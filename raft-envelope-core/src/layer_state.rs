@@ -269,7 +269,7 @@ struct Inner {
 /// cause is repaired (for a missing key: [`prefetch`](Self::prefetch), then apply again).
 ///
 /// ```
-/// use raft_envelope_core::*;
+/// use raft_envelope_core::{Algorithm, ClusterId, KeyId, LayerState, ProposalId, SecretKey};
 /// use raft_envelope_core::provider::{FileKekProvider, KekId};
 /// use raft_envelope_core::wire::ControlCommand;
 ///

@@ -17,7 +17,7 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use raft_envelope_core::*;
+//! use raft_envelope_core::{Algorithm, ApplyGate, ClusterId, Cutover, EntryKind, EnvelopeCipher, KeyId, Keyring, PayloadWrapper, ProposalId, SecretKey};
 //! use raft_envelope_core::apply::decide;
 //! use raft_envelope_core::error::ConfigError;
 //! use raft_envelope_core::wire::OVERHEAD;

@@ -290,7 +290,7 @@ pub enum KeyProviderError {
 /// id inside match the install command.
 ///
 /// ```
-/// use raft_envelope_core::*;
+/// use raft_envelope_core::{Algorithm, ClusterId, KeyId, SecretKey};
 /// use raft_envelope_core::provider::{FileKekProvider, KekId, KeyProvider, KeyProviderError, WrapContext};
 ///
 /// # async fn demo() -> Result<(), KeyProviderError> {
