@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 ///
 /// Built only by this crate ([`EnvelopeRaft`](crate::EnvelopeRaft) and the switch-on barrier),
 /// so ordinary application code has no way to put a cleartext payload into the log around the
-/// layer (ENGINES.md pitfall 7). It is not a hard boundary: the type must be `Deserialize` for log
+/// layer (a cleartext entry above the cutover would halt every replica). It is not a hard boundary: the type must be `Deserialize` for log
 /// stores and networks, so code that deserializes one and calls `Raft::client_write` on
 /// [`EnvelopeRaft::raft`](crate::EnvelopeRaft::raft) itself bypasses the layer. Don't: above the
 /// cutover such an entry halts every replica.

@@ -51,7 +51,7 @@ pub enum Fault {
     /// Halts correctly, but a restart forgets the halt and skips the failing entry.
     ForgetHaltOnRestart,
     /// The literal rule "open iff index > cutover": hands envelopes at or below the cutover to
-    /// the state machine sealed (the bug ENGINES.md reports from a first openraft run).
+    /// the state machine sealed (an envelope landing exactly at the cutover is then passed on).
     OpenOnlyAboveCutover,
     /// Tells envelopes from cleartext by sniffing the bytes (does a header parse?) instead of
     /// by the entry's framing.
