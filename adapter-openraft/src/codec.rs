@@ -38,21 +38,50 @@ pub trait PayloadCodec<D>: Send + Sync + 'static {
 /// A codec failed. Deliberately carries no detail from the underlying codec, whose messages may
 /// quote payload bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the {direction} codec failed on a payload of {len} bytes")]
+#[error("{direction} failed on a payload of {len} bytes")]
 pub struct CodecError {
-    direction: &'static str,
+    direction: CodecDirection,
     len: usize,
+}
+
+/// Which way a codec failed ([`CodecError::direction`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CodecDirection {
+    /// Encoding a request before it is proposed: nothing was appended.
+    Encode,
+    /// Decoding a committed payload: the replica halts on the entry.
+    Decode,
+}
+
+impl std::fmt::Display for CodecDirection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CodecDirection::Encode => "encoding",
+            CodecDirection::Decode => "decoding",
+        })
+    }
 }
 
 impl CodecError {
     /// Encoding a request failed.
     pub fn encode() -> Self {
-        Self { direction: "encode", len: 0 }
+        Self { direction: CodecDirection::Encode, len: 0 }
     }
 
     /// Decoding `len` bytes failed.
     pub fn decode(len: usize) -> Self {
-        Self { direction: "decode", len }
+        Self { direction: CodecDirection::Decode, len }
+    }
+
+    /// Which way it failed.
+    pub fn direction(&self) -> CodecDirection {
+        self.direction
+    }
+
+    /// The payload's length (0 when encoding).
+    pub fn payload_len(&self) -> usize {
+        self.len
     }
 }
 

@@ -14,7 +14,7 @@ mod switch_on;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use codec::{BytesCodec, CodecError, JsonCodec, PayloadCodec};
+pub use codec::{BytesCodec, CodecDirection, CodecError, JsonCodec, PayloadCodec};
 pub use config::ClientWriteRaftError;
 pub use config::{Sealed, SealedRaft};
 pub use drain::DrainTimeout;

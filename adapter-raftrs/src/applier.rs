@@ -14,7 +14,7 @@ use raft_envelope_core::{
     EntryKind, EnvelopeLayer, FatalApplyError, LayerState, PayloadWrapper, ProposalId,
 };
 
-use crate::error::NodeError;
+use crate::error::{NodeError, StopKind, StopReason};
 use crate::framing::{classify, is_layer_control};
 use crate::state_machine::StateMachine;
 
@@ -237,7 +237,9 @@ impl<SM: StateMachine> EnvelopeApplier<SM> {
                         EntryType::EntryNormal => None,
                         EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                             let cs = apply_conf_change(node, &entry)?;
-                            persist_conf(cs.clone()).map_err(NodeError::Stopped)?;
+                            persist_conf(cs.clone()).map_err(|e| {
+                                NodeError::Stopped(StopReason::new(StopKind::ConfChange, entry.index, e))
+                            })?;
                             Some(cs)
                         }
                     };
@@ -295,7 +297,11 @@ impl<SM: StateMachine> EnvelopeApplier<SM> {
             return Err(NodeError::Halted(halt.clone()));
         }
         let Some(l) = &self.lifecycle else {
-            return Err(NodeError::Stopped("a layer snapshot needs a layer state".into()));
+            return Err(NodeError::Stopped(StopReason::new(
+                StopKind::SnapshotWithoutLayerState,
+                snapshot.get_metadata().index,
+                "build the node with a layer state",
+            )));
         };
         let index = snapshot.get_metadata().index;
         let sealed_under = SnapshotHeader::read(snapshot.get_data()).ok().and_then(|h| h.sealed_under);
@@ -313,16 +319,16 @@ impl<SM: StateMachine> EnvelopeApplier<SM> {
         let mut user = Snapshot::default();
         user.set_metadata(snapshot.get_metadata().clone());
         user.data = data.into();
-        self.sm.restore_snapshot(&user).map_err(|e| {
-            NodeError::Stopped(format!("the state machine refused the snapshot at index {index}: {e}"))
-        })?;
+        self.sm
+            .restore_snapshot(&user)
+            .map_err(|e| NodeError::Stopped(StopReason::new(StopKind::SnapshotRefused, index, e)))?;
         Ok(())
     }
 }
 
 fn apply_conf_change<T: Storage>(node: &mut RawNode<T>, entry: &Entry) -> Result<ConfState, NodeError> {
     let stopped = |what: &str, e: &dyn fmt::Display| {
-        NodeError::Stopped(format!("conf change at index {}: {what}: {e}", entry.index))
+        NodeError::Stopped(StopReason::new(StopKind::ConfChange, entry.index, format!("{what}: {e}")))
     };
     if entry.get_entry_type() == EntryType::EntryConfChange {
         let mut cc = ConfChange::default();

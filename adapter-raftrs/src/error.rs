@@ -1,5 +1,7 @@
 //! The adapter's errors. None of them ever holds key material or payload bytes.
 
+use std::fmt;
+
 use raft_envelope_core::{
     error::{ControlError, FailureReason},
     FatalApplyError, KeyId, SealError,
@@ -93,7 +95,7 @@ pub enum ProposeError {
     },
     /// The node stopped for a reason outside the envelope layer (storage, snapshot, conf change).
     #[error("the node stopped: {0}")]
-    Stopped(String),
+    Stopped(StopReason),
     /// Any other raft-rs error.
     #[error("raft-rs error: {0}")]
     Raft(#[source] raft::Error),
@@ -130,7 +132,7 @@ pub enum NodeError {
     /// The node stopped for a reason outside the envelope layer (storage, conf change, snapshot).
     /// It must not be driven any more.
     #[error("node stopped: {0}")]
-    Stopped(String),
+    Stopped(StopReason),
     /// raft-rs returned an error.
     #[error("raft-rs error: {0}")]
     Raft(#[source] raft::Error),
@@ -200,8 +202,58 @@ pub enum StepError {
     },
     /// The node stopped for a reason outside the envelope layer and takes no more messages.
     #[error("the node stopped: {0}")]
-    Stopped(String),
+    Stopped(StopReason),
     /// raft-rs refused the message.
     #[error("raft-rs error: {0}")]
     Raft(#[source] raft::Error),
+}
+
+/// Why a node stopped outside the envelope layer: what failed, at which index, and the message of
+/// the part that failed (storage, raft-rs, the application's state machine; never payload or key
+/// bytes). The node must not be driven any more.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} at index {index}: {detail}")]
+#[non_exhaustive]
+pub struct StopReason {
+    /// What failed.
+    pub kind: StopKind,
+    /// The log index concerned (0 when none).
+    pub index: u64,
+    /// The failing part's own message.
+    pub detail: String,
+}
+
+impl StopReason {
+    /// A stop of `kind` at `index`.
+    pub fn new(kind: StopKind, index: u64, detail: impl Into<String>) -> Self {
+        Self { kind, index, detail: detail.into() }
+    }
+}
+
+/// What made a node stop outside the envelope layer ([`StopReason`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StopKind {
+    /// raft-rs or the storage failed while the Ready was handled.
+    Raft,
+    /// A conf change entry did not decode or apply.
+    ConfChange,
+    /// The application's state machine refused a snapshot.
+    SnapshotRefused,
+    /// A layer snapshot arrived at a node without a layer state.
+    SnapshotWithoutLayerState,
+    /// The node is not running (a test cluster's node that is down).
+    NotRunning,
+}
+
+impl fmt::Display for StopKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StopKind::Raft => "raft-rs or storage failure",
+            StopKind::ConfChange => "conf change failure",
+            StopKind::SnapshotRefused => "the state machine refused the snapshot",
+            StopKind::SnapshotWithoutLayerState => "a layer snapshot reached a node without a layer state",
+            StopKind::NotRunning => "the node is not running",
+        })
+    }
 }

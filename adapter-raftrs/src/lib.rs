@@ -108,7 +108,7 @@ pub mod testing;
 mod tracker;
 
 pub use applier::{AppliedEntry, EnvelopeApplier};
-pub use error::{NodeError, ProposeError, StepError};
+pub use error::{NodeError, ProposeError, StepError, StopKind, StopReason};
 pub use mem_store::MemStore;
 pub use node::{EnvelopeNode, DEFAULT_PROPOSAL_TIMEOUT_TICKS};
 pub use proposer::{EnvelopeProposer, Ticket};

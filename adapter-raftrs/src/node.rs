@@ -17,7 +17,7 @@ use raft_proto::ConfChangeI;
 use slog::Logger;
 
 use crate::applier::{AppliedEntry, EnvelopeApplier};
-use crate::error::{NodeError, ProposeError, StepError};
+use crate::error::{NodeError, ProposeError, StepError, StopKind, StopReason};
 use crate::framing::{classify, is_layer_control, ContextMarker};
 use crate::proposer::{append, EnvelopeProposer, Ticket};
 use crate::state_machine::{LogStore, StateMachine};
@@ -54,7 +54,7 @@ pub struct EnvelopeNode<S: LogStore, SM: StateMachine> {
     proposer: EnvelopeProposer,
     applier: EnvelopeApplier<SM>,
     tracker: ProposalTracker<SM::Response>,
-    stopped: Option<String>,
+    stopped: Option<StopReason>,
     last_messages: Vec<Message>,
     read_states: Vec<ReadState>,
     provider: Option<Arc<dyn KeyProvider>>,
@@ -453,7 +453,12 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
         match self.check_running() {
             Ok(()) => Ok(()),
             Err(NodeError::Halted(h)) => Err(ProposeError::halted(&h)),
-            Err(e) => Err(ProposeError::Stopped(e.to_string())),
+            Err(NodeError::Stopped(why)) => Err(ProposeError::Stopped(why)),
+            Err(e) => Err(ProposeError::Stopped(StopReason::new(
+                StopKind::Raft,
+                self.applier.applied(),
+                e.to_string(),
+            ))),
         }
     }
 
@@ -699,8 +704,12 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
         if let Err(e) = &result {
             match e {
                 NodeError::Halted(h) => self.tracker.on_halt(h),
+                NodeError::Stopped(why) => {
+                    self.tracker.fail_all(|| ProposeError::Stopped(why.clone()));
+                    self.stopped = Some(why.clone());
+                }
                 other => {
-                    let why = other.to_string();
+                    let why = StopReason::new(StopKind::Raft, self.applier.applied(), other.to_string());
                     self.tracker.fail_all(|| ProposeError::Stopped(why.clone()));
                     self.stopped = Some(why);
                 }
@@ -739,7 +748,10 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
                     self.last_messages = out;
                     return Err(NodeError::Halted(halt));
                 }
-                self.applier.get_mut().restore_snapshot(&snapshot).map_err(NodeError::Stopped)?;
+                self.applier
+                    .get_mut()
+                    .restore_snapshot(&snapshot)
+                    .map_err(|e| NodeError::Stopped(StopReason::new(StopKind::SnapshotRefused, index, e)))?;
             }
             store.apply_snapshot(snapshot).map_err(NodeError::Raft)?;
             self.applier.restored_to(index);
@@ -854,8 +866,8 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
     }
 
     /// Why the node stopped outside the envelope layer, if it did.
-    pub fn stopped(&self) -> Option<&str> {
-        self.stopped.as_deref()
+    pub fn stopped(&self) -> Option<&StopReason> {
+        self.stopped.as_ref()
     }
 
     /// The last index handed to the state machine.

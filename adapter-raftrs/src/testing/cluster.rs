@@ -16,7 +16,7 @@ use raft_envelope_core::{
 use slog::Logger;
 
 use crate::admin::{AdminError, AdminHandle, AdminInbox, ClusterPlane, PlaneError};
-use crate::error::{NodeError, ProposeError};
+use crate::error::{NodeError, ProposeError, StopKind, StopReason};
 use crate::mem_store::MemStore;
 use crate::node::EnvelopeNode;
 use crate::proposer::raft_error;
@@ -550,7 +550,13 @@ impl<SM: StateMachine> Cluster<SM> {
         self.maybe_rotate();
         let ticket = match self.slots.get_mut(&via).and_then(|s| s.node.as_mut()) {
             Some(node) => node.propose(payload)?,
-            None => return Err(ProposeError::Stopped(format!("no node {via}"))),
+            None => {
+                return Err(ProposeError::Stopped(StopReason::new(
+                    StopKind::NotRunning,
+                    0,
+                    format!("no node {via}"),
+                )))
+            }
         };
         self.wait_completion(ticket.id)
     }
@@ -573,7 +579,9 @@ impl<SM: StateMachine> Cluster<SM> {
         self.maybe_rotate();
         match self.slots.get_mut(&via).and_then(|s| s.node.as_mut()) {
             Some(node) => Ok(node.propose(payload)?.id),
-            None => Err(ProposeError::Stopped(format!("no node {via}"))),
+            None => {
+                Err(ProposeError::Stopped(StopReason::new(StopKind::NotRunning, 0, format!("no node {via}"))))
+            }
         }
     }
 
