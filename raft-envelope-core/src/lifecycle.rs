@@ -331,6 +331,13 @@ impl<P: ControlPlane> Lifecycle<P> {
         }
     }
 
+    /// Starts a command: this node runs no other, leads, and has applied everything committed.
+    async fn begin(&self) -> Result<Serial<'_>, PlaneError<P>> {
+        let serial = self.serial()?;
+        self.plane.catch_up().await.map_err(LifecycleError::Engine)?;
+        Ok(serial)
+    }
+
     /// Checks `command`, seals it (when a key is active) and proposes it; returns its index once
     /// this node applied it.
     async fn propose(&self, command: &ControlCommand) -> Result<u64, PlaneError<P>> {
@@ -399,9 +406,8 @@ impl<P: ControlPlane> Lifecycle<P> {
         kek_id: &KekId,
         algorithm: Algorithm,
     ) -> Result<Enabled, PlaneError<P>> {
-        let _serial = self.serial()?;
+        let _serial = self.begin().await?;
         let state = self.plane.layer_state();
-        self.plane.catch_up().await.map_err(LifecycleError::Engine)?;
         if let (Some(cutover), Some(key_id)) = (state.cutover(), state.active_key()) {
             return Ok(Enabled { key_id, cutover, newly_enforced: false });
         }
@@ -433,8 +439,7 @@ impl<P: ControlPlane> Lifecycle<P> {
         kek_id: &KekId,
         algorithm: Algorithm,
     ) -> Result<KeyId, PlaneError<P>> {
-        let _serial = self.serial()?;
-        self.plane.catch_up().await.map_err(LifecycleError::Engine)?;
+        let _serial = self.begin().await?;
         if let Some(active) = self.plane.layer_state().active_key() {
             return Ok(active);
         }
@@ -455,8 +460,7 @@ impl<P: ControlPlane> Lifecycle<P> {
         kek_id: &KekId,
         algorithm: Algorithm,
     ) -> Result<KeyId, PlaneError<P>> {
-        let _serial = self.serial()?;
-        self.plane.catch_up().await.map_err(LifecycleError::Engine)?;
+        let _serial = self.begin().await?;
         let key_id = self.install_and_promote(provider, kek_id, algorithm).await?;
         tracing::info!(key_id = key_id.0, "data key rotated through the log");
         Ok(key_id)
@@ -473,8 +477,7 @@ impl<P: ControlPlane> Lifecycle<P> {
         if self.plane.layer_state().rotation_due().is_none() {
             return Ok(None);
         }
-        let _serial = self.serial()?;
-        self.plane.catch_up().await.map_err(LifecycleError::Engine)?;
+        let _serial = self.begin().await?;
         // Another leader may have rotated before this node caught up.
         if self.plane.layer_state().rotation_due().is_none() {
             return Ok(None);
@@ -501,9 +504,8 @@ impl<P: ControlPlane> Lifecycle<P> {
     /// [`LifecycleError::Refused`] (unknown, destroyed, or active under a cutover), or the
     /// engine's error.
     pub async fn retire_key(&self, key_id: KeyId) -> Result<Retired, PlaneError<P>> {
-        let _serial = self.serial()?;
+        let _serial = self.begin().await?;
         let state = self.plane.layer_state();
-        self.plane.catch_up().await.map_err(LifecycleError::Engine)?;
         match state.key(key_id).map(|k| k.state) {
             None => return Err(LifecycleError::Refused(ControlError::UnknownKey(key_id))),
             Some(KeyState::Destroyed) => {
@@ -537,9 +539,8 @@ impl<P: ControlPlane> Lifecycle<P> {
     /// [`LifecycleError::DestroyRefused`] naming the replica, [`LifecycleError::Refused`]
     /// (unknown or active key), or the engine's error.
     pub async fn destroy_key(&self, key_id: KeyId) -> Result<Destroyed, PlaneError<P>> {
-        let _serial = self.serial()?;
+        let _serial = self.begin().await?;
         let state = self.plane.layer_state();
-        self.plane.catch_up().await.map_err(LifecycleError::Engine)?;
         match state.key(key_id).map(|k| k.state) {
             None => return Err(LifecycleError::Refused(ControlError::UnknownKey(key_id))),
             Some(KeyState::Destroyed) => return Ok(Destroyed::AlreadyDestroyed),
