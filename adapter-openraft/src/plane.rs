@@ -166,11 +166,6 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> ControlPlane for NodePlane<C> {
         Ok(())
     }
 
-    async fn commit_barrier(&self) -> std::result::Result<u64, Self::Error> {
-        let response = self.raft.client_write(EnvelopePayload::barrier()).await.map_err(PlaneError::Raft)?;
-        Ok(response.log_id.index)
-    }
-
     async fn retention_reports(&self) -> std::result::Result<MemberReports<C::NodeId>, Self::Error> {
         let members: Vec<C::NodeId> = {
             let metrics = self.raft.metrics().borrow().clone();

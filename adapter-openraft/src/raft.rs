@@ -415,9 +415,18 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
     /// application's state machine sees as `Blank`) and returns its log id. Its index is the
     /// cutover.
     ///
+    /// Only at or below the cutover: above a cutover in force an engine-framed barrier would
+    /// halt every replica (`unauthenticated_barrier`, SPEC R9), so it is refused.
+    ///
     /// # Errors
-    /// [`WriteError::Raft`], typically `ForwardToLeader`: retry on the leader.
+    /// [`WriteError::Raft`], typically `ForwardToLeader`: retry on the leader;
+    /// [`WriteError::NotSealing`] when this node's log already reaches a cutover in force.
     pub async fn commit_barrier(&self) -> Result<LogId<C::NodeId>, WriteError<C::NodeId, C::Node>> {
+        // Above the cutover an engine-framed barrier halts every replica: refuse it here.
+        let last = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
+        if let Some(cutover) = self.layer.cleartext_would_land_above_cutover(last) {
+            return Err(WriteError::NotSealing { cutover });
+        }
         let response = self.raft.client_write(EnvelopePayload::barrier()).await.map_err(WriteError::Raft)?;
         Ok(response.log_id)
     }

@@ -249,6 +249,9 @@ impl<C: RaftTypeConfig, SM> EnvelopeStateMachine<C, SM> {
                 let key_id = p.key_id();
                 let bytes = match p.0 {
                     Repr::Barrier => {
+                        if let Some(halt) = gate.refuse_unsealed_barrier(index) {
+                            return Err((log_id, halt));
+                        }
                         let _ = gate.decide(index, EntryKind::Control, &[]);
                         return Ok(Entry { log_id, payload: EntryPayload::Blank });
                     }

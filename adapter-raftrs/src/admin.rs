@@ -185,7 +185,6 @@ type Answered<T> = Result<T, PlaneError>;
 enum Request {
     CatchUp(Reply<Answered<()>>),
     Propose { id: ProposalId, entry: Vec<u8>, reply: Reply<Answered<u64>> },
-    Barrier(Reply<Answered<u64>>),
     Applied { index: u64, reply: Reply<Answered<u64>> },
     Retention(Reply<Answered<Retention<u64>>>),
     Members(Reply<Answered<Vec<u64>>>),
@@ -287,15 +286,6 @@ impl AdminHandle {
         self.ask(|reply| Request::Propose { id, entry, reply }).await
     }
 
-    /// Commits a barrier on the node (the leader) and waits until the node applied it; returns
-    /// its index.
-    ///
-    /// # Errors
-    /// As [`propose_control`](Self::propose_control).
-    pub async fn commit_barrier(&self) -> Result<u64, PlaneError> {
-        self.ask(Request::Barrier).await
-    }
-
     /// Waits until the node applied `index` (so it seals when a promote is at or below it);
     /// returns its applied index.
     ///
@@ -355,17 +345,6 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
                     match self.leader_or_refuse().and_then(|()| {
                         self.propose_control_entry(id, entry)
                             .map_err(|source| PlaneError::Propose { node, source })
-                    }) {
-                        Ok(ticket) => {
-                            self.admin_ids.insert(ticket.id);
-                            inbox.waiting.push(Waiting::Proposal { id: ticket.id, since: now, reply });
-                        }
-                        Err(e) => reply.send(Err(e)),
-                    }
-                }
-                Request::Barrier(reply) => {
-                    match self.leader_or_refuse().and_then(|()| {
-                        self.propose_barrier().map_err(|source| PlaneError::Propose { node, source })
                     }) {
                         Ok(ticket) => {
                             self.admin_ids.insert(ticket.id);
@@ -469,9 +448,7 @@ fn reply_stopped(request: Request, node: u64) {
     let stopped = || PlaneError::Stopped { node };
     match request {
         Request::CatchUp(r) => r.send(Err(stopped())),
-        Request::Propose { reply, .. } | Request::Barrier(reply) | Request::Applied { reply, .. } => {
-            reply.send(Err(stopped()))
-        }
+        Request::Propose { reply, .. } | Request::Applied { reply, .. } => reply.send(Err(stopped())),
         Request::Retention(r) => r.send(Err(stopped())),
         Request::Members(r) => r.send(Err(stopped())),
     }
@@ -534,10 +511,6 @@ impl ControlPlane for ClusterPlane {
             }
         }
         Ok(())
-    }
-
-    async fn commit_barrier(&self) -> Result<u64, PlaneError> {
-        self.node.commit_barrier().await
     }
 
     async fn retention_reports(&self) -> Result<MemberReports<u64>, PlaneError> {

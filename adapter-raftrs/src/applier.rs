@@ -15,7 +15,7 @@ use raft_envelope_core::{
 };
 
 use crate::error::{NodeError, StopKind, StopReason};
-use crate::framing::{classify, is_layer_control};
+use crate::framing::{classify, is_barrier, is_layer_control};
 use crate::state_machine::StateMachine;
 
 /// One entry the applier handed on, for response routing.
@@ -221,6 +221,12 @@ impl<SM: StateMachine> EnvelopeApplier<SM> {
                     response: None,
                 });
                 continue;
+            }
+            if is_barrier(&entry) {
+                if let Some(halt) = self.layer.gate().refuse_unsealed_barrier(entry.index) {
+                    self.halt = Some(halt.clone());
+                    return Err(NodeError::Halted(halt));
+                }
             }
             let kind = classify(&entry);
             let decision = match self.layer.gate().decide(entry.index, kind, entry.get_data()) {

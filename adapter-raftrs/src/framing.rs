@@ -177,6 +177,18 @@ pub fn is_layer_control(entry: &Entry) -> bool {
         )
 }
 
+/// True for the layer's engine-framed barrier: an `EntryNormal` with a barrier marker and no
+/// data. Above a cutover such an entry halts the replica
+/// ([`ApplyGate::refuse_unsealed_barrier`](raft_envelope_core::ApplyGate::refuse_unsealed_barrier)).
+pub fn is_barrier(entry: &Entry) -> bool {
+    entry.get_entry_type() == EntryType::EntryNormal
+        && entry.get_data().is_empty()
+        && matches!(
+            ContextMarker::decode(entry.get_context()),
+            Some(Ok(ContextMarker { kind: MarkerKind::Barrier, .. }))
+        )
+}
+
 /// The proposal id a context marker names, if any. Not authenticated: for diagnostics only, the
 /// adapter never completes a proposal from it.
 pub fn marker_proposal_id(entry: &Entry) -> Option<ProposalId> {

@@ -131,6 +131,11 @@ impl EnvelopeProposer {
         if node.raft.state != StateRole::Leader {
             return Err(ProposeError::NotLeader { leader: node.raft.leader_id });
         }
+        // Above the cutover an engine-framed barrier halts every replica: refuse it here.
+        if let Some(cutover) = self.layer.cleartext_would_land_above_cutover(node.raft.raft_log.last_index())
+        {
+            return Err(ProposeError::NotSealing { cutover });
+        }
         let id = self.layer.next_proposal_id();
         append(node, id, EntryKind::Control, ContextMarker::barrier(id).encode(), Vec::new())
     }

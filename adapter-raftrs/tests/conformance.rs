@@ -210,6 +210,9 @@ impl RaftRs {
 
 /// The raft-rs framing of a stored entry the suite writes.
 fn frame(entry: &StoredEntry) -> Vec<u8> {
+    if entry.is_barrier() {
+        return ContextMarker::barrier(ProposalId(0)).encode();
+    }
     match entry.kind {
         EntryKind::Envelope => {
             let id = EnvelopeHeader::parse(&entry.bytes).map(|h| h.proposal_id).unwrap_or(ProposalId(0));
@@ -286,7 +289,8 @@ impl raft_envelope_conformance::Cluster for RaftRs {
 
     fn write_entry(&self, node: NodeId, index: u64, entry: StoredEntry) -> Result<(), HarnessError> {
         let context = frame(&entry);
-        self.lock().write_entry(node, index, entry.bytes, context).map_err(node_error)
+        let data = if entry.is_barrier() { Vec::new() } else { entry.bytes };
+        self.lock().write_entry(node, index, data, context).map_err(node_error)
     }
 
     fn restart(&self, node: NodeId, layer: Arc<EnvelopeLayer>) -> Result<(), HarnessError> {

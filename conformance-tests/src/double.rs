@@ -175,6 +175,11 @@ impl Replica {
             };
             let handed = if sealed_through {
                 Ok(Some(entry.bytes.clone()))
+            } else if entry.is_barrier() {
+                match (self.layer.gate().refuse_unsealed_barrier(index), fault) {
+                    (None, _) | (Some(_), Fault::SkipFailingEntry) => Ok(None),
+                    (Some(err), _) => Err(err),
+                }
             } else {
                 match self.layer.gate().decide(index, kind, &entry.bytes) {
                     Ok(_) if entry.kind == EntryKind::Control => Ok(None),

@@ -94,6 +94,22 @@ pub struct StoredEntry {
 }
 
 impl StoredEntry {
+    /// The bytes that mark [`barrier`](Self::barrier); never a real payload's.
+    pub const BARRIER: &'static [u8] = b"\0raft-envelope engine-framed barrier\0";
+
+    /// The layer's engine-framed barrier (kind `Control`, bytes [`BARRIER`](Self::BARRIER)):
+    /// [`Cluster::write_entry`] stores it in the engine's barrier framing (openraft
+    /// `EnvelopePayload::Barrier`, raft-rs an `EntryNormal` with the barrier context marker and
+    /// no data), as an attacker rewriting a stored entry would.
+    pub fn barrier() -> Self {
+        Self { kind: EntryKind::Control, bytes: Self::BARRIER.to_vec() }
+    }
+
+    /// True for [`barrier`](Self::barrier).
+    pub fn is_barrier(&self) -> bool {
+        self.kind == EntryKind::Control && self.bytes == Self::BARRIER
+    }
+
     /// A cleartext payload entry.
     pub fn cleartext(bytes: impl Into<Vec<u8>>) -> Self {
         Self { kind: EntryKind::Cleartext, bytes: bytes.into() }

@@ -265,6 +265,8 @@ macro_rules! __cases {
             layer_state_identical_on_all_replicas,
             member_joins_by_snapshot_after_compaction_and_opens_everything,
             destroy_refused_while_needed_allowed_after_compaction,
+            // R9: nothing above the cutover on trust
+            barrier_rewrite_on_one_replica_halts_it,
             // R11: lifecycle is one behaviour on every engine
             retire_makes_key_decrypt_only_everywhere,
         }

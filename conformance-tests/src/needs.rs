@@ -28,9 +28,10 @@ fn requirement(case: &str) -> &'static [AllOf] {
         | "no_key_bytes_in_debug_or_errors"
         | "halt_emits_error_event"
         | "counters_track_seals_opens_failures" => &[&["restart"]],
-        "tamper_each_bit_halts" | "envelope_rewritten_as_cleartext_halts" | "known_answer_vectors" => {
-            &[&["raw_log", "restart"]]
-        }
+        "tamper_each_bit_halts"
+        | "envelope_rewritten_as_cleartext_halts"
+        | "known_answer_vectors"
+        | "barrier_rewrite_on_one_replica_halts_it" => &[&["raw_log", "restart"]],
         "truncated_envelope_halts"
         | "wrong_purpose_halts"
         | "wrong_cluster_halts"

@@ -40,6 +40,7 @@ const CMD_PROMOTE: u8 = 0x02;
 const CMD_RETIRE: u8 = 0x03;
 const CMD_DESTROY: u8 = 0x04;
 const CMD_ENFORCE: u8 = 0x05;
+const CMD_BARRIER: u8 = 0x06;
 
 /// Installs a data key, wrapped under a key-encryption key, in the decrypt-only state.
 ///
@@ -94,6 +95,10 @@ pub enum ControlCommand {
     /// Enforce sealing: the cutover becomes this entry's own log index (the first time; a later
     /// enforce changes nothing). Above it, cleartext payloads halt (SPEC R2).
     Enforce,
+    /// Changes nothing: a barrier the layer proposes to learn that everything before it is
+    /// applied (the destroy proof). Sealed like every control entry above the cutover, so a
+    /// rewritten entry cannot pass for it (SPEC R9).
+    Barrier,
 }
 
 /// The kind of a [`ControlCommand`], without its fields: for errors, counters and traces.
@@ -110,6 +115,8 @@ pub enum CommandKind {
     DestroyKey,
     /// [`ControlCommand::Enforce`].
     Enforce,
+    /// [`ControlCommand::Barrier`].
+    Barrier,
 }
 
 impl CommandKind {
@@ -121,6 +128,7 @@ impl CommandKind {
             CommandKind::RetireKey => "retire_key",
             CommandKind::DestroyKey => "destroy_key",
             CommandKind::Enforce => "enforce",
+            CommandKind::Barrier => "barrier",
         }
     }
 }
@@ -139,7 +147,7 @@ impl ControlCommand {
             ControlCommand::PromoteKey { key_id }
             | ControlCommand::RetireKey { key_id }
             | ControlCommand::DestroyKey { key_id } => Some(*key_id),
-            ControlCommand::Enforce => None,
+            ControlCommand::Enforce | ControlCommand::Barrier => None,
         }
     }
 
@@ -151,6 +159,7 @@ impl ControlCommand {
             ControlCommand::RetireKey { .. } => CommandKind::RetireKey,
             ControlCommand::DestroyKey { .. } => CommandKind::DestroyKey,
             ControlCommand::Enforce => CommandKind::Enforce,
+            ControlCommand::Barrier => CommandKind::Barrier,
         }
     }
 
@@ -166,6 +175,7 @@ impl ControlCommand {
             ControlCommand::RetireKey { .. } => CMD_RETIRE,
             ControlCommand::DestroyKey { .. } => CMD_DESTROY,
             ControlCommand::Enforce => CMD_ENFORCE,
+            ControlCommand::Barrier => CMD_BARRIER,
         }
     }
 
@@ -192,7 +202,7 @@ impl ControlCommand {
             ControlCommand::PromoteKey { key_id }
             | ControlCommand::RetireKey { key_id }
             | ControlCommand::DestroyKey { key_id } => body.extend_from_slice(&key_id.0.to_be_bytes()),
-            ControlCommand::Enforce => {}
+            ControlCommand::Enforce | ControlCommand::Barrier => {}
         }
         let mut out = Vec::with_capacity(CONTROL_HEADER_LEN + body.len());
         out.extend_from_slice(&CONTROL_MAGIC);
@@ -249,6 +259,7 @@ impl ControlCommand {
             CMD_RETIRE => ControlCommand::RetireKey { key_id: KeyId(r.u32("key id")?) },
             CMD_DESTROY => ControlCommand::DestroyKey { key_id: KeyId(r.u32("key id")?) },
             CMD_ENFORCE => ControlCommand::Enforce,
+            CMD_BARRIER => ControlCommand::Barrier,
             other => return Err(ControlDecodeError::UnknownCommand(other)),
         };
         if !r.0.is_empty() {

@@ -270,6 +270,21 @@ impl ApplyGate {
         Some(self.record_halt(FatalApplyError::new(index, FailureReason::UnsealedSnapshot, Some(cutover))))
     }
 
+    /// The rule for an engine-framed barrier at `index` (openraft's `EnvelopePayload::Barrier`,
+    /// raft-rs's barrier marker with empty data): at or below the cutover it changes nothing and
+    /// is skipped; above a cutover in force it halts the replica
+    /// ([`FailureReason::UnauthenticatedBarrier`], recorded like every halt), since nothing proves
+    /// the layer wrote it (a rewritten entry would otherwise be skipped silently). Above the
+    /// cutover the layer's own barriers are sealed control entries. Both adapters call this.
+    pub fn refuse_unsealed_barrier(&self, index: u64) -> Option<FatalApplyError> {
+        let cutover = self.cutover_in_force().filter(|&c| index > c)?;
+        Some(self.record_halt(FatalApplyError::new(
+            index,
+            FailureReason::UnauthenticatedBarrier,
+            Some(cutover),
+        )))
+    }
+
     /// True when an unwrapper is configured.
     pub fn has_unwrapper(&self) -> bool {
         self.unwrapper.is_some()

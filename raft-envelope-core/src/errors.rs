@@ -80,11 +80,15 @@ pub enum FailureReason {
     /// A snapshot arrived while a cutover is in force, and snapshots are not sealed yet: restoring
     /// it could install any state without a key, so the replica halts instead.
     UnsealedSnapshot,
+    /// An engine-framed barrier (not a sealed control entry) above the cutover: nothing proves
+    /// it came from the layer, so a rewritten entry could pass for it. Above the cutover the
+    /// layer's barriers are sealed control entries (`ControlCommand::Barrier`).
+    UnauthenticatedBarrier,
 }
 
 impl FailureReason {
     /// Every reason, in counter order.
-    pub const ALL: [FailureReason; 13] = [
+    pub const ALL: [FailureReason; 14] = [
         FailureReason::AuthenticationFailed,
         FailureReason::UnknownKey,
         FailureReason::DestroyedKey,
@@ -98,6 +102,7 @@ impl FailureReason {
         FailureReason::KeyUnavailable,
         FailureReason::InvalidControl,
         FailureReason::UnsealedSnapshot,
+        FailureReason::UnauthenticatedBarrier,
     ];
 
     /// A short stable label, suitable for logs and metrics.
@@ -116,6 +121,7 @@ impl FailureReason {
             FailureReason::KeyUnavailable => "key_unavailable",
             FailureReason::InvalidControl => "invalid_control",
             FailureReason::UnsealedSnapshot => "unsealed_snapshot",
+            FailureReason::UnauthenticatedBarrier => "unauthenticated_barrier",
         }
     }
 
@@ -134,6 +140,7 @@ impl FailureReason {
             FailureReason::KeyUnavailable => 10,
             FailureReason::InvalidControl => 11,
             FailureReason::UnsealedSnapshot => 12,
+            FailureReason::UnauthenticatedBarrier => 13,
         }
     }
 }

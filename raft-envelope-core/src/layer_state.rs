@@ -517,7 +517,7 @@ impl LayerState {
                 }
                 Some(_) => Err(ControlError::ConflictingInstall(install.key_id)),
             },
-            ControlCommand::Enforce => Ok(()),
+            ControlCommand::Enforce | ControlCommand::Barrier => Ok(()),
         }
     }
 
@@ -858,6 +858,7 @@ impl LayerState {
                 lock(&self.unwrapped).remove(key_id);
                 Ok(true)
             }
+            ControlCommand::Barrier => Ok(false),
             ControlCommand::Enforce => {
                 if inner.cutover.is_some() {
                     return Ok(false);

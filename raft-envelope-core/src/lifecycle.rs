@@ -14,7 +14,7 @@
 //! | [`enable_encryption`](Lifecycle::enable_encryption) | install, promote, (drain), enforce | a new key active; cutover = the enforce entry's index |
 //! | [`rotate_key`](Lifecycle::rotate_key) | install, promote | the new key active, the previous one decrypt-only |
 //! | [`retire_key`](Lifecycle::retire_key) | retire | the key decrypt-only (only the active key changes; refused under a cutover) |
-//! | [`destroy_key`](Lifecycle::destroy_key) | (barrier), destroy | the key's material gone; envelopes under it no longer open |
+//! | [`destroy_key`](Lifecycle::destroy_key) | barrier, destroy | the key's material gone; envelopes under it no longer open |
 //! | [`rotate_if_due`](Lifecycle::rotate_if_due) | install, promote, when the budget runs low | as `rotate_key` |
 //!
 //! Every command is checked before anything is proposed
@@ -79,12 +79,8 @@ pub trait ControlPlane: Send + Sync {
     /// (`DESIGN.md` §10.8).
     async fn drain_cleartext(&self, applied_through: u64) -> Result<(), Self::Error>;
 
-    /// Commits a barrier through this node and waits until this node applied it, so everything
-    /// appended before it (on this node's log) is applied here. Returns its index.
-    async fn commit_barrier(&self) -> Result<u64, Self::Error>;
-
     /// Every member of the current configuration (voters and learners) and the [`Retention`]
-    /// report each gave, asked after [`commit_barrier`](Self::commit_barrier) returned. A member
+    /// report each gave, asked after the destroy's barrier applied on this node. A member
     /// that does not answer is left out of `reports` (the destroy is then refused, naming it).
     async fn retention_reports(&self) -> Result<MemberReports<Self::NodeId>, Self::Error>;
 }
@@ -264,9 +260,6 @@ pub type PlaneError<P> = LifecycleError<<P as ControlPlane>::Error, <P as Contro
 ///         Ok(index)
 ///     }
 ///     async fn drain_cleartext(&self, _applied: u64) -> Result<(), Self::Error> { Ok(()) }
-///     async fn commit_barrier(&self) -> Result<u64, Self::Error> {
-///         Ok(self.log.lock().unwrap().len() as u64)
-///     }
 ///     async fn retention_reports(&self) -> Result<MemberReports<u64>, Self::Error> {
 ///         Ok(MemberReports::new(vec![1], vec![Retention::new(1, u64::MAX, None)]))
 ///     }
@@ -527,8 +520,8 @@ impl<P: ControlPlane> Lifecycle<P> {
     /// (`destroyed_key`). The active key is refused (rotate first); a destroyed key proposes
     /// nothing ([`Destroyed::AlreadyDestroyed`]).
     ///
-    /// The proof, before anything is proposed: a barrier is committed and applied on this node
-    /// ([`ControlPlane::commit_barrier`]), so every envelope under the key that a member
+    /// The proof, before anything is proposed: a barrier control entry is committed and applied
+    /// on this node, so every envelope under the key that a member
     /// answered for is counted in [`LayerKey::last_sealed_index`]; then every member reports
     /// what it retains ([`ControlPlane::retention_reports`]) and
     /// [`LayerState::check_destroy`](crate::LayerState::check_destroy) passes: no member still
@@ -549,7 +542,8 @@ impl<P: ControlPlane> Lifecycle<P> {
             }
             Some(KeyState::DecryptOnly) => {}
         }
-        self.plane.commit_barrier().await.map_err(LifecycleError::Engine)?;
+        // A sealed barrier: once it applied here, everything appended before it is counted.
+        self.propose(&ControlCommand::Barrier).await?;
         let reports = self.plane.retention_reports().await.map_err(LifecycleError::Engine)?;
         state.check_destroy(key_id, &reports.members, &reports.reports).map_err(|reason| {
             tracing::warn!(key_id = key_id.0, "destroy refused: {reason}");

@@ -276,3 +276,31 @@ fn an_unsealed_snapshot_halts_only_while_a_cutover_is_in_force() {
     assert_eq!((halt.index, halt.reason, halt.cutover), (9, FailureReason::UnsealedSnapshot, Some(5)));
     assert_eq!(gate.stats().halts.get(&FailureReason::UnsealedSnapshot), Some(&1), "counted like every halt");
 }
+
+/// SPEC R9: an engine-framed barrier changes nothing at or below the cutover and halts above
+/// it (`unauthenticated_barrier`), counted like every halt; inert, it never halts.
+#[test]
+fn engine_framed_barrier_halts_only_above_the_cutover() {
+    let gate = ApplyGate::new(Arc::new(Cutover::at(10)));
+    assert!(gate.refuse_unsealed_barrier(9).is_none());
+    assert!(gate.refuse_unsealed_barrier(10).is_none(), "the barrier at C is the static switch-on's");
+    let halt = gate.refuse_unsealed_barrier(11).expect("halts above C");
+    assert_eq!(
+        (halt.index, halt.reason, halt.cutover),
+        (11, FailureReason::UnauthenticatedBarrier, Some(10))
+    );
+    assert_eq!(gate.stats().halts.get(&FailureReason::UnauthenticatedBarrier), Some(&1));
+    assert!(ApplyGate::inert().refuse_unsealed_barrier(u64::MAX).is_none());
+    assert!(ApplyGate::new(Arc::new(Cutover::at(u64::MAX))).refuse_unsealed_barrier(5).is_none());
+}
+
+/// The layer's own barrier is a control command: encoded, decoded, and checked like the others.
+#[test]
+fn barrier_control_command_round_trips() {
+    let bytes = raft_envelope_core::wire::ControlCommand::Barrier.encode();
+    assert_eq!(
+        raft_envelope_core::wire::ControlCommand::decode(&bytes).unwrap(),
+        raft_envelope_core::wire::ControlCommand::Barrier
+    );
+    assert_eq!(bytes[9], 0x06);
+}

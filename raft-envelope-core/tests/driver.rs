@@ -47,10 +47,6 @@ impl ControlPlane for OneNode {
         Ok(())
     }
 
-    async fn commit_barrier(&self) -> Result<u64, Self::Error> {
-        Ok(self.log.lock().unwrap().len() as u64)
-    }
-
     async fn retention_reports(&self) -> Result<MemberReports<u64>, Self::Error> {
         let report = Retention::new(1, *self.first_log_index.lock().unwrap(), None)
             .with_sealing(self.state.active_key(), Vec::new());

@@ -973,6 +973,8 @@ impl<A: Application> TestCluster<A> {
         let node = self.node(id)?;
         let payload = match kind {
             EntryKind::Envelope => EnvelopePayload::envelope(bytes),
+            // The layer's engine-framed barrier (what an attacker would rewrite an entry into).
+            EntryKind::Control => EnvelopePayload::barrier(),
             _ => EnvelopePayload::cleartext(bytes),
         };
         let found = node

@@ -328,3 +328,11 @@ pub fn one_replica_halt_others_continue<B: ClusterBuilder>(builder: &B) -> Outco
     );
     Outcome::Passed
 }
+
+/// R9: rewriting one replica's stored entry above the cutover into the layer's own
+/// engine-framed barrier halts that replica (`unauthenticated_barrier`) with nothing of the entry
+/// applied, instead of skipping it and diverging silently; the others go on.
+pub fn barrier_rewrite_on_one_replica_halts_it<B: ClusterBuilder>(builder: &B) -> Outcome {
+    require!(builder.capabilities(), raw_log, restart);
+    injected_halts(builder, StoredEntry::barrier(), FailureReason::UnauthenticatedBarrier)
+}

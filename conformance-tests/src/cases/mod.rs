@@ -26,10 +26,11 @@ pub use envelope::{
     purpose_confusion_rejected,
 };
 pub use fail_closed::{
-    cleartext_above_cutover_halts, cutover_without_unwrapper_halts, destroyed_key_halts,
-    envelope_rewritten_as_cleartext_halts, halt_does_not_advance_applied, halt_is_sticky_across_restart,
-    one_replica_halt_others_continue, repaired_replica_resumes_and_converges, tamper_each_bit_halts,
-    truncated_envelope_halts, unknown_key_halts, wrong_cluster_halts, wrong_purpose_halts,
+    barrier_rewrite_on_one_replica_halts_it, cleartext_above_cutover_halts, cutover_without_unwrapper_halts,
+    destroyed_key_halts, envelope_rewritten_as_cleartext_halts, halt_does_not_advance_applied,
+    halt_is_sticky_across_restart, one_replica_halt_others_continue, repaired_replica_resumes_and_converges,
+    tamper_each_bit_halts, truncated_envelope_halts, unknown_key_halts, wrong_cluster_halts,
+    wrong_purpose_halts,
 };
 pub use inert::{inert_passthrough, inert_stored_log_unchanged};
 pub use keys::{
