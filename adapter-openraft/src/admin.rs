@@ -9,11 +9,13 @@ use std::time::Duration;
 use openraft::type_config::TypeConfigExt;
 use openraft::{Entry, RaftTypeConfig};
 use raft_envelope_core::lifecycle::{
-    AutoRotation, Destroyed, Enabled, EncryptionStatus, LifecycleError, Retention, Retired,
+    AutoRotation, CheckpointPolicy, Destroyed, Enabled, EncryptionStatus, LifecycleError, Retention, Retired,
 };
 use raft_envelope_core::provider::{KekId, KeyProvider};
+use raft_envelope_core::wire::ControlCommand;
 use raft_envelope_core::{Algorithm, KeyId, LayerState};
 
+use crate::payload::EnvelopePayload;
 use crate::plane::{Admin, AdminError, PlaneError, ProposerView};
 use crate::raft::EnvelopeRaft;
 
@@ -162,6 +164,61 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
             admin.auto_on.store(rotation.is_some(), Ordering::Relaxed);
             *admin.auto.lock().unwrap_or_else(PoisonError::into_inner) = rotation.map(Arc::new);
         }
+    }
+
+    /// Sets when this node, while it leads a cluster with a cutover in force, proposes an
+    /// integrity checkpoint (default [`CheckpointPolicy::DEFAULT`]): checked after each sealed
+    /// write through this node, proposed in a task on the engine's runtime. Every replica
+    /// compares the leader's digest at the checkpoint's index and halts (`diverged`) if its own
+    /// differs. Shared by clones.
+    pub fn set_checkpoints(&self, policy: CheckpointPolicy) {
+        if let Some(admin) = &self.admin {
+            *admin.checkpoints.lock().unwrap_or_else(PoisonError::into_inner) = policy;
+        }
+    }
+
+    /// Proposes an integrity checkpoint of everything this node applied so far (on the leader),
+    /// whatever the policy, and returns its log index once applied here.
+    ///
+    /// # Errors
+    /// [`PlaneError::NoLayerState`]; [`PlaneError::NoChain`] when this node does not know its
+    /// digest chain; a sealing or engine error (`ForwardToLeader` on a follower).
+    pub async fn propose_checkpoint(&self) -> Result<u64, C> {
+        let admin = self.admin()?;
+        let state = admin.state();
+        let command = state.checkpoint_now().ok_or(LifecycleError::Engine(PlaneError::NoChain))?;
+        let entry = state.encode_entry(state.next_control_id(), &command).map_err(LifecycleError::Seal)?;
+        if let ControlCommand::Checkpoint { through, .. } = command {
+            state.local().note_checkpoint_proposed(through);
+        }
+        *admin.last_checkpoint.lock().unwrap_or_else(PoisonError::into_inner) = C::now();
+        let written = self.raft().client_write(EnvelopePayload::control(entry)).await;
+        Ok(written.map_err(|e| LifecycleError::Engine(PlaneError::Raft(e)))?.log_id.index)
+    }
+
+    /// After a sealed write: proposes a checkpoint in the background when the policy says one is
+    /// due and none is being proposed.
+    pub(crate) fn maybe_checkpoint(&self) {
+        let Some(admin) = &self.admin else { return };
+        let policy = *admin.checkpoints.lock().unwrap_or_else(PoisonError::into_inner);
+        let elapsed = openraft::Instant::elapsed(
+            &*admin.last_checkpoint.lock().unwrap_or_else(PoisonError::into_inner),
+        );
+        if admin.state().checkpoint_due(&policy, elapsed).is_none() || !self.is_leader() {
+            return;
+        }
+        if admin.checkpointing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let this = self.clone();
+        drop(C::spawn(async move {
+            if let Err(e) = this.propose_checkpoint().await {
+                tracing::debug!("integrity checkpoint not proposed, retried after a later write: {e}");
+            }
+            if let Some(admin) = &this.admin {
+                admin.checkpointing.store(false, Ordering::SeqCst);
+            }
+        }));
     }
 
     /// After a write: starts a rotation in the background when one is due and none is running.

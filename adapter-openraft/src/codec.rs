@@ -3,6 +3,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 
+use raft_envelope_core::apply::ApplyContext;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -32,6 +33,19 @@ pub trait PayloadCodec<D>: Send + Sync + 'static {
     /// As [`decode`](Self::decode).
     fn decode_owned(&self, bytes: Vec<u8>) -> Result<D, CodecError> {
         self.decode(&bytes)
+    }
+
+    /// Decodes the bytes of the committed entry `context` describes: its index, whether it was
+    /// sealed, and the proposal id from the envelope's authenticated header. The apply path
+    /// calls this one, so a codec whose request type has room for it can hand the proposal id
+    /// to the application (for its own de-duplication or tracing). The default ignores the
+    /// context and calls [`decode_owned`](Self::decode_owned).
+    ///
+    /// # Errors
+    /// As [`decode`](Self::decode).
+    fn decode_in(&self, context: &ApplyContext, bytes: Vec<u8>) -> Result<D, CodecError> {
+        let _ = context;
+        self.decode_owned(bytes)
     }
 }
 

@@ -10,7 +10,7 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, Raf
 use openraft::type_config::TypeConfigExt;
 use openraft::{Entry, RaftTypeConfig};
 use raft_envelope_core::lifecycle::{
-    AutoRotation, ControlPlane, Lifecycle, LifecycleError, MemberReports, Retention,
+    AutoRotation, CheckpointPolicy, ControlPlane, Lifecycle, LifecycleError, MemberReports, Retention,
 };
 use raft_envelope_core::{LayerState, ProposalId};
 
@@ -56,6 +56,10 @@ pub enum PlaneError<NID: openraft::NodeId, N: openraft::Node> {
     /// No leader was found to run the command on (in-process helpers that look for one).
     #[error("no leader to run the admin command on")]
     NoLeader,
+    /// This node does not know its integrity digest chain (its layer state started after the
+    /// log's first entry), so it cannot propose a checkpoint.
+    #[error("this node cannot propose an integrity checkpoint: its digest chain is unknown")]
+    NoChain,
 }
 
 impl<NID: openraft::NodeId, N: openraft::Node> PlaneError<NID, N> {
@@ -182,6 +186,12 @@ pub(crate) struct Admin<C: RaftTypeConfig<Entry = Entry<C>>> {
     pub(crate) auto: Mutex<Option<Arc<AutoRotation>>>,
     pub(crate) auto_on: AtomicBool,
     pub(crate) rotating: AtomicBool,
+    /// When this node, leading, proposes integrity checkpoints.
+    pub(crate) checkpoints: Mutex<CheckpointPolicy>,
+    pub(crate) checkpointing: AtomicBool,
+    /// When this node last proposed one (or started: the time rule counts from there, so a new
+    /// node's first sealed write does not check-point at once).
+    pub(crate) last_checkpoint: Mutex<<C::AsyncRuntime as openraft::AsyncRuntime>::Instant>,
 }
 
 impl<C: RaftTypeConfig<Entry = Entry<C>>> Admin<C> {
@@ -199,6 +209,9 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> Admin<C> {
             auto: Mutex::new(None),
             auto_on: AtomicBool::new(false),
             rotating: AtomicBool::new(false),
+            checkpoints: Mutex::new(CheckpointPolicy::DEFAULT),
+            checkpointing: AtomicBool::new(false),
+            last_checkpoint: Mutex::new(C::now()),
         }
     }
 

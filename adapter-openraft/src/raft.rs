@@ -19,6 +19,7 @@ use crate::codec::{CodecError, JsonCodec, PayloadCodec};
 use crate::config::{ClientWriteRaftError, Sealed, SealedRaft};
 use crate::drain::{drain_cleartext, Drain, DrainTimeout, InFlight, SealedInFlight, UntilHandled};
 use crate::payload::EnvelopePayload;
+use raft_envelope_core::apply::Admission;
 
 /// A write through [`EnvelopeRaft`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +64,24 @@ pub enum WriteError<NID: openraft::NodeId, N: openraft::Node> {
     NotSealing {
         /// The cutover in force.
         cutover: u64,
+    },
+    /// The write's envelope had already been applied, at `first_index` (the same
+    /// [`PreparedWrite`] submitted again after a timeout or a leader change): the entry at
+    /// `index` was not applied a second time, on any replica. The request took effect once.
+    #[error("write already applied at index {first_index} (the entry at {index} was not applied again)")]
+    Duplicate {
+        /// The index of the entry that was not applied.
+        index: u64,
+        /// Where the same envelope was applied.
+        first_index: u64,
+    },
+    /// The write's envelope is older than its sealing session's replay window: the entry at
+    /// `index` was not applied, on any replica. Prepare the request again if it must still take
+    /// effect.
+    #[error("write expired: its envelope is older than the replay window (entry {index} not applied)")]
+    Expired {
+        /// The index of the entry that was not applied.
+        index: u64,
     },
     /// openraft's own error, exactly as `Raft::client_write` returns it without the layer
     /// (`ForwardToLeader`, membership errors, or `Fatal` when the node has stopped).
@@ -321,8 +340,20 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
         };
         if result.is_ok() && key_id.is_some() {
             self.maybe_rotate();
+            self.maybe_checkpoint();
         }
-        result.map(unseal_response).map_err(WriteError::Raft)
+        let response = result.map(unseal_response).map_err(WriteError::Raft)?;
+        if let Some(admin) = &self.admin {
+            let index = response.log_id.index;
+            match admin.state().local().not_applied_at(index) {
+                Some(Admission::Duplicate { first_index }) => {
+                    return Err(WriteError::Duplicate { index, first_index })
+                }
+                Some(Admission::Expired { .. }) => return Err(WriteError::Expired { index }),
+                _ => {}
+            }
+        }
+        Ok(response)
     }
 
     /// Proposes the application's `request` through the layer: encode, seal (when sealing),

@@ -10,6 +10,7 @@ use openraft::{
     StorageError, StorageIOError, StoredMembership,
 };
 use raft_envelope_core::{
+    apply::{Admission, ApplyContext, EntryRecord},
     error::FailureReason,
     lifecycle::{RetainedSnapshot, SnapshotCapture},
     provider::KeyProvider,
@@ -18,6 +19,30 @@ use raft_envelope_core::{
 };
 
 use crate::codec::{JsonCodec, PayloadCodec};
+
+/// What the layer state records of a payload entry, taken before the entry's bytes are opened
+/// in place.
+enum Record {
+    /// An envelope's header and tag (what the digest covers), as one envelope-shaped buffer.
+    Envelope(Vec<u8>),
+    /// Cleartext bytes.
+    Cleartext(Vec<u8>),
+    /// Nothing (no layer state).
+    None,
+}
+
+/// The header and tag of an envelope, joined: the digest covers exactly these, and the replay
+/// window reads the header.
+fn record_parts(envelope: &[u8]) -> Vec<u8> {
+    use raft_envelope_core::wire::{HEADER_LEN, TAG_LEN};
+    if envelope.len() < HEADER_LEN + TAG_LEN {
+        return envelope.to_vec();
+    }
+    let mut parts = Vec::with_capacity(HEADER_LEN + TAG_LEN);
+    parts.extend_from_slice(&envelope[..HEADER_LEN]);
+    parts.extend_from_slice(&envelope[envelope.len() - TAG_LEN..]);
+    parts
+}
 use crate::config::Sealed;
 use crate::payload::Repr;
 
@@ -59,7 +84,11 @@ impl fmt::Debug for HaltRecord {
 ///   `invalid_control`), never to the application, which sees `Blank` in its place; before an
 ///   install entry the key is unwrapped with the node's key provider (bounded wait);
 /// - after an envelope opens and decodes, the layer state records it under its key id
-///   (`LayerState::record_sealed_entry`), so every replica counts the same per key.
+///   and every other entry goes through `LayerState::admit`: exactly-once envelopes (a duplicate
+///   or expired one reaches the application as `Blank`, and its proposer gets
+///   [`WriteError::Duplicate`](crate::WriteError::Duplicate) /
+///   [`WriteError::Expired`](crate::WriteError::Expired)), per-key counts and the running digest
+///   integrity checkpoints compare.
 ///
 /// The good prefix of the batch is applied to the inner state machine. On the first entry that
 /// must not be applied, `apply` returns `Err(StorageError)` whose message names the index, key id
@@ -238,10 +267,12 @@ impl<C: RaftTypeConfig, SM> EnvelopeStateMachine<C, SM> {
         let payload = match payload {
             EntryPayload::Blank => {
                 let _ = gate.decide(index, EntryKind::Control, &[]);
+                self.admit(index, EntryRecord::Engine(&[]));
                 EntryPayload::Blank
             }
             EntryPayload::Membership(m) => {
                 let _ = gate.decide(index, EntryKind::Control, &[]);
+                self.admit(index, EntryRecord::Engine(b"membership"));
                 EntryPayload::Membership(m)
             }
             EntryPayload::Normal(p) => {
@@ -253,6 +284,7 @@ impl<C: RaftTypeConfig, SM> EnvelopeStateMachine<C, SM> {
                             return Err((log_id, halt));
                         }
                         let _ = gate.decide(index, EntryKind::Control, &[]);
+                        self.admit(index, EntryRecord::Engine(&[]));
                         return Ok(Entry { log_id, payload: EntryPayload::Blank });
                     }
                     Repr::Control(bytes) => {
@@ -262,14 +294,25 @@ impl<C: RaftTypeConfig, SM> EnvelopeStateMachine<C, SM> {
                     Repr::Cleartext(bytes) | Repr::Envelope(bytes) => bytes,
                 };
                 // The entry is ours: cleartext is moved on, an envelope is opened in place;
-                // neither is copied again before the codec.
+                // neither is copied again before the codec. What the layer state needs of the
+                // stored entry (an envelope's header and tag, the cleartext) is taken first.
+                let context = ApplyContext::of(index, kind, &bytes);
+                let record = match kind {
+                    EntryKind::Envelope => Record::Envelope(record_parts(&bytes)),
+                    _ if self.lifecycle.is_some() => Record::Cleartext(bytes.clone()),
+                    _ => Record::None,
+                };
                 let plain = gate.decide_owned(index, kind, bytes).map_err(|e| (log_id.clone(), e))?;
-                match self.codec.decode_owned(plain) {
+                match self.codec.decode_in(&context, plain) {
                     Ok(request) => {
-                        if let (EntryKind::Envelope, Some(lifecycle), Some(key_id)) =
-                            (kind, &self.lifecycle, key_id)
-                        {
-                            lifecycle.state.record_sealed_entry(index, key_id);
+                        let admission = match &record {
+                            Record::Envelope(parts) => self.admit(index, EntryRecord::Envelope(parts)),
+                            Record::Cleartext(bytes) => self.admit(index, EntryRecord::Cleartext(bytes)),
+                            Record::None => Admission::Apply,
+                        };
+                        if !admission.applies() {
+                            // Not applied again: the application sees a blank entry in its place.
+                            return Ok(Entry { log_id, payload: EntryPayload::Blank });
                         }
                         EntryPayload::Normal(request)
                     }
@@ -283,6 +326,17 @@ impl<C: RaftTypeConfig, SM> EnvelopeStateMachine<C, SM> {
             }
         };
         Ok(Entry { log_id, payload })
+    }
+
+    /// The layer state's part of applying an entry that passed the gate
+    /// ([`LayerState::admit`]); a node without a layer state applies everything.
+    fn admit(&self, index: u64, record: EntryRecord<'_>) -> Admission {
+        let Some(lifecycle) = &self.lifecycle else { return Admission::Apply };
+        let admission = lifecycle.state.admit(index, record);
+        if !admission.applies() {
+            lifecycle.state.local().note_not_applied(index, admission);
+        }
+        admission
     }
 
     /// Applies a layer control entry to the layer state; starts sealing once a key is active.

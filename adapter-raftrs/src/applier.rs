@@ -8,9 +8,10 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Snapshot};
 use raft::{RawNode, Storage};
 use raft_envelope_core::{
+    apply::{Admission, ApplyContext, EntryRecord},
     error::FailureReason,
     lifecycle::RetainedSnapshot,
-    wire::{EnvelopeHeader, SnapshotHeader},
+    wire::SnapshotHeader,
     EntryKind, EnvelopeLayer, FatalApplyError, LayerState, PayloadWrapper, ProposalId,
 };
 
@@ -31,8 +32,13 @@ pub struct AppliedEntry<R> {
     /// every other entry: cleartext and control entries (barriers included, whose marker id is
     /// not authenticated) carry no identity that may complete a proposal.
     pub proposal: Option<ProposalId>,
-    /// The state machine's response, for payload entries.
+    /// The state machine's response, for payload entries it was handed.
     pub response: Option<R>,
+    /// What the layer state decided for it: [`Admission::Apply`], or a duplicate or expired
+    /// envelope the state machine was not handed (its proposer gets
+    /// [`ProposeError::Duplicate`](crate::ProposeError::Duplicate) /
+    /// [`ProposeError::Expired`](crate::ProposeError::Expired)).
+    pub admission: Admission,
 }
 
 impl<R> fmt::Debug for AppliedEntry<R> {
@@ -42,6 +48,7 @@ impl<R> fmt::Debug for AppliedEntry<R> {
             .field("term", &self.term)
             .field("kind", &self.kind)
             .field("proposal", &self.proposal)
+            .field("admission", &self.admission)
             .finish_non_exhaustive()
     }
 }
@@ -60,7 +67,10 @@ impl<R> fmt::Debug for AppliedEntry<R> {
 /// With a [`LayerState`] ([`with_layer_state`](Self::with_layer_state)), layer control entries
 /// ([`is_layer_control`]) go to [`LayerState::apply_control`] instead of the gate, the user's
 /// state machine only records their index ([`StateMachine::apply_control`], like a barrier), and
-/// every opened envelope is counted with [`LayerState::record_sealed_entry`]. A layer control
+/// every other entry that passes the gate goes through [`LayerState::admit`] (exactly-once
+/// envelopes, the running digest of integrity checkpoints): a duplicate or expired envelope is
+/// recorded like a control entry ([`StateMachine::apply_control`]) and never handed to
+/// [`StateMachine::apply_in`]. A layer control
 /// entry is applied only once the driver has tried to prefetch it
 /// ([`mark_prefetched`](Self::mark_prefetched)): until then the applier holds it and every later
 /// committed entry, in order, so a key provider is never called on the apply path.
@@ -219,6 +229,7 @@ impl<SM: StateMachine> EnvelopeApplier<SM> {
                     kind: EntryKind::Control,
                     proposal: None,
                     response: None,
+                    admission: Admission::Apply,
                 });
                 continue;
             }
@@ -249,22 +260,42 @@ impl<SM: StateMachine> EnvelopeApplier<SM> {
                             Some(cs)
                         }
                     };
+                    if let Some(l) = &self.lifecycle {
+                        l.state.admit(index, EntryRecord::Engine(entry.get_data()));
+                    }
                     self.sm.apply_control(index, term, conf.as_ref());
                     // A control entry carries no authenticated identity (a barrier's marker id
                     // is unauthenticated): it is only ever matched by (index, term).
-                    AppliedEntry { index, term, kind, proposal: None, response: None }
+                    AppliedEntry {
+                        index,
+                        term,
+                        kind,
+                        proposal: None,
+                        response: None,
+                        admission: Admission::Apply,
+                    }
                 }
                 _ => {
-                    let header = match kind {
-                        EntryKind::Envelope => EnvelopeHeader::parse(entry.get_data()).ok(),
-                        _ => None,
+                    let context = ApplyContext::of(index, kind, entry.get_data());
+                    let admission = match &self.lifecycle {
+                        None => Admission::Apply,
+                        Some(l) => l.state.admit(
+                            index,
+                            match kind {
+                                EntryKind::Envelope => EntryRecord::Envelope(entry.get_data()),
+                                _ => EntryRecord::Cleartext(entry.get_data()),
+                            },
+                        ),
                     };
-                    if let (Some(l), Some(h)) = (&self.lifecycle, &header) {
-                        l.state.record_sealed_entry(index, h.key_id);
-                    }
-                    let proposal = header.map(|h| h.proposal_id);
-                    let response = self.sm.apply(index, term, decision.as_bytes());
-                    AppliedEntry { index, term, kind, proposal, response: Some(response) }
+                    let response = match admission {
+                        Admission::Apply => Some(self.sm.apply_in(&context, term, decision.as_bytes())),
+                        // Not applied again: the state machine only records the index.
+                        _ => {
+                            self.sm.apply_control(index, term, None);
+                            None
+                        }
+                    };
+                    AppliedEntry { index, term, kind, proposal: context.proposal_id, response, admission }
                 }
             };
             self.applied = index;

@@ -57,6 +57,17 @@ pub enum ProposeError {
     /// applied it.
     #[error("proposal refused before appending: a layer control entry is not applied yet on this node")]
     ControlPending,
+    /// A prepared proposal was sealed under a key that is no longer the active one (a rotation
+    /// applied since): nothing was appended. Prepare it again.
+    #[error("proposal refused before appending: sealed under {key_id}, which is no longer active")]
+    KeyRotated {
+        /// The key it was sealed under.
+        key_id: KeyId,
+    },
+    /// This node does not know its integrity digest chain (its layer state started after the
+    /// log's first entry), so it cannot propose a checkpoint. Nothing was appended.
+    #[error("this node cannot propose an integrity checkpoint: its digest chain is unknown")]
+    NoChain,
     /// An admin command needs a node built with a layer state
     /// ([`EnvelopeNode::with_layer_state`](crate::EnvelopeNode::with_layer_state)).
     #[error("this node has no layer state (key lifecycle through the log is not enabled)")]
@@ -84,6 +95,25 @@ pub enum ProposeError {
     TimedOut {
         /// Ticks waited.
         ticks: u64,
+    },
+    /// The proposal's envelope had already been applied, at `first_index` (the same proposal
+    /// submitted again, [`EnvelopeNode::submit`](crate::EnvelopeNode::submit), after a timeout or
+    /// a leader change): the entry at `index` was not applied a second time, on any replica.
+    /// The request took effect once; its response was delivered to the first submission.
+    #[error("proposal already applied at index {first_index} (the entry at {index} was not applied again)")]
+    Duplicate {
+        /// The index of the entry that was not applied.
+        index: u64,
+        /// Where the same envelope was applied.
+        first_index: u64,
+    },
+    /// The proposal's envelope is older than its sealing session's replay window, so whether it
+    /// was applied before can no longer be told: the entry at `index` was not applied, on any
+    /// replica. Prepare the request again (a new seal) if it must still take effect.
+    #[error("proposal expired: its envelope is older than the replay window (entry {index} not applied)")]
+    Expired {
+        /// The index of the entry that was not applied.
+        index: u64,
     },
     /// This node halted (fail closed) before the proposal was applied here.
     #[error("the node halted at index {index} ({reason}) before the proposal was applied")]

@@ -2,12 +2,13 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use raft::eraftpb::{Message, MessageType, Snapshot};
 use raft::{Config, RawNode, ReadState, SnapshotStatus, StateRole};
 use raft_envelope_core::{
     error::{AppendRefusal, ControlError},
-    lifecycle::{EncryptionStatus, RetainedSnapshot, Retention},
+    lifecycle::{CheckpointPolicy, EncryptionStatus, RetainedSnapshot, Retention},
     provider::KeyProvider,
     wire::{is_layer_snapshot, ControlCommand, EnvelopeHeader, SnapshotHeader},
     Algorithm, ApplyGate, EntryKind, EnvelopeLayer, FatalApplyError, KeyId, LayerState, ProposalId,
@@ -19,7 +20,7 @@ use slog::Logger;
 use crate::applier::{AppliedEntry, EnvelopeApplier};
 use crate::error::{NodeError, ProposeError, StepError, StopKind, StopReason};
 use crate::framing::{classify, is_layer_control, ContextMarker};
-use crate::proposer::{append, EnvelopeProposer, Ticket};
+use crate::proposer::{append, EnvelopeProposer, PreparedProposal, Ticket};
 use crate::state_machine::{LogStore, StateMachine};
 use crate::tracker::{Completion, ProposalTracker};
 
@@ -68,7 +69,17 @@ pub struct EnvelopeNode<S: LogStore, SM: StateMachine> {
     pub(crate) admin_ids: std::collections::BTreeSet<raft_envelope_core::ProposalId>,
     pub(crate) admin_done: Vec<Completion<SM::Response>>,
     user_done: Vec<Completion<SM::Response>>,
+    /// When this node, leading, proposes integrity checkpoints.
+    checkpoints: CheckpointPolicy,
+    /// How long one tick is, to read the policy's time in ticks.
+    tick_interval: Duration,
+    /// The tick this node last proposed a checkpoint at.
+    checkpoint_tick: u64,
 }
+
+/// The tick interval [`EnvelopeNode`] assumes until told otherwise
+/// ([`EnvelopeNode::with_checkpoints`]): raft-rs's examples tick every 100 ms.
+pub const DEFAULT_TICK_INTERVAL: Duration = Duration::from_millis(100);
 
 impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
     /// Starts (or restarts) a node on `storage`, in front of `sm`, with `layer`.
@@ -100,6 +111,9 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
             admin_ids: std::collections::BTreeSet::new(),
             admin_done: Vec::new(),
             user_done: Vec::new(),
+            checkpoints: CheckpointPolicy::DEFAULT,
+            tick_interval: DEFAULT_TICK_INTERVAL,
+            checkpoint_tick: 0,
         })
     }
 
@@ -433,6 +447,65 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
         state.check_append(sealed_under).err()
     }
 
+    /// Sets when this node, while it leads a cluster with a cutover in force, proposes an
+    /// integrity checkpoint (`policy`, default [`CheckpointPolicy::DEFAULT`]), and how long one of
+    /// its ticks is (`tick_interval`, to read the policy's time; default
+    /// [`DEFAULT_TICK_INTERVAL`]). Checked on every [`tick`](Self::tick). Every replica compares
+    /// the leader's digest at the checkpoint's index and halts (`diverged`) if its own differs.
+    pub fn with_checkpoints(mut self, policy: CheckpointPolicy, tick_interval: Duration) -> Self {
+        self.checkpoints = policy;
+        self.tick_interval = tick_interval;
+        self
+    }
+
+    /// Proposes an integrity checkpoint of everything this node applied so far (admin, on the
+    /// leader), whatever the policy, and tracks it like a layer control entry.
+    ///
+    /// # Errors
+    /// [`ProposeError::NoLayerState`]; [`ProposeError::Control`] when this node does not know its
+    /// digest chain; see [`propose_control`](Self::propose_control).
+    pub fn propose_checkpoint(&mut self) -> Result<Ticket, ProposeError> {
+        let state = self.layer_state().ok_or(ProposeError::NoLayerState)?.clone();
+        let command = state.checkpoint_now().ok_or(ProposeError::NoChain)?;
+        let ticket = self.propose_control(&command)?;
+        if let ControlCommand::Checkpoint { through, .. } = command {
+            state.local().note_checkpoint_proposed(through);
+        }
+        self.checkpoint_tick = self.ticks;
+        Ok(ticket)
+    }
+
+    /// Proposes a checkpoint when the policy says one is due (on the leader). Not tracked: its
+    /// outcome is the cluster's, not a caller's.
+    fn maybe_checkpoint(&mut self) {
+        if self.raw.raft.state != StateRole::Leader {
+            return;
+        }
+        let Some(state) = self.layer_state().cloned() else { return };
+        let ticks = u32::try_from(self.ticks - self.checkpoint_tick).unwrap_or(u32::MAX);
+        let elapsed = self.tick_interval.saturating_mul(ticks);
+        let Some(command) = state.checkpoint_due(&self.checkpoints, elapsed) else { return };
+        // Deferred while a control entry is not applied yet (it may rotate the key this would
+        // be sealed under).
+        if self.append_refusal(None).is_some() {
+            return;
+        }
+        let id = state.next_control_id();
+        let Ok(entry) = state.encode_entry(id, &command) else { return };
+        let context = ContextMarker::layer_control(id).encode();
+        match append(&mut self.raw, id, EntryKind::Control, context, entry) {
+            Ok(ticket) => {
+                state.local().note_control_appended(self.raw.raft.raft_log.last_index());
+                if let ControlCommand::Checkpoint { through, .. } = command {
+                    state.local().note_checkpoint_proposed(through);
+                    tracing::debug!(through, at = ?ticket.appended_at, "integrity checkpoint proposed");
+                }
+                self.checkpoint_tick = self.ticks;
+            }
+            Err(e) => tracing::debug!("integrity checkpoint not proposed, retried on a later tick: {e}"),
+        }
+    }
+
     /// Sets after how many ticks a proposal without an outcome times out.
     pub fn with_proposal_timeout(mut self, ticks: u64) -> Self {
         self.tracker = ProposalTracker::new(ticks.max(1));
@@ -485,6 +558,36 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
             return Err(ProposeError::ControlPending);
         }
         let ticket = self.proposer.propose_with_context(&mut self.raw, context, payload)?;
+        self.tracker.track(&ticket);
+        Ok(ticket)
+    }
+
+    /// Seals (when the layer seals) and frames `payload` without proposing it:
+    /// [`submit`](Self::submit) it, and submit the same value again to retry. A retry of a
+    /// proposal that was applied is not applied again: its completion is
+    /// [`ProposeError::Duplicate`], naming the index where it was.
+    ///
+    /// # Errors
+    /// See [`EnvelopeProposer::prepare`]; [`ProposeError::Halted`] once halted.
+    pub fn prepare(&mut self, payload: Vec<u8>) -> Result<PreparedProposal, ProposeError> {
+        self.propose_check()?;
+        self.proposer.prepare(Vec::new(), payload)
+    }
+
+    /// Proposes a prepared proposal (again, to retry) and tracks it under its id.
+    ///
+    /// # Errors
+    /// [`ProposeError::KeyRotated`] when it was sealed under a key that is no longer active
+    /// (prepare it again); [`ProposeError::ControlPending`]; see [`EnvelopeProposer::submit`];
+    /// [`ProposeError::Halted`] once halted.
+    pub fn submit(&mut self, prepared: &PreparedProposal) -> Result<Ticket, ProposeError> {
+        self.propose_check()?;
+        match self.append_refusal(prepared.key_id()) {
+            None => {}
+            Some(AppendRefusal::NotActiveKey { key_id }) => return Err(ProposeError::KeyRotated { key_id }),
+            Some(_) => return Err(ProposeError::ControlPending),
+        }
+        let ticket = self.proposer.submit(&mut self.raw, prepared)?;
         self.tracker.track(&ticket);
         Ok(ticket)
     }
@@ -614,6 +717,7 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
         }
         self.ticks += 1;
         self.tracker.on_tick();
+        self.maybe_checkpoint();
         self.raw.tick()
     }
 

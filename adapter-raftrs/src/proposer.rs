@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use raft::{RawNode, StateRole, Storage};
-use raft_envelope_core::{EntryKind, EnvelopeLayer, ProposalId};
+use raft_envelope_core::{wire::EnvelopeHeader, EntryKind, EnvelopeLayer, ProposalId};
 use raft_proto::ConfChangeI;
 
 use crate::error::ProposeError;
@@ -22,6 +22,47 @@ pub struct Ticket {
     /// `(index, term)` the entry was appended at, when proposed on the leader. `None` when the
     /// proposal was forwarded to the leader by a follower.
     pub appended_at: Option<(u64, u64)>,
+}
+
+/// A proposal prepared by [`EnvelopeProposer::prepare`]: sealed (or cleartext) and framed, ready
+/// to be submitted, and submitted again byte for byte to retry.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PreparedProposal {
+    id: ProposalId,
+    kind: EntryKind,
+    context: Vec<u8>,
+    data: Vec<u8>,
+}
+
+impl PreparedProposal {
+    /// The proposal's identity (in the envelope's authenticated header when sealed).
+    pub fn id(&self) -> ProposalId {
+        self.id
+    }
+
+    /// [`EntryKind::Envelope`] when sealed, [`EntryKind::Cleartext`] otherwise.
+    pub fn kind(&self) -> EntryKind {
+        self.kind
+    }
+
+    /// The key it is sealed under, when sealed.
+    pub fn key_id(&self) -> Option<raft_envelope_core::KeyId> {
+        match self.kind {
+            EntryKind::Envelope => EnvelopeHeader::parse(&self.data).ok().map(|h| h.key_id),
+            _ => None,
+        }
+    }
+}
+
+/// Shows only the identity, kind and lengths: the data may be plaintext.
+impl fmt::Debug for PreparedProposal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreparedProposal")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("len", &self.data.len())
+            .finish()
+    }
 }
 
 /// Decorates `RawNode::propose`: every payload goes through [`EnvelopeLayer::prepare`] first.
@@ -73,7 +114,8 @@ impl EnvelopeProposer {
         self.propose_with_context(node, Vec::new(), payload)
     }
 
-    /// Prepares `payload` through the layer and proposes it to `node` with `context`.
+    /// Prepares `payload` through the layer and proposes it to `node` with `context`: exactly
+    /// [`prepare`](Self::prepare) then [`submit`](Self::submit).
     ///
     /// # Errors
     /// [`ProposeError::Refused`] when sealing failed, [`ProposeError::ContextWhileSealing`] /
@@ -87,6 +129,19 @@ impl EnvelopeProposer {
         context: Vec<u8>,
         payload: Vec<u8>,
     ) -> Result<Ticket, ProposeError> {
+        let prepared = self.prepare(context, payload)?;
+        self.submit(node, &prepared)
+    }
+
+    /// Seals (when the layer seals) and frames `payload` with `context`, without proposing it:
+    /// [`submit`](Self::submit) it, and submit the same value again to retry (after a timeout or
+    /// a leader change). A retry proposes byte-identical data: if the first submission was
+    /// applied, the retry is not applied again ([`ProposeError::Duplicate`] names where it was).
+    ///
+    /// # Errors
+    /// [`ProposeError::Refused`], [`ProposeError::ContextWhileSealing`],
+    /// [`ProposeError::ReservedContext`], [`ProposeError::EmptyPayload`].
+    pub fn prepare(&self, context: Vec<u8>, payload: Vec<u8>) -> Result<PreparedProposal, ProposeError> {
         if starts_with_magic(&context) {
             return Err(ProposeError::ReservedContext);
         }
@@ -100,22 +155,36 @@ impl EnvelopeProposer {
         let context = match proposal.kind {
             EntryKind::Envelope if !context.is_empty() => return Err(ProposeError::ContextWhileSealing),
             EntryKind::Envelope => ContextMarker::envelope(proposal.id).encode(),
-            _ => {
-                // Checked after `prepare`: the kind it returned is what would be appended, even
-                // if the wrapper was switched meanwhile.
-                let last = node.raft.raft_log.last_index();
-                if let Some(cutover) = self.layer.cleartext_would_land_above_cutover(last) {
-                    tracing::warn!(
-                        cutover,
-                        last_index = last,
-                        "refused a cleartext proposal: the layer is not sealing and the log reached the cutover"
-                    );
-                    return Err(ProposeError::NotSealing { cutover });
-                }
-                context
-            }
+            _ => context,
         };
-        append(node, proposal.id, proposal.kind, context, proposal.bytes)
+        Ok(PreparedProposal { id: proposal.id, kind: proposal.kind, context, data: proposal.bytes })
+    }
+
+    /// Proposes a prepared proposal to `node` (again, for a retry).
+    ///
+    /// # Errors
+    /// [`ProposeError::NotSealing`] for cleartext that could only land above the cutover, and
+    /// [`ProposeError::Dropped`] / [`ProposeError::Raft`] from raft-rs. Nothing is appended in
+    /// any of these cases.
+    pub fn submit<T: Storage>(
+        &self,
+        node: &mut RawNode<T>,
+        prepared: &PreparedProposal,
+    ) -> Result<Ticket, ProposeError> {
+        if prepared.kind != EntryKind::Envelope {
+            // Checked at submission: the kind prepared is what would be appended, even if the
+            // wrapper was switched meanwhile.
+            let last = node.raft.raft_log.last_index();
+            if let Some(cutover) = self.layer.cleartext_would_land_above_cutover(last) {
+                tracing::warn!(
+                    cutover,
+                    last_index = last,
+                    "refused a cleartext proposal: the layer is not sealing and the log reached the cutover"
+                );
+                return Err(ProposeError::NotSealing { cutover });
+            }
+        }
+        append(node, prepared.id, prepared.kind, prepared.context.clone(), prepared.data.clone())
     }
 
     /// Proposes a switch-on barrier: a control entry (empty data, barrier marker) that the state

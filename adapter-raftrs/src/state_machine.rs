@@ -4,6 +4,7 @@
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::storage::MemStorage;
 use raft::Storage;
+use raft_envelope_core::apply::ApplyContext;
 
 /// The application's state machine, as the [`EnvelopeApplier`](crate::EnvelopeApplier) drives it.
 ///
@@ -21,6 +22,14 @@ pub trait StateMachine {
 
     /// Applies one payload committed at `index` in `term`, and returns the client's response.
     fn apply(&mut self, index: u64, term: u64, payload: &[u8]) -> Self::Response;
+
+    /// [`apply`](Self::apply) with what the layer knows about the entry: its index, whether it
+    /// was sealed, and the proposal id from the envelope's authenticated header (for an
+    /// application's own de-duplication or tracing). The applier calls this one; the default
+    /// forwards to [`apply`](Self::apply).
+    fn apply_in(&mut self, context: &ApplyContext, term: u64, payload: &[u8]) -> Self::Response {
+        self.apply(context.index, term, payload)
+    }
 
     /// Records a control entry at `index` (the leader's no-op, a switch-on barrier, or a conf
     /// change whose resulting configuration is `conf_state`). It carries no application payload.

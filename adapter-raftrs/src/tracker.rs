@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use raft::{RawNode, Storage};
-use raft_envelope_core::{EntryKind, FatalApplyError, ProposalId};
+use raft_envelope_core::{apply::Admission, EntryKind, FatalApplyError, ProposalId};
 
 use crate::applier::AppliedEntry;
 use crate::error::ProposeError;
@@ -77,6 +77,11 @@ impl<R> ProposalTracker<R> {
 
     /// Starts tracking `ticket`.
     pub fn track(&mut self, ticket: &Ticket) {
+        // A proposal submitted again while pending: only the latest submission is matched by
+        // index; whichever is applied first completes it.
+        if let Some((index, _)) = self.pending.get(&ticket.id).and_then(|p| p.appended_at) {
+            self.by_index.remove(&index);
+        }
         if let Some((index, _)) = ticket.appended_at {
             self.by_index.insert(index, ticket.id);
         }
@@ -102,11 +107,16 @@ impl<R> ProposalTracker<R> {
     /// led, then by [`AppliedEntry::proposal`] for forwarded envelope proposals, and only when
     /// the entry itself is an opened envelope ([`EntryKind::Envelope`]).
     pub fn on_applied(&mut self, entry: AppliedEntry<R>) {
-        let AppliedEntry { index, term, kind, proposal, response } = entry;
+        let AppliedEntry { index, term, kind, proposal, response, admission } = entry;
+        let outcome = move || match admission {
+            Admission::Duplicate { first_index } => Err(ProposeError::Duplicate { index, first_index }),
+            Admission::Expired { .. } => Err(ProposeError::Expired { index }),
+            _ => Ok(Applied { index, term, response }),
+        };
         if let Some(id) = self.by_index.get(&index).copied() {
             let expected = self.pending.get(&id).and_then(|p| p.appended_at);
             if expected.map(|(_, t)| t) == Some(term) {
-                self.finish(id, Ok(Applied { index, term, response }));
+                self.finish(id, outcome());
                 return;
             }
             self.finish(id, Err(ProposeError::Superseded { index, term }));
@@ -122,7 +132,7 @@ impl<R> ProposalTracker<R> {
                 .get(&id)
                 .is_some_and(|p| p.kind == EntryKind::Envelope && p.appended_at.is_none());
             if forwarded_envelope {
-                self.finish(id, Ok(Applied { index, term, response }));
+                self.finish(id, outcome());
             }
         }
     }
@@ -210,6 +220,7 @@ mod tests {
             kind: EntryKind::Envelope,
             proposal: proposal.map(ProposalId),
             response: Some(7),
+            admission: Admission::Apply,
         }
     }
 
@@ -233,7 +244,14 @@ mod tests {
     }
 
     fn entry(index: u64, kind: EntryKind, proposal: Option<u64>) -> AppliedEntry<u8> {
-        AppliedEntry { index, term: 2, kind, proposal: proposal.map(ProposalId), response: None }
+        AppliedEntry {
+            index,
+            term: 2,
+            kind,
+            proposal: proposal.map(ProposalId),
+            response: None,
+            admission: Admission::Apply,
+        }
     }
 
     #[test]

@@ -146,6 +146,23 @@ pub enum ControlError {
     /// must be sealed.
     #[error("snapshot in the clear, but its layer state requires sealing")]
     UnsealedSnapshot,
+    /// An integrity checkpoint's digest differs from this replica's: it diverged from the
+    /// leader somewhere in `from..=through`.
+    #[error(
+        "diverged from the leader: the applied entries {from}..={through} differ (integrity checkpoint)"
+    )]
+    Diverged {
+        /// The first index of the range (after the last verified checkpoint).
+        from: u64,
+        /// The last index of the range.
+        through: u64,
+    },
+    /// A checkpoint names an index at or above its own: no leader proposes one.
+    #[error("checkpoint through {through} is not below its own index")]
+    CheckpointAhead {
+        /// The index it names.
+        through: u64,
+    },
     /// A layer snapshot contradicts this layer state (it is older, or another history).
     #[error("layer snapshot inconsistent with this layer state{}: {what}", key_id.map(|k| format!(" ({k})")).unwrap_or_default())]
     InconsistentSnapshot {
@@ -174,6 +191,8 @@ impl ControlError {
             | ControlError::CleartextAboveCutover { .. }
             | ControlError::Keyring(_)
             | ControlError::UnsealedSnapshot
+            | ControlError::Diverged { .. }
+            | ControlError::CheckpointAhead { .. }
             | ControlError::MalformedSnapshot { .. } => None,
         }
     }
@@ -188,11 +207,13 @@ impl ControlError {
                 FailureReason::KeyUnavailable
             }
             ControlError::Keyring(_) => FailureReason::Other,
+            ControlError::Diverged { .. } => FailureReason::Diverged,
             ControlError::Decode(_)
             | ControlError::UnknownKey(_)
             | ControlError::KeyDestroyed(_)
             | ControlError::ConflictingInstall(_)
             | ControlError::ActiveKeyNeeded(_)
+            | ControlError::CheckpointAhead { .. }
             | ControlError::MalformedSnapshot { .. }
             | ControlError::InconsistentSnapshot { .. } => FailureReason::InvalidControl,
         }

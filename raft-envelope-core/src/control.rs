@@ -41,6 +41,9 @@ const CMD_RETIRE: u8 = 0x03;
 const CMD_DESTROY: u8 = 0x04;
 const CMD_ENFORCE: u8 = 0x05;
 const CMD_BARRIER: u8 = 0x06;
+const CMD_CHECKPOINT: u8 = 0x07;
+/// Checkpoint body: through (u64) and digest (32 bytes).
+const CHECKPOINT_LEN: usize = 8 + 32;
 
 /// Installs a data key, wrapped under a key-encryption key, in the decrypt-only state.
 ///
@@ -99,6 +102,15 @@ pub enum ControlCommand {
     /// applied (the destroy proof). Sealed like every control entry above the cutover, so a
     /// rewritten entry cannot pass for it (SPEC R9).
     Barrier,
+    /// An integrity checkpoint: the leader's running digest of everything it applied through
+    /// `through` (an index below this entry's own). Every replica compares it with its own
+    /// digest at `through` and halts (`diverged`) when they differ (SPEC R10, `DESIGN.md` §11).
+    Checkpoint {
+        /// The last index the digest covers.
+        through: u64,
+        /// The running digest through `through`.
+        digest: [u8; 32],
+    },
 }
 
 /// The kind of a [`ControlCommand`], without its fields: for errors, counters and traces.
@@ -117,6 +129,8 @@ pub enum CommandKind {
     Enforce,
     /// [`ControlCommand::Barrier`].
     Barrier,
+    /// [`ControlCommand::Checkpoint`].
+    Checkpoint,
 }
 
 impl CommandKind {
@@ -129,6 +143,7 @@ impl CommandKind {
             CommandKind::DestroyKey => "destroy_key",
             CommandKind::Enforce => "enforce",
             CommandKind::Barrier => "barrier",
+            CommandKind::Checkpoint => "checkpoint",
         }
     }
 }
@@ -147,7 +162,7 @@ impl ControlCommand {
             ControlCommand::PromoteKey { key_id }
             | ControlCommand::RetireKey { key_id }
             | ControlCommand::DestroyKey { key_id } => Some(*key_id),
-            ControlCommand::Enforce | ControlCommand::Barrier => None,
+            ControlCommand::Enforce | ControlCommand::Barrier | ControlCommand::Checkpoint { .. } => None,
         }
     }
 
@@ -160,6 +175,7 @@ impl ControlCommand {
             ControlCommand::DestroyKey { .. } => CommandKind::DestroyKey,
             ControlCommand::Enforce => CommandKind::Enforce,
             ControlCommand::Barrier => CommandKind::Barrier,
+            ControlCommand::Checkpoint { .. } => CommandKind::Checkpoint,
         }
     }
 
@@ -176,6 +192,7 @@ impl ControlCommand {
             ControlCommand::DestroyKey { .. } => CMD_DESTROY,
             ControlCommand::Enforce => CMD_ENFORCE,
             ControlCommand::Barrier => CMD_BARRIER,
+            ControlCommand::Checkpoint { .. } => CMD_CHECKPOINT,
         }
     }
 
@@ -203,6 +220,11 @@ impl ControlCommand {
             | ControlCommand::RetireKey { key_id }
             | ControlCommand::DestroyKey { key_id } => body.extend_from_slice(&key_id.0.to_be_bytes()),
             ControlCommand::Enforce | ControlCommand::Barrier => {}
+            ControlCommand::Checkpoint { through, digest } => {
+                body.reserve(CHECKPOINT_LEN);
+                body.extend_from_slice(&through.to_be_bytes());
+                body.extend_from_slice(digest);
+            }
         }
         let mut out = Vec::with_capacity(CONTROL_HEADER_LEN + body.len());
         out.extend_from_slice(&CONTROL_MAGIC);
@@ -260,6 +282,12 @@ impl ControlCommand {
             CMD_DESTROY => ControlCommand::DestroyKey { key_id: KeyId(r.u32("key id")?) },
             CMD_ENFORCE => ControlCommand::Enforce,
             CMD_BARRIER => ControlCommand::Barrier,
+            CMD_CHECKPOINT => {
+                let through = r.u64("through")?;
+                let mut digest = [0u8; 32];
+                digest.copy_from_slice(r.take(32, "digest")?);
+                ControlCommand::Checkpoint { through, digest }
+            }
             other => return Err(ControlDecodeError::UnknownCommand(other)),
         };
         if !r.0.is_empty() {

@@ -84,11 +84,15 @@ pub enum FailureReason {
     /// it came from the layer, so a rewritten entry could pass for it. Above the cutover the
     /// layer's barriers are sealed control entries (`ControlCommand::Barrier`).
     UnauthenticatedBarrier,
+    /// An integrity checkpoint's digest differs from this replica's own: what it applied in the
+    /// checkpoint's range is not what the leader applied (a rewritten or replayed entry on this
+    /// replica's log, or any other divergence). The error names the range.
+    Diverged,
 }
 
 impl FailureReason {
     /// Every reason, in counter order.
-    pub const ALL: [FailureReason; 14] = [
+    pub const ALL: [FailureReason; 15] = [
         FailureReason::AuthenticationFailed,
         FailureReason::UnknownKey,
         FailureReason::DestroyedKey,
@@ -103,6 +107,7 @@ impl FailureReason {
         FailureReason::InvalidControl,
         FailureReason::UnsealedSnapshot,
         FailureReason::UnauthenticatedBarrier,
+        FailureReason::Diverged,
     ];
 
     /// A short stable label, suitable for logs and metrics.
@@ -122,6 +127,7 @@ impl FailureReason {
             FailureReason::InvalidControl => "invalid_control",
             FailureReason::UnsealedSnapshot => "unsealed_snapshot",
             FailureReason::UnauthenticatedBarrier => "unauthenticated_barrier",
+            FailureReason::Diverged => "diverged",
         }
     }
 
@@ -141,6 +147,7 @@ impl FailureReason {
             FailureReason::InvalidControl => 11,
             FailureReason::UnsealedSnapshot => 12,
             FailureReason::UnauthenticatedBarrier => 13,
+            FailureReason::Diverged => 14,
         }
     }
 }

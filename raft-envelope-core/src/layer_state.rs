@@ -13,6 +13,7 @@ use crate::control::{ControlCommand, ControlDecodeError, InstallKey, Reader};
 use crate::envelope::{EnvelopeHeader, FORMAT_VERSION};
 use crate::errors::{AppendRefusal, ConfigError, SealError};
 use crate::ids::{Algorithm, KeyId, ProposalId, Purpose};
+use crate::integrity::{Admission, CheckpointPolicy, EntryRecord, IntegrityState, Verdict};
 use crate::keyring::{KeyState, Keyring, SealBudget, SecretKey};
 use crate::local::{lock, NodeLocal};
 use crate::names::{ClusterId, KekId};
@@ -97,11 +98,14 @@ pub struct LayerSnapshot {
     pub cutover: Option<u64>,
     /// The last log index taken into account.
     pub applied_index: Option<u64>,
+    /// Replay windows, running digest and last checkpoint (`DESIGN.md` §11).
+    pub integrity: IntegrityState,
 }
 
 /// `"\xE5RLST\r\n\x1A"`: the first 8 bytes of an encoded [`LayerSnapshot`].
 pub const LAYER_SNAPSHOT_MAGIC: [u8; 8] = [0xE5, b'R', b'L', b'S', b'T', b'\r', b'\n', 0x1A];
-const SNAPSHOT_VERSION: u8 = 1;
+/// The layer snapshot version this build writes; it reads 1 (no integrity state) and 2.
+const SNAPSHOT_VERSION: u8 = 2;
 const NONE_INDEX: u64 = u64::MAX;
 /// Fixed bytes of one key record (all but the KEK id and the wrapped key).
 const KEY_RECORD_FIXED_LEN: usize = 4 + 1 + 1 + 8 + 8 + 8 + 1 + 2;
@@ -124,7 +128,7 @@ impl LayerSnapshot {
         self.keys.iter().find(|k| k.state == KeyState::Active).map(|k| k.key_id)
     }
 
-    /// The snapshot's bytes (format v1).
+    /// The snapshot's bytes (format v2).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(29 + self.keys.len() * (KEY_RECORD_FIXED_LEN + 128));
         out.extend_from_slice(&LAYER_SNAPSHOT_MAGIC);
@@ -146,6 +150,7 @@ impl LayerSnapshot {
             out.extend_from_slice(&(wrapped.len() as u16).to_be_bytes()); // WrappedKey: <= 4096
             out.extend_from_slice(wrapped);
         }
+        self.integrity.encode_into(&mut out);
         out
     }
 
@@ -163,7 +168,8 @@ impl LayerSnapshot {
         if r.take(8, "magic").map_err(field)? != LAYER_SNAPSHOT_MAGIC {
             return Err(bad("magic"));
         }
-        if r.u8("version").map_err(field)? != SNAPSHOT_VERSION {
+        let version = r.u8("version").map_err(field)?;
+        if version != 1 && version != SNAPSHOT_VERSION {
             return Err(bad("unsupported version"));
         }
         let cutover = opt_index(r.u64("cutover").map_err(field)?);
@@ -211,13 +217,17 @@ impl LayerSnapshot {
                 last_sealed_index,
             });
         }
+        let integrity = match version {
+            1 => IntegrityState::unknown_chain(),
+            _ => IntegrityState::decode_from(&mut r).map_err(bad)?,
+        };
         if !r.0.is_empty() {
             return Err(bad("trailing bytes"));
         }
         if keys.iter().filter(|k| k.state == KeyState::Active).count() > 1 {
             return Err(bad("more than one active key"));
         }
-        Ok(Self { keys, cutover, applied_index })
+        Ok(Self { keys, cutover, applied_index, integrity })
     }
 }
 
@@ -232,6 +242,7 @@ struct Inner {
     keys: BTreeMap<KeyId, LayerKey>,
     cutover: Option<u64>,
     applied: Option<u64>,
+    integrity: IntegrityState,
 }
 
 /// The envelope layer's own state machine, run by the adapters for every layer control entry at
@@ -252,7 +263,8 @@ struct Inner {
 /// - Before applying, unwrap new keys with [`prefetch`](Self::prefetch) (on append, on receipt,
 ///   or on an admin command); apply never waits for a key provider.
 /// - After an envelope opens on the apply path, call
-///   [`record_sealed_entry`](Self::record_sealed_entry) with its index and key id.
+///   [`admit`](Self::admit) with it (and with every other entry that is not a layer control
+///   entry), and apply it only on [`Admission::Apply`](crate::apply::Admission::Apply).
 /// - Put [`snapshot`](Self::snapshot) into state-machine snapshots and
 ///   [`restore`](Self::restore) it when installing one.
 ///
@@ -412,6 +424,7 @@ impl LayerState {
             keys: inner.keys.values().cloned().collect(),
             cutover: inner.cutover,
             applied_index: inner.applied,
+            integrity: inner.integrity.clone(),
         };
         let key = layer.active_key();
         if let Some(key) = key {
@@ -517,7 +530,7 @@ impl LayerState {
                 }
                 Some(_) => Err(ControlError::ConflictingInstall(install.key_id)),
             },
-            ControlCommand::Enforce | ControlCommand::Barrier => Ok(()),
+            ControlCommand::Enforce | ControlCommand::Barrier | ControlCommand::Checkpoint { .. } => Ok(()),
         }
     }
 
@@ -606,6 +619,7 @@ impl LayerState {
             keys: inner.keys.values().cloned().collect(),
             cutover: inner.cutover,
             applied_index: inner.applied,
+            integrity: inner.integrity.clone(),
         }
     }
 
@@ -773,8 +787,10 @@ impl LayerState {
             return Ok(ControlOutcome::AlreadyApplied);
         }
         let cutover = inner.cutover;
+        Self::note_first(&mut inner, index);
         match self.apply_locked(&mut inner, index, entry) {
             Ok(outcome) => {
+                inner.integrity.record(index, EntryRecord::LayerControl(entry));
                 inner.applied = Some(index);
                 if let ControlOutcome::Applied(command) | ControlOutcome::Unchanged(command) = &outcome {
                     tracing::info!(
@@ -856,9 +872,30 @@ impl LayerState {
                 key.state = KeyState::Destroyed;
                 key.wrapped_key = None;
                 lock(&self.unwrapped).remove(key_id);
+                inner.integrity.forget_key(*key_id);
                 Ok(true)
             }
             ControlCommand::Barrier => Ok(false),
+            ControlCommand::Checkpoint { through, digest } => {
+                if *through >= index {
+                    return Err(ControlError::CheckpointAhead { through: *through });
+                }
+                match inner.integrity.verify(*through, digest) {
+                    Verdict::Verified => {
+                        inner.integrity.checkpointed(*through);
+                        tracing::debug!(index, through, "integrity checkpoint verified");
+                        Ok(true)
+                    }
+                    Verdict::Unverifiable => {
+                        // Deterministic: every replica with the same applied prefix keeps the
+                        // same digests. Counted as covered so the next range starts after it.
+                        inner.integrity.checkpointed(*through);
+                        tracing::warn!(index, through, "integrity checkpoint not verifiable on this replica");
+                        Ok(false)
+                    }
+                    Verdict::Diverged { from } => Err(ControlError::Diverged { from, through: *through }),
+                }
+            }
             ControlCommand::Enforce => {
                 if inner.cutover.is_some() {
                     return Ok(false);
@@ -929,22 +966,99 @@ impl LayerState {
         }
     }
 
-    /// Records that the committed envelope at `index`, sealed under `key_id`, was applied (opened
-    /// and handed to the state machine). The adapters call it for every such entry, in log order,
-    /// so every replica counts the same: these counts feed the per-key budget carried in
-    /// snapshots, the status, and the proof needed before destroying a key. Indexes at or below
-    /// [`applied_index`](Self::applied_index) are ignored; keys the layer state did not install
-    /// are not counted.
-    pub fn record_sealed_entry(&self, index: u64, key_id: KeyId) {
+    /// The layer state's part of applying the committed entry at `index` that passed the gate
+    /// (a cleartext payload, an opened envelope as stored, or an entry the engine interprets):
+    /// the adapters call it for every such entry, in log order, and hand the entry to the state
+    /// machine only on [`Admission::Apply`]. Layer control entries go to
+    /// [`apply_control`](Self::apply_control) instead.
+    ///
+    /// - An envelope already applied (same key and nonce: a resubmitted proposal, or a replay)
+    ///   is [`Admission::Duplicate`] naming where it first applied; one older than its sealing
+    ///   session's replay window is [`Admission::Expired`]. Neither is applied, on every replica
+    ///   alike (`DESIGN.md` §11.1).
+    /// - Every entry extends the running digest that integrity checkpoints compare
+    ///   (`DESIGN.md` §11.2), and an applied envelope counts toward its key's sealed entries
+    ///   (the per-key budget, the status, the destroy proof).
+    ///
+    /// An index at or below [`applied_index`](Self::applied_index) (a replay after a restart
+    /// whose state machine is behind the layer state) changes nothing and gets the decision it
+    /// got the first time.
+    pub fn admit(&self, index: u64, entry: EntryRecord<'_>) -> Admission {
         let mut inner = lock(&self.inner);
+        let header = match entry {
+            EntryRecord::Envelope(bytes) => EnvelopeHeader::parse(bytes).ok(),
+            _ => None,
+        };
         if inner.applied.is_some_and(|applied| index <= applied) {
-            return;
+            return header.map_or(Admission::Apply, |h| inner.integrity.judge_again(index, &h));
         }
-        if let Some(key) = inner.keys.get_mut(&key_id) {
-            key.sealed_entries = key.sealed_entries.saturating_add(1);
-            key.last_sealed_index = Some(index);
-        }
+        Self::note_first(&mut inner, index);
+        let admission = match &header {
+            Some(h) => match inner.integrity.judge(h) {
+                Some(refused) => refused,
+                None => {
+                    inner.integrity.remember(index, h);
+                    if let Some(key) = inner.keys.get_mut(&h.key_id) {
+                        key.sealed_entries = key.sealed_entries.saturating_add(1);
+                        key.last_sealed_index = Some(index);
+                    }
+                    Admission::Apply
+                }
+            },
+            None => Admission::Apply,
+        };
+        inner.integrity.record(index, entry);
         inner.applied = Some(index);
+        if let (Some(h), false) = (&header, admission.applies()) {
+            tracing::warn!(index, key_id = h.key_id.0, ?admission, "envelope not applied again");
+        }
+        admission
+    }
+
+    /// Called before the first entry a fresh state takes into account: if it is not the log's
+    /// first (a layer state created for a node whose state machine is already past it), this
+    /// state cannot know the digest chain the others computed, so it never claims to and no
+    /// checkpoint can halt it falsely.
+    fn note_first(inner: &mut Inner, index: u64) {
+        if inner.applied.is_none() && index > 1 && inner.integrity.digest().is_some() {
+            inner.integrity = IntegrityState::unknown_chain();
+            tracing::warn!(index, "layer state started mid-log: integrity checkpoints not verifiable here");
+        }
+    }
+
+    /// The checkpoint this node (the leader) should propose now under `policy`, if one is due:
+    /// a cutover is in force, a key is active, this replica knows its digest chain, and
+    /// `policy` says enough entries or time passed since the last checkpoint (applied, or
+    /// proposed here: [`NodeLocal::checkpoint_proposed`]). `elapsed` is the time since this node
+    /// last proposed one.
+    pub fn checkpoint_due(
+        &self,
+        policy: &CheckpointPolicy,
+        elapsed: std::time::Duration,
+    ) -> Option<ControlCommand> {
+        self.keyring.active_key()?;
+        let inner = lock(&self.inner);
+        inner.cutover?;
+        let (through, digest) = inner.integrity.latest()?;
+        inner.integrity.digest()?;
+        let last = inner.integrity.checkpointed_through().max(self.local.checkpoint_proposed());
+        let since = last.map_or(through, |l| through.saturating_sub(l));
+        policy.due(since, elapsed).then_some(ControlCommand::Checkpoint { through, digest })
+    }
+
+    /// The checkpoint of everything this replica applied so far, whatever the policy (an
+    /// operator's or a test's explicit checkpoint). `None` when nothing was recorded or the
+    /// chain is unknown here.
+    pub fn checkpoint_now(&self) -> Option<ControlCommand> {
+        let inner = lock(&self.inner);
+        inner.integrity.digest()?;
+        let (through, digest) = inner.integrity.latest()?;
+        Some(ControlCommand::Checkpoint { through, digest })
+    }
+
+    /// The replicated integrity state (replay windows, digest, last checkpoint).
+    pub fn integrity(&self) -> IntegrityState {
+        lock(&self.inner).integrity.clone()
     }
 
     /// Replaces this state with `snapshot` (a state-machine snapshot being installed): afterwards
@@ -1066,6 +1180,7 @@ impl LayerState {
         inner.keys = snapshot.keys.iter().map(|k| (k.key_id, k.clone())).collect();
         inner.cutover = snapshot.cutover;
         inner.applied = snapshot.applied_index;
+        inner.integrity = snapshot.integrity.clone();
         self.cutover.set(snapshot.cutover);
         tracing::info!(
             keys = snapshot.keys.len(),

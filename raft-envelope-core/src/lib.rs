@@ -64,6 +64,7 @@ mod decision;
 mod envelope;
 mod errors;
 mod ids;
+mod integrity;
 mod keyring;
 mod layer;
 mod layer_state;
@@ -109,6 +110,7 @@ pub mod wire {
 /// [`EnvelopeLayer::prepare`] returns.
 pub mod apply {
     pub use crate::decision::{decide, decide_owned, ApplyGate, ApplyStats, Decision, EntryKind};
+    pub use crate::integrity::{Admission, ApplyContext, EntryRecord};
     pub use crate::layer::Proposal;
 }
 

@@ -33,6 +33,7 @@ use crate::layer_state::LayerState;
 use crate::names::KekId;
 use crate::provider::KeyProvider;
 
+pub use crate::integrity::{CheckpointPolicy, IntegrityState, DIGEST_HISTORY, REPLAY_HORIZON, REPLAY_WINDOW};
 pub use crate::keyring::{KeyState, KeyStats, SealBudget};
 pub use crate::layer_state::{ControlOutcome, EncryptionStatus, LayerKey, LayerSnapshot, SnapshotCapture};
 pub use crate::local::{NodeLocal, RetainedSnapshot};

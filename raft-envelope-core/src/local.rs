@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::ids::KeyId;
+use crate::integrity::Admission;
 
 /// A snapshot one replica retains, as it reports it for the destroy proof.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,7 +45,15 @@ pub struct NodeLocal {
     control_hint: AtomicU64,
     /// The last log index this replica applied, any entry.
     applied_through: AtomicU64,
+    /// One above the `through` of the last checkpoint this node proposed (0: none).
+    checkpoint_proposed: AtomicU64,
+    /// Recent entries this replica did not hand to its state machine (duplicate or expired
+    /// envelopes), by index, for the proposer's answer.
+    not_applied: Mutex<BTreeMap<u64, Admission>>,
 }
+
+/// How many [`NodeLocal::not_applied_at`] answers a replica keeps.
+const NOT_APPLIED_KEPT: usize = 4096;
 
 impl NodeLocal {
     /// Records that this replica's log may hold a layer control entry at `index` (one was
@@ -64,6 +73,33 @@ impl NodeLocal {
     /// Records that this replica applied every entry up to `index` (any kind).
     pub fn note_applied_through(&self, index: u64) {
         self.applied_through.fetch_max(index, SeqCst);
+    }
+
+    /// Records that this node proposed a checkpoint through `through`, so that
+    /// [`LayerState::checkpoint_due`](crate::LayerState::checkpoint_due) counts from it.
+    pub fn note_checkpoint_proposed(&self, through: u64) {
+        self.checkpoint_proposed.fetch_max(through.saturating_add(1), SeqCst);
+    }
+
+    /// The `through` of the last checkpoint this node proposed.
+    pub fn checkpoint_proposed(&self) -> Option<u64> {
+        self.checkpoint_proposed.load(SeqCst).checked_sub(1)
+    }
+
+    /// Records that the entry at `index` was not handed to the state machine (`admission` is
+    /// not [`Admission::Apply`]), so the proposer waiting for it can be told why
+    /// ([`not_applied_at`](Self::not_applied_at)). The most recent 4096 are kept.
+    pub fn note_not_applied(&self, index: u64, admission: Admission) {
+        let mut map = lock(&self.not_applied);
+        map.insert(index, admission);
+        while map.len() > NOT_APPLIED_KEPT {
+            map.pop_first();
+        }
+    }
+
+    /// Why the entry at `index` was not applied on this replica, if it was not and is recent.
+    pub fn not_applied_at(&self, index: u64) -> Option<Admission> {
+        lock(&self.not_applied).get(&index).copied()
     }
 
     /// True while this replica's log may hold a layer control entry it has not applied. Until

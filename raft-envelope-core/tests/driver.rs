@@ -4,6 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use raft_envelope_core::apply::EntryRecord;
 use raft_envelope_core::error::{ConfigError, ControlError};
 use raft_envelope_core::lifecycle::{
     ControlPlane, DestroyRefused, Destroyed, KeyState, Lifecycle, LifecycleError, MemberReports, Retention,
@@ -158,8 +159,8 @@ fn destroy_waits_for_the_proof_then_drops_the_key_once() {
     run(d.enable_encryption(&kek(), kek().kek_id(), Algorithm::Aes256Gcm)).unwrap();
     // A payload sealed under key 1 lands at index 4 and is applied.
     let sealed = d.plane().state.cipher().seal(ProposalId(1), b"x").unwrap();
-    d.plane().log.lock().unwrap().push(sealed);
-    d.plane().state.record_sealed_entry(4, KeyId(1));
+    d.plane().log.lock().unwrap().push(sealed.clone());
+    d.plane().state.admit(4, EntryRecord::Envelope(&sealed));
     run(d.rotate_key(&kek(), kek().kek_id(), Algorithm::Aes256Gcm)).unwrap();
     let refused = run(d.destroy_key(KeyId(1))).unwrap_err();
     assert!(

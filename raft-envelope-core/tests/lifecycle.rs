@@ -9,6 +9,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use raft_envelope_core::*;
 
+use raft_envelope_core::apply::EntryRecord;
 use raft_envelope_core::error::{ControlError, FailureReason};
 use raft_envelope_core::lifecycle::{ControlOutcome, KeyState, LayerSnapshot, SealBudget};
 use raft_envelope_core::provider::{
@@ -306,7 +307,7 @@ fn snapshot_round_trip_restores_exactly_the_same_layer_state() {
         // An envelope sealed under key 2 before the snapshot.
         leader.cipher().seal(ProposalId(99), b"before snapshot").unwrap()
     };
-    leader.record_sealed_entry(17, KeyId(2));
+    leader.admit(17, EntryRecord::Envelope(&old));
     let snapshot = leader.snapshot();
     let bytes = snapshot.encode();
     assert!(bytes.starts_with(&LAYER_SNAPSHOT_MAGIC));

@@ -3,6 +3,7 @@
 
 mod common;
 
+use raft_envelope_core::apply::EntryRecord;
 use raft_envelope_core::error::{AppendRefusal, ControlError, FailureReason};
 use raft_envelope_core::lifecycle::{DestroyRefused, LayerSnapshot, RetainedSnapshot, Retention};
 use raft_envelope_core::provider::{FileKekProvider, KekId};
@@ -25,6 +26,11 @@ fn install_and_promote(state: &LayerState, provider: &FileKekProvider, key: KeyI
     state.apply_control(at + 1, &state.encode_entry(ProposalId(at + 1), &promote).unwrap()).unwrap();
 }
 
+/// An envelope sealed under the active key, as the entry at `index` would store it.
+fn sealed_probe(state: &LayerState, index: u64) -> Vec<u8> {
+    state.cipher().seal(ProposalId(index), b"probe").unwrap()
+}
+
 /// A leader that installed key 1, promoted it and enforced at index 12, then rotated to key 2
 /// (install 13, promote 14), with payloads sealed under key 1 at 20..=22.
 fn enforced_leader(provider: &FileKekProvider) -> LayerState {
@@ -39,7 +45,7 @@ fn enforced_leader(provider: &FileKekProvider) -> LayerState {
     append(&ControlCommand::PromoteKey { key_id: KeyId(1) });
     append(&ControlCommand::Enforce);
     for i in 20..=22 {
-        leader.record_sealed_entry(i, KeyId(1));
+        let _ = leader.admit(i, EntryRecord::Envelope(&sealed_probe(&leader, i)));
     }
     let install2 = block_on(leader.generate_install(KeyId(2), Algorithm::Aes256Gcm, provider)).unwrap();
     for (i, command) in [(23, install2), (24, ControlCommand::PromoteKey { key_id: KeyId(2) })] {
@@ -110,8 +116,11 @@ fn an_inert_layer_state_frames_the_snapshot_in_the_clear() {
 #[test]
 fn an_inert_frame_matches_the_design_vector() {
     // DESIGN.md §10.10: the frame of an inert layer state, last index 5, data "user state".
-    let expected = "e552534e500d0a1a010000000000000000050000001de5524c53540d0a1a01ffffffffffffffff\
-                    ffffffffffffffff0000000075736572207374617465";
+    let expected = "e552534e500d0a1a010000000000000000050000004ee5524c53540d0a1a02ffffffffffffffff\
+                    ffffffffffffffff00000000\
+                    010000000000000000000000000000000000000000000000000000000000000000\
+                    ffffffffffffffff0000000000000000\
+                    75736572207374617465";
     let framed = LayerState::new(common::cluster("cluster-a")).seal_snapshot(5, b"user state").unwrap();
     let hex: String = framed.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(hex, expected);
@@ -333,7 +342,7 @@ fn rotation_becomes_due_when_an_eighth_of_the_budget_is_left() {
     assert_eq!(leader.rotation_due(), None);
     // Replicated counts alone make it due (a new leader that sealed nothing itself).
     for i in 3..3 + 70 {
-        leader.record_sealed_entry(i, KeyId(1));
+        let _ = leader.admit(i, EntryRecord::Envelope(&sealed_probe(&leader, i)));
     }
     assert_eq!(leader.rotation_due(), Some(KeyId(1)));
     let status = leader.status();
