@@ -450,7 +450,7 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
     /// Sets when this node, while it leads a cluster with a cutover in force, proposes an
     /// integrity checkpoint (`policy`, default [`CheckpointPolicy::DEFAULT`]), and how long one of
     /// its ticks is (`tick_interval`, to read the policy's time; default
-    /// [`DEFAULT_TICK_INTERVAL`]). Checked on every [`tick`](Self::tick). Every replica compares
+    /// [`DEFAULT_TICK_INTERVAL`]). Checked on every [`tick`](Self::tick) and after every [`on_ready`](Self::on_ready) that applied entries. Every replica compares
     /// the leader's digest at the checkpoint's index and halts (`diverged`) if its own differs.
     pub fn with_checkpoints(mut self, policy: CheckpointPolicy, tick_interval: Duration) -> Self {
         self.checkpoints = policy;
@@ -894,6 +894,10 @@ impl<S: LogStore, SM: StateMachine> EnvelopeNode<S, SM> {
         }
         self.raw.advance_apply_to(self.applier.applied());
         self.tracker.on_log_changed(&self.raw);
+        // The entry rule of the checkpoint policy counts applied entries: checked where they
+        // are applied (outside the Ready, so the append goes out with the next one), not only
+        // on ticks.
+        self.maybe_checkpoint();
         Ok(out)
     }
 

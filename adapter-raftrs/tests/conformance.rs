@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use raft::eraftpb::{ConfState, Snapshot};
 use raft_envelope_conformance::{
     AppliedPayload, Capabilities, ClusterBuilder, HarnessError, ManagedNode, NodeId,
-    ProposeError as SuiteProposeError, RecordingStateMachine, Response, StoredEntry,
+    ProposeError as SuiteProposeError, RecordingStateMachine, Response, Resubmitted, StoredEntry,
 };
-use raft_envelope_core::lifecycle::{LifecycleError, Retired};
+use raft_envelope_core::lifecycle::{CheckpointPolicy, LifecycleError, Retired};
 use raft_envelope_core::{
     lifecycle::LayerSnapshot,
     provider::{FileKekProvider, KekId, KeyProvider},
@@ -84,8 +84,12 @@ impl ClusterBuilder for RaftRsBuilder {
             .into_iter()
             .map(|n| Ok((n.layer_state, n.provider.map_or_else(no_kek, Ok)?)))
             .collect::<Result<Vec<_>, HarnessError>>()?;
-        let cluster = Cluster::with_layer_states(ClusterConfig::default(), nodes, |_| Recorder::default())
-            .map_err(engine)?;
+        // Checkpoints every 8 entries or 2 s (20 ticks): a load case crosses many of them.
+        let config = ClusterConfig {
+            checkpoints: CheckpointPolicy::new(8, Duration::from_secs(2)),
+            ..ClusterConfig::default()
+        };
+        let cluster = Cluster::with_layer_states(config, nodes, |_| Recorder::default()).map_err(engine)?;
         let raft_rs = RaftRs {
             cluster: Mutex::new(cluster),
             holding: AtomicBool::new(false),
@@ -126,6 +130,7 @@ const PROPOSE_VIA_TIMEOUT: Duration = Duration::from_secs(30);
 fn suite_error(e: ProposeError) -> SuiteProposeError {
     match e {
         ProposeError::Refused(e) => SuiteProposeError::Refused(e),
+        ProposeError::Duplicate { first_index, .. } => SuiteProposeError::Duplicate { first_index },
         e => SuiteProposeError::Engine(e.to_string()),
     }
 }
@@ -210,6 +215,9 @@ impl RaftRs {
 
 /// The raft-rs framing of a stored entry the suite writes.
 fn frame(entry: &StoredEntry) -> Vec<u8> {
+    if entry.is_noop() {
+        return Vec::new();
+    }
     if entry.is_barrier() {
         return ContextMarker::barrier(ProposalId(0)).encode();
     }
@@ -289,8 +297,28 @@ impl raft_envelope_conformance::Cluster for RaftRs {
 
     fn write_entry(&self, node: NodeId, index: u64, entry: StoredEntry) -> Result<(), HarnessError> {
         let context = frame(&entry);
-        let data = if entry.is_barrier() { Vec::new() } else { entry.bytes };
+        let data = if entry.is_barrier() || entry.is_noop() { Vec::new() } else { entry.bytes };
         self.lock().write_entry(node, index, data, context).map_err(node_error)
+    }
+
+    fn hold_commit(&self, node: NodeId, hold: bool) -> Result<(), HarnessError> {
+        self.lock().hold_commit(node, hold).map_err(node_error)
+    }
+
+    /// `EnvelopeNode::propose_checkpoint` on the leader, then waits for it with the lock
+    /// released between ticks (as `propose`).
+    fn checkpoint(&self) -> Result<u64, HarnessError> {
+        let id = {
+            let mut c = self.lock();
+            let leader = c.wait_leader().map_err(engine)?;
+            c.node_mut(leader).map_err(node_error)?.propose_checkpoint().map_err(engine)?.id
+        };
+        Ok(self.await_outcome(id).map_err(engine)?.index)
+    }
+
+    fn resubmit(&self, payload: Vec<u8>) -> Result<Resubmitted, HarnessError> {
+        let [first, second] = self.lock().propose_twice(payload).map_err(engine)?;
+        Ok(Resubmitted { first: suite_result(first), second: suite_result(second) })
     }
 
     fn restart(&self, node: NodeId, layer: Arc<EnvelopeLayer>) -> Result<(), HarnessError> {

@@ -71,7 +71,8 @@ impl Fault {
     ];
 }
 
-/// Builds [`DoubleCluster`]s; [`Capabilities::ALL`] except `key_lifecycle` and `snapshots` (the double has no
+/// Builds [`DoubleCluster`]s; [`Capabilities::ALL`] except `key_lifecycle`, `snapshots`, `hold_commit`,
+/// `checkpoints` and `resubmit` (the double has no
 /// layer control entries: the lifecycle cases skip on it).
 ///
 /// ```
@@ -97,7 +98,14 @@ impl ClusterBuilder for DoubleBuilder {
     type Guard = ();
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { key_lifecycle: false, snapshots: false, ..Capabilities::ALL }
+        Capabilities {
+            key_lifecycle: false,
+            snapshots: false,
+            hold_commit: false,
+            checkpoints: false,
+            resubmit: false,
+            ..Capabilities::ALL
+        }
     }
 
     fn wait_timeout(&self) -> Duration {

@@ -56,6 +56,17 @@ pub struct Capabilities {
     /// layer state, and [`Cluster::destroy_key`] checks every replica's retained log and
     /// snapshot before destroying.
     pub snapshots: bool,
+    /// [`Cluster::hold_commit`] works: a replica can be kept from learning that entries are
+    /// committed, so it stores them without applying them (a window to rewrite a stored entry
+    /// before it is applied).
+    pub hold_commit: bool,
+    /// Integrity checkpoints on [`build_managed`](ClusterBuilder::build_managed) clusters:
+    /// [`Cluster::checkpoint`] works, and leaders propose checkpoints by themselves while a
+    /// cutover is in force (at an interval of the harness's choosing, short enough that a
+    /// load case crosses several).
+    pub checkpoints: bool,
+    /// [`Cluster::resubmit`] works: one prepared proposal can be submitted twice.
+    pub resubmit: bool,
 }
 
 impl Capabilities {
@@ -69,6 +80,9 @@ impl Capabilities {
         hold_forwarded: true,
         key_lifecycle: true,
         snapshots: true,
+        hold_commit: true,
+        checkpoints: true,
+        resubmit: true,
     };
     /// Only the required operations.
     pub const NONE: Capabilities = Capabilities {
@@ -80,6 +94,9 @@ impl Capabilities {
         hold_forwarded: false,
         key_lifecycle: false,
         snapshots: false,
+        hold_commit: false,
+        checkpoints: false,
+        resubmit: false,
     };
 }
 
@@ -110,6 +127,22 @@ impl StoredEntry {
         self.kind == EntryKind::Control && self.bytes == Self::BARRIER
     }
 
+    /// The bytes that mark [`noop`](Self::noop); never a real payload's.
+    pub const NOOP: &'static [u8] = b"\0raft-envelope engine no-op\0";
+
+    /// The engine's own empty entry (kind `Control`, bytes [`NOOP`](Self::NOOP)):
+    /// [`Cluster::write_entry`] stores it as the engine's no-op (openraft `EntryPayload::Blank`,
+    /// raft-rs an `EntryNormal` with no data and no context), which a new leader legitimately
+    /// appends at any index, as an attacker rewriting a stored entry would.
+    pub fn noop() -> Self {
+        Self { kind: EntryKind::Control, bytes: Self::NOOP.to_vec() }
+    }
+
+    /// True for [`noop`](Self::noop).
+    pub fn is_noop(&self) -> bool {
+        self.kind == EntryKind::Control && self.bytes == Self::NOOP
+    }
+
     /// A cleartext payload entry.
     pub fn cleartext(bytes: impl Into<Vec<u8>>) -> Self {
         Self { kind: EntryKind::Cleartext, bytes: bytes.into() }
@@ -135,6 +168,16 @@ pub struct Response {
     pub index: u64,
     /// The state machine's response, as produced by [`RecordingStateMachine::apply`].
     pub data: Vec<u8>,
+}
+
+/// What [`Cluster::resubmit`] saw: the outcomes of two submissions of one prepared proposal.
+#[derive(Debug)]
+pub struct Resubmitted {
+    /// The first submission's outcome.
+    pub first: Result<Response, ProposeError>,
+    /// The second submission's outcome (exactly-once: [`ProposeError::Duplicate`] naming the
+    /// first one's index when the first was applied).
+    pub second: Result<Response, ProposeError>,
 }
 
 /// One payload as a replica's state machine received it.
@@ -238,6 +281,13 @@ pub enum ProposeError {
     /// The layer refused to seal the proposal; it was not appended. Retryable.
     #[error("proposal refused before appending: {0}")]
     Refused(#[source] SealError),
+    /// The same prepared proposal was applied before, at `first_index`: this submission applied
+    /// nothing (exactly-once envelopes, [`Cluster::resubmit`]).
+    #[error("already applied at index {first_index}")]
+    Duplicate {
+        /// Where the proposal was applied.
+        first_index: u64,
+    },
     /// The engine failed the proposal (no leader, leader halted, timeout, ...). Must never carry
     /// payload bytes.
     #[error("engine error: {0}")]
@@ -430,8 +480,10 @@ pub trait Cluster: Sync {
     }
 
     /// Overwrites the entry `node` stores at `index` (kind [`EntryKind::Cleartext`] or
-    /// [`EntryKind::Envelope`]), as an attacker with access to its disk would. The suite calls it
-    /// only on a halted replica, then [`restart`](Self::restart)s it.
+    /// [`EntryKind::Envelope`], or [`StoredEntry::barrier`] / [`StoredEntry::noop`]), as an
+    /// attacker with access to its disk would. The suite calls it only on a halted replica, then
+    /// [`restart`](Self::restart)s it, or on a replica whose commit is held
+    /// ([`hold_commit`](Self::hold_commit)) at an index it stores but has not applied.
     /// Capability [`Capabilities::raw_log`].
     ///
     /// # Errors
@@ -465,6 +517,40 @@ pub trait Cluster: Sync {
     /// Any [`HarnessError`].
     fn change_leader(&self) -> Result<NodeId, HarnessError> {
         Err(HarnessError::Unsupported("change_leader"))
+    }
+
+    /// Holds (`true`) or releases (`false`) `node`'s view of the commit index: while held, it
+    /// stores the entries replicated to it but applies none beyond what it had learned was
+    /// committed; on release it catches up. Capability [`Capabilities::hold_commit`].
+    ///
+    /// # Errors
+    /// Any [`HarnessError`].
+    fn hold_commit(&self, node: NodeId, hold: bool) -> Result<(), HarnessError> {
+        let _ = (node, hold);
+        Err(HarnessError::Unsupported("hold_commit"))
+    }
+
+    /// Proposes an integrity checkpoint on the leader of a
+    /// [`build_managed`](ClusterBuilder::build_managed) cluster, whatever its policy: the
+    /// leader's digest of everything it applied ([`LayerState::checkpoint_now`]). Returns the
+    /// checkpoint's log index once the leader applied it. Capability
+    /// [`Capabilities::checkpoints`].
+    ///
+    /// # Errors
+    /// Any [`HarnessError`]; [`HarnessError::Unsupported`] by default.
+    fn checkpoint(&self) -> Result<u64, HarnessError> {
+        Err(HarnessError::Unsupported("checkpoint"))
+    }
+
+    /// Prepares `payload` once through the leader's layer, submits it and waits for its outcome,
+    /// then submits the same prepared proposal again (a client retrying after a lost answer)
+    /// and waits for that outcome too. Returns both. Capability [`Capabilities::resubmit`].
+    ///
+    /// # Errors
+    /// Any [`HarnessError`]; [`HarnessError::Unsupported`] by default.
+    fn resubmit(&self, payload: Vec<u8>) -> Result<Resubmitted, HarnessError> {
+        let _ = payload;
+        Err(HarnessError::Unsupported("resubmit"))
     }
 
     /// Appends `entry` through the leader without its layer, as a faulty or outdated proposer

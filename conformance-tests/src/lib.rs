@@ -16,7 +16,7 @@ pub use needs::unmet;
 
 pub use harness::{
     AppliedPayload, Capabilities, Cluster, ClusterBuilder, HarnessError, ManagedNode, NodeId, ProposeError,
-    RecordingStateMachine, Response, StoredEntry,
+    RecordingStateMachine, Response, Resubmitted, StoredEntry,
 };
 
 /// How a case ended when it did not fail (a failing case panics).
@@ -267,6 +267,10 @@ macro_rules! __cases {
             destroy_refused_while_needed_allowed_after_compaction,
             // R9: nothing above the cutover on trust
             barrier_rewrite_on_one_replica_halts_it,
+            duplicate_submission_applies_once_and_names_the_first_index,
+            replayed_envelope_on_one_replica_halts_it_at_the_next_checkpoint,
+            noop_rewrite_on_one_replica_halts_it_at_the_next_checkpoint,
+            checkpoints_never_halt_correct_replicas_under_load,
             // R11: lifecycle is one behaviour on every engine
             retire_makes_key_decrypt_only_everywhere,
         }

@@ -48,6 +48,14 @@ fn requirement(case: &str) -> &'static [AllOf] {
         "replica_without_kek_halts_at_install_and_resumes" => &[&["key_lifecycle", "leader_change"]],
         "member_joins_by_snapshot_after_compaction_and_opens_everything"
         | "destroy_refused_while_needed_allowed_after_compaction" => &[&["key_lifecycle", "snapshots"]],
+        "duplicate_submission_applies_once_and_names_the_first_index" => &[&["key_lifecycle", "resubmit"]],
+        "replayed_envelope_on_one_replica_halts_it_at_the_next_checkpoint"
+        | "noop_rewrite_on_one_replica_halts_it_at_the_next_checkpoint" => {
+            &[&["key_lifecycle", "raw_log", "hold_commit", "checkpoints"]]
+        }
+        "checkpoints_never_halt_correct_replicas_under_load" => {
+            &[&["key_lifecycle", "checkpoints", "leader_change", "snapshots"]]
+        }
         _ => &[],
     }
 }
@@ -62,6 +70,9 @@ fn has(caps: &Capabilities, name: &str) -> bool {
         "hold_forwarded" => caps.hold_forwarded,
         "key_lifecycle" => caps.key_lifecycle,
         "snapshots" => caps.snapshots,
+        "hold_commit" => caps.hold_commit,
+        "checkpoints" => caps.checkpoints,
+        "resubmit" => caps.resubmit,
         _ => false,
     }
 }

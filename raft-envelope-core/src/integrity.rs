@@ -135,7 +135,7 @@ impl CheckpointPolicy {
     pub const OFF: Self = Self { every_entries: 0, every: Duration::ZERO };
 
     /// A checkpoint every `entries` entries or every `every`.
-    pub fn new(every_entries: u64, every: Duration) -> Self {
+    pub const fn new(every_entries: u64, every: Duration) -> Self {
         Self { every_entries, every }
     }
 

@@ -28,7 +28,7 @@ use crate::state_machine::{
     layer_from_state, EnvelopeStateMachine, HaltRecord, DEFAULT_PROVIDER_WARN_INTERVAL,
 };
 use crate::switch_on::{switch_on, SwitchOnError, SwitchOnNode};
-use raft_envelope_core::lifecycle::{Destroyed, Enabled, LifecycleError, Retired};
+use raft_envelope_core::lifecycle::{CheckpointPolicy, Destroyed, Enabled, LifecycleError, Retired};
 
 /// The engine's type config in the test cluster.
 pub type SealedTestConfig = Sealed<TestConfig>;
@@ -147,6 +147,9 @@ pub fn test_config() -> Result<Arc<Config>, ClusterError> {
     config.validate().map(Arc::new).map_err(ClusterError::new)
 }
 
+/// The outcome of one submission of a write ([`TestCluster::write_twice`]).
+pub type WriteOutcome = Result<ClientWriteResponse<TestConfig>, WriteError<u64, BasicNode>>;
+
 /// A cluster of `n` openraft nodes in this process, each with its envelope layer, an in-memory
 /// [`MemLogStore`] and a [`MemStateMachine`] running application `A`, connected by a [`Router`].
 /// Requests and responses are bytes ([`BytesCodec`]), so the stored log holds payload bytes
@@ -161,6 +164,8 @@ pub struct TestCluster<A> {
     refuse_cleartext: AtomicBool,
     /// How often a node's apply path warns while it waits for its key provider, in ms.
     provider_warn_ms: std::sync::atomic::AtomicU64,
+    /// The integrity checkpoint policy of nodes with a layer state, now and after restarts.
+    checkpoints: Mutex<CheckpointPolicy>,
 }
 
 impl<A> fmt::Debug for TestCluster<A> {
@@ -211,6 +216,7 @@ impl<A: Application> TestCluster<A> {
             provider_warn_ms: std::sync::atomic::AtomicU64::new(
                 DEFAULT_PROVIDER_WARN_INTERVAL.as_millis() as u64
             ),
+            checkpoints: Mutex::new(CheckpointPolicy::DEFAULT),
         };
         for (i, (node_layer, app)) in nodes.into_iter().enumerate() {
             let id = i as u64 + 1;
@@ -294,7 +300,11 @@ impl<A: Application> TestCluster<A> {
                 self.router.register(id, raft.clone());
                 let raft = match state {
                     None => EnvelopeRaft::with_codec(raft, layer, self.codec.clone()),
-                    Some(state) => EnvelopeRaft::with_layer_state(raft, layer, state, self.codec.clone()),
+                    Some(state) => {
+                        let raft = EnvelopeRaft::with_layer_state(raft, layer, state, self.codec.clone());
+                        raft.set_checkpoints(self.checkpoint_policy());
+                        raft
+                    }
                 };
                 raft.set_refuse_cleartext_above_cutover(self.refuse_cleartext.load(Ordering::SeqCst));
                 node.raft = Some(raft);
@@ -804,6 +814,70 @@ impl<A: Application> TestCluster<A> {
     /// Cuts node `id` off the network, or reconnects it.
     pub fn set_isolated(&self, id: u64, isolated: bool) {
         self.router.set_isolated(id, isolated);
+    }
+
+    /// Sets when the leader proposes integrity checkpoints
+    /// ([`EnvelopeRaft::set_checkpoints`]) on every node with a layer state, now and after
+    /// restarts (default [`CheckpointPolicy::DEFAULT`]).
+    pub fn set_checkpoints(&self, policy: CheckpointPolicy) {
+        *self.checkpoints.lock().unwrap_or_else(PoisonError::into_inner) = policy;
+        for (_, raft) in self.running() {
+            raft.set_checkpoints(policy);
+        }
+    }
+
+    fn checkpoint_policy(&self) -> CheckpointPolicy {
+        *self.checkpoints.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// [`EnvelopeRaft::propose_checkpoint`] on the leader: returns the checkpoint's index once
+    /// the leader applied it.
+    ///
+    /// # Errors
+    /// [`AdminError`].
+    pub async fn checkpoint(&self) -> Result<u64, AdminError<u64, BasicNode>> {
+        self.on_leader(|raft| async move { raft.propose_checkpoint().await }).await
+    }
+
+    /// Prepares `payload` once on the leader and submits it twice, one submission after the
+    /// other (a client retrying after a lost answer; [`EnvelopeRaft::submit`]): both outcomes.
+    /// The first is prepared again while the answer is retryable (a rotation, a new leader
+    /// catching up, a control entry pending), for up to 5 s.
+    ///
+    /// # Errors
+    /// No leader within 5 s.
+    pub async fn write_twice(&self, payload: Vec<u8>) -> Result<[WriteOutcome; 2], ClusterError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let leader = self.wait_leader(Duration::from_secs(5)).await?;
+            let raft = self.raft_of(leader)?;
+            let prepared = match raft.prepare(&payload) {
+                Ok(p) => p,
+                Err(e) => return Ok([Err(e), Err(WriteError::ControlPending)]),
+            };
+            match raft.submit(&prepared).await {
+                Err(
+                    WriteError::KeyRotated { .. } | WriteError::LeaderCatchingUp | WriteError::ControlPending,
+                ) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                first => {
+                    let second = raft.submit(&prepared).await;
+                    return Ok([first, second]);
+                }
+            }
+        }
+    }
+
+    /// Fault injection: overwrites the entry node `id` stores at `index` with openraft's own
+    /// empty entry (`EntryPayload::Blank`, what a new leader appends), keeping its log id.
+    ///
+    /// # Errors
+    /// No such node or entry.
+    pub fn write_blank(&self, id: u64, index: u64) -> Result<(), ClusterError> {
+        let node = self.node(id)?;
+        let found = node.log.modify(index, |e| e.payload = EntryPayload::Blank).map_err(ClusterError::new)?;
+        found.then_some(()).ok_or_else(|| ClusterError::new(format!("node {id} has no entry {index}")))
     }
 
     /// Holds back commit progress sent to node `id` (`true`): it keeps storing new entries but

@@ -19,7 +19,7 @@ pub mod suite;
 
 pub use cluster::{
     test_config, ClusterError, ManagedNode, SealedTestConfig, StoredEntryView, TestCluster, TestNode,
-    WriteFailure,
+    WriteFailure, WriteOutcome,
 };
 pub use log_store::MemLogStore;
 pub use network::{Connection, NetworkFactory, Router};

@@ -29,13 +29,13 @@ use std::time::Duration;
 
 use raft_envelope_conformance::{
     AppliedPayload, Capabilities, Cluster, ClusterBuilder, HarnessError, ManagedNode, NodeId, ProposeError,
-    RecordingStateMachine, Response, StoredEntry,
+    RecordingStateMachine, Response, Resubmitted, StoredEntry,
 };
-use raft_envelope_core::lifecycle::{LayerSnapshot, Retired};
+use raft_envelope_core::lifecycle::{CheckpointPolicy, LayerSnapshot, Retired};
 use raft_envelope_core::provider::KeyProvider;
 use raft_envelope_core::{Algorithm, EntryKind, EnvelopeLayer, FatalApplyError, KeyId};
 
-use super::{Application, ClusterError, TestCluster, WriteFailure};
+use super::{Application, ClusterError, TestCluster, WriteFailure, WriteOutcome};
 use crate::{AdminError, WriteError};
 
 /// No application behind the tap: [`SuiteBuilder::recording`] runs the suite's recording state
@@ -174,9 +174,13 @@ impl<A: Application> ClusterBuilder for SuiteBuilder<A> {
         let runtime = runtime()?;
         let nodes = nodes.into_iter().map(|n| (n.layer_state, n.provider, self.app())).collect();
         let cluster = runtime.block_on(TestCluster::start_with_layer_states(nodes)).map_err(engine)?;
+        cluster.set_checkpoints(SUITE_CHECKPOINTS);
         Ok((SuiteCluster { cluster, runtime, make_app: self.make_app.clone() }, ()))
     }
 }
+
+/// Checkpoints every 8 sealed entries or 200 ms: a load case crosses many of them.
+const SUITE_CHECKPOINTS: CheckpointPolicy = CheckpointPolicy::new(8, Duration::from_millis(200));
 
 fn runtime() -> Result<tokio::runtime::Runtime, HarnessError> {
     tokio::runtime::Builder::new_multi_thread()
@@ -184,6 +188,18 @@ fn runtime() -> Result<tokio::runtime::Runtime, HarnessError> {
         .enable_all()
         .build()
         .map_err(|e| HarnessError::Engine(e.to_string()))
+}
+
+fn propose_error(e: WriteError<u64, openraft::BasicNode>) -> ProposeError {
+    match e {
+        WriteError::Seal(e) => ProposeError::Refused(e),
+        WriteError::Duplicate { first_index, .. } => ProposeError::Duplicate { first_index },
+        e => ProposeError::Engine(e.to_string()),
+    }
+}
+
+fn outcome(result: WriteOutcome) -> Result<Response, ProposeError> {
+    result.map(|r| Response { index: r.log_id.index, data: r.data }).map_err(propose_error)
 }
 
 fn admin(e: AdminError<u64, openraft::BasicNode>) -> HarnessError {
@@ -213,7 +229,7 @@ impl<A: Application> Cluster for SuiteCluster<A> {
         };
         match result {
             Ok(r) => Ok(Response { index: r.log_id.index, data: r.data }),
-            Err(WriteFailure::Write(WriteError::Seal(e))) => Err(ProposeError::Refused(e)),
+            Err(WriteFailure::Write(e)) => Err(propose_error(e)),
             Err(e) => Err(ProposeError::Engine(e.to_string())),
         }
     }
@@ -256,7 +272,23 @@ impl<A: Application> Cluster for SuiteCluster<A> {
     }
 
     fn write_entry(&self, node: NodeId, index: u64, entry: StoredEntry) -> Result<(), HarnessError> {
+        if entry.is_noop() {
+            return self.cluster.write_blank(node, index).map_err(engine);
+        }
         self.cluster.write_entry(node, index, entry.kind, entry.bytes).map_err(engine)
+    }
+
+    fn hold_commit(&self, node: NodeId, hold: bool) -> Result<(), HarnessError> {
+        self.cluster.hold_commit(node, hold).map_err(engine)
+    }
+
+    fn checkpoint(&self) -> Result<u64, HarnessError> {
+        self.runtime.block_on(self.cluster.checkpoint()).map_err(admin)
+    }
+
+    fn resubmit(&self, payload: Vec<u8>) -> Result<Resubmitted, HarnessError> {
+        let [first, second] = self.runtime.block_on(self.cluster.write_twice(payload)).map_err(engine)?;
+        Ok(Resubmitted { first: outcome(first), second: outcome(second) })
     }
 
     fn restart(&self, node: NodeId, layer: Arc<EnvelopeLayer>) -> Result<(), HarnessError> {

@@ -19,10 +19,14 @@ use crate::admin::{AdminError, AdminHandle, AdminInbox, ClusterPlane, PlaneError
 use crate::error::{NodeError, ProposeError, StopKind, StopReason};
 use crate::mem_store::MemStore;
 use crate::node::EnvelopeNode;
+use crate::node::DEFAULT_TICK_INTERVAL;
 use crate::proposer::raft_error;
 use crate::state_machine::StateMachine;
 use crate::tracker::Applied;
-use raft_envelope_core::lifecycle::EncryptionStatus;
+use raft_envelope_core::lifecycle::{CheckpointPolicy, EncryptionStatus};
+
+/// The outcome of one proposal ([`Cluster::propose_twice`]).
+pub type ProposeOutcome<R> = Result<Applied<R>, ProposeError>;
 
 /// Timing of a test [`Cluster`], in logical ticks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,11 +39,20 @@ pub struct ClusterConfig {
     pub proposal_timeout_ticks: u64,
     /// Most ticks any wait of the cluster runs before giving up.
     pub max_wait_ticks: u64,
+    /// When leaders with a layer state propose integrity checkpoints
+    /// ([`EnvelopeNode::with_checkpoints`], one tick counted as [`DEFAULT_TICK_INTERVAL`]).
+    pub checkpoints: CheckpointPolicy,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        Self { election_tick: 10, heartbeat_tick: 2, proposal_timeout_ticks: 60, max_wait_ticks: 400 }
+        Self {
+            election_tick: 10,
+            heartbeat_tick: 2,
+            proposal_timeout_ticks: 60,
+            max_wait_ticks: 400,
+            checkpoints: CheckpointPolicy::DEFAULT,
+        }
     }
 }
 
@@ -247,6 +260,7 @@ impl<SM: StateMachine> Cluster<SM> {
             Setup::Layer(layer) => EnvelopeNode::new(&config, storage, sm, layer, &self.logger)?,
             Setup::Lifecycle(state, provider) => {
                 EnvelopeNode::with_layer_state(&config, storage, sm, state, provider, &self.logger)?
+                    .with_checkpoints(self.cfg.checkpoints, DEFAULT_TICK_INTERVAL)
             }
         };
         Ok(node.with_proposal_timeout(self.cfg.proposal_timeout_ticks))
@@ -583,6 +597,44 @@ impl<SM: StateMachine> Cluster<SM> {
                 Err(ProposeError::Stopped(StopReason::new(StopKind::NotRunning, 0, format!("no node {via}"))))
             }
         }
+    }
+
+    /// Proposes an integrity checkpoint on the leader ([`EnvelopeNode::propose_checkpoint`])
+    /// and waits until the leader applied it; returns its index.
+    ///
+    /// # Errors
+    /// The checkpoint's [`ProposeError`] ([`ProposeError::Dropped`] when there is no leader).
+    pub fn checkpoint(&mut self) -> Result<u64, ProposeError> {
+        let Ok(leader) = self.wait_leader() else { return Err(ProposeError::Dropped) };
+        let ticket = match self.slots.get_mut(&leader).and_then(|s| s.node.as_mut()) {
+            Some(node) => node.propose_checkpoint()?,
+            None => return Err(ProposeError::Dropped),
+        };
+        Ok(self.wait_completion(ticket.id)?.index)
+    }
+
+    /// Prepares `payload` once on the leader ([`EnvelopeNode::prepare`]) and submits it twice,
+    /// waiting for each outcome before the next submission (a client retrying after a lost
+    /// answer): both outcomes.
+    ///
+    /// # Errors
+    /// The preparation's [`ProposeError`] ([`ProposeError::Dropped`] when there is no leader).
+    pub fn propose_twice(
+        &mut self,
+        payload: Vec<u8>,
+    ) -> Result<[ProposeOutcome<SM::Response>; 2], ProposeError> {
+        self.maybe_rotate();
+        let Ok(leader) = self.wait_leader() else { return Err(ProposeError::Dropped) };
+        let node = self.slots.get_mut(&leader).and_then(|s| s.node.as_mut()).ok_or(ProposeError::Dropped)?;
+        let prepared = node.prepare(payload)?;
+        let submit = |c: &mut Self| -> ProposeOutcome<SM::Response> {
+            let node = c.slots.get_mut(&leader).and_then(|s| s.node.as_mut()).ok_or(ProposeError::Dropped)?;
+            let ticket = node.submit(&prepared)?;
+            c.wait_completion(ticket.id)
+        };
+        let first = submit(self);
+        let second = submit(self);
+        Ok([first, second])
     }
 
     /// The outcome of proposal `id`, once reached (taken: a second call returns `None`).

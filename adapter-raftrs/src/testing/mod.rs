@@ -5,5 +5,5 @@
 mod cluster;
 mod kv;
 
-pub use cluster::{block_on, Cluster, ClusterConfig, ClusterError};
+pub use cluster::{block_on, Cluster, ClusterConfig, ClusterError, ProposeOutcome};
 pub use kv::KvStore;

@@ -51,6 +51,7 @@ fn boundary<B: ClusterBuilder>(builder: &B, offset: i8) -> Outcome {
             Ok(response) => {
                 panic!("a cleartext entry above the cutover produced a response at {}", response.index)
             }
+            Err(e @ ProposeError::Duplicate { .. }) => panic!("a fresh proposal cannot be a duplicate: {e}"),
             Err(ProposeError::Refused(_)) => {
                 for (node, view) in &before {
                     assert_eq!(&env.view(*node), view, "node {node}: a refused proposal must change nothing");

@@ -31,29 +31,29 @@ use crate::Outcome;
 /// (issue 7: 20).
 const SWITCH_ON_RUNS: usize = 20;
 /// Concurrent writers during a switch-on (issue 7: 64).
-const SWITCH_ON_WRITERS: usize = 64;
+pub(super) const SWITCH_ON_WRITERS: usize = 64;
 /// Concurrent writers in the other load cases.
-const WRITERS: usize = 8;
+pub(super) const WRITERS: usize = 8;
 
 fn kek_id() -> KekId {
     KekId::new("conformance-kek").expect("short KEK id")
 }
 
 /// One case's lifecycle cluster: replicas built from layer states the case keeps.
-struct Managed<B: ClusterBuilder> {
-    caps: Capabilities,
-    timeout: Duration,
-    nodes: Vec<NodeId>,
-    states: Vec<Arc<LayerState>>,
-    kek: [u8; KEY_LEN],
+pub(super) struct Managed<B: ClusterBuilder> {
+    pub(super) caps: Capabilities,
+    pub(super) timeout: Duration,
+    pub(super) nodes: Vec<NodeId>,
+    pub(super) states: Vec<Arc<LayerState>>,
+    pub(super) kek: [u8; KEY_LEN],
     // Dropped before the guard.
-    cluster: B::Cluster,
+    pub(super) cluster: B::Cluster,
     _guard: B::Guard,
 }
 
 impl<B: ClusterBuilder> Managed<B> {
     /// A cluster of [`REPLICAS`] replicas; replica `k` holds the case's KEK when `with_kek[k]`.
-    fn start(builder: &B, with_kek: [bool; REPLICAS]) -> Self {
+    pub(super) fn start(builder: &B, with_kek: [bool; REPLICAS]) -> Self {
         tracing::info!("--- start a lifecycle cluster of {REPLICAS} replicas (with KEK: {with_kek:?})");
         let kek = *SecretKey::generate().expect("random KEK").expose_secret();
         let cluster_id = ClusterId::new("raft-envelope-conformance").expect("short cluster id");
@@ -85,7 +85,7 @@ impl<B: ClusterBuilder> Managed<B> {
 
     /// Adds a replica with a fresh layer state and the case's KEK ([`Cluster::add_member`]) and
     /// waits until it applied the leader's last index.
-    fn join(&mut self) -> NodeId {
+    pub(super) fn join(&mut self) -> NodeId {
         let state = Arc::new(LayerState::new(self.states[0].cluster().clone()));
         let node = ManagedNode { layer_state: state.clone(), provider: Some(self.kek()) };
         let id = self.cluster.add_member(node).expect("add_member");
@@ -97,56 +97,56 @@ impl<B: ClusterBuilder> Managed<B> {
     }
 
     /// Compacts every replica's log ([`Cluster::compact`]); returns the lowest snapshot index.
-    fn compact_all(&self) -> u64 {
+    pub(super) fn compact_all(&self) -> u64 {
         let last = self.cluster.last_index().expect("last_index");
         self.wait_all(last);
         self.nodes.iter().map(|n| self.cluster.compact(*n).expect("compact")).min().expect("nodes")
     }
 
     /// A new provider instance holding the case's KEK.
-    fn kek(&self) -> Arc<dyn KeyProvider> {
+    pub(super) fn kek(&self) -> Arc<dyn KeyProvider> {
         provider(self.kek)
     }
 
-    fn pos(&self, node: NodeId) -> usize {
+    pub(super) fn pos(&self, node: NodeId) -> usize {
         self.nodes.iter().position(|n| *n == node).expect("known node")
     }
 
-    fn leader(&self) -> NodeId {
+    pub(super) fn leader(&self) -> NodeId {
         self.cluster.leader().expect("the cluster has a leader")
     }
 
-    fn propose(&self, bytes: &[u8]) -> Response {
+    pub(super) fn propose(&self, bytes: &[u8]) -> Response {
         match self.cluster.propose(bytes.to_vec()) {
             Ok(r) => r,
             Err(e) => panic!("proposal of {} bytes failed: {e}", bytes.len()),
         }
     }
 
-    fn halted(&self, node: NodeId) -> Option<FatalApplyError> {
+    pub(super) fn halted(&self, node: NodeId) -> Option<FatalApplyError> {
         self.cluster.halted(node).expect("halted")
     }
 
-    fn applied(&self, node: NodeId) -> u64 {
+    pub(super) fn applied(&self, node: NodeId) -> u64 {
         self.cluster.applied_index(node).expect("applied_index")
     }
 
-    fn payloads(&self, node: NodeId) -> Vec<AppliedPayload> {
+    pub(super) fn payloads(&self, node: NodeId) -> Vec<AppliedPayload> {
         self.cluster.applied_payloads(node).expect("applied_payloads")
     }
 
-    fn snapshot(&self, node: NodeId) -> LayerSnapshot {
+    pub(super) fn snapshot(&self, node: NodeId) -> LayerSnapshot {
         self.cluster.layer_snapshot(node).expect("layer_snapshot")
     }
 
-    fn wait_applied(&self, node: NodeId, index: u64) {
+    pub(super) fn wait_applied(&self, node: NodeId, index: u64) {
         if let Err(e) = self.cluster.wait_applied(node, index, self.timeout) {
             panic!("node {node} should apply index {index}: {e} (halted: {:?})", self.halted(node));
         }
     }
 
     /// Waits until every replica that is not halted applied `index`.
-    fn wait_all(&self, index: u64) {
+    pub(super) fn wait_all(&self, index: u64) {
         for node in &self.nodes {
             if self.halted(*node).is_none() {
                 self.wait_applied(*node, index);
@@ -154,7 +154,7 @@ impl<B: ClusterBuilder> Managed<B> {
         }
     }
 
-    fn wait_halted(&self, node: NodeId) -> FatalApplyError {
+    pub(super) fn wait_halted(&self, node: NodeId) -> FatalApplyError {
         let deadline = Instant::now() + self.timeout;
         loop {
             if let Some(e) = self.halted(node) {
@@ -165,17 +165,17 @@ impl<B: ClusterBuilder> Managed<B> {
         }
     }
 
-    fn enable(&self) -> u64 {
+    pub(super) fn enable(&self) -> u64 {
         enable_on(&self.cluster, self.kek(), self.timeout)
     }
 
-    fn rotate(&self) -> KeyId {
+    pub(super) fn rotate(&self) -> KeyId {
         rotate_on(&self.cluster, self.kek())
     }
 
     /// Proposes in the clear, switches encryption on, proposes under the first key, rotates and
     /// proposes under the second: returns the cutover, the first key and the second.
-    fn enabled_and_rotated(&self) -> (u64, KeyId, KeyId) {
+    pub(super) fn enabled_and_rotated(&self) -> (u64, KeyId, KeyId) {
         self.propose_n("clear", 2);
         let cutover = self.enable();
         let first = self.snapshot(self.leader()).active_key().expect("active key");
@@ -186,7 +186,7 @@ impl<B: ClusterBuilder> Managed<B> {
     }
 
     /// Proposes `n` fresh payloads one by one; returns them with their responses.
-    fn propose_n(&self, tag: &str, n: usize) -> Vec<(Vec<u8>, Response)> {
+    pub(super) fn propose_n(&self, tag: &str, n: usize) -> Vec<(Vec<u8>, Response)> {
         (0..n)
             .map(|_| {
                 let p = payload(tag);
@@ -201,7 +201,7 @@ impl<B: ClusterBuilder> Managed<B> {
     /// starts once the writers had `writers` proposals applied, and the writers stop once they
     /// had `2 x writers` more applied after it returned (or after the wait timeout). Returns its
     /// result and every acknowledged proposal.
-    fn under_load<R>(
+    pub(super) fn under_load<R>(
         &self,
         writers: usize,
         during: impl FnOnce(&B::Cluster) -> R,
@@ -255,7 +255,7 @@ impl<B: ClusterBuilder> Managed<B> {
 
     /// Every replica is running, has applied the same payloads (equal to the leader's), and every
     /// acknowledged proposal is among them at its index with its bytes.
-    fn assert_converged(&self, acked: &[(Vec<u8>, Response)], what: &str) {
+    pub(super) fn assert_converged(&self, acked: &[(Vec<u8>, Response)], what: &str) {
         let leader = self.leader();
         let expected = self.payloads(leader);
         for node in &self.nodes {
@@ -277,7 +277,7 @@ impl<B: ClusterBuilder> Managed<B> {
     }
 
     /// With `raw_log`: no replica stores a cleartext payload above the cutover.
-    fn assert_no_cleartext_above(&self, cutover: u64, what: &str) {
+    pub(super) fn assert_no_cleartext_above(&self, cutover: u64, what: &str) {
         if !self.caps.raw_log {
             return;
         }
@@ -296,7 +296,7 @@ impl<B: ClusterBuilder> Managed<B> {
     }
 
     /// With `raw_log`: the indexes of the layer control entries `node` stores.
-    fn layer_control_indexes(&self, node: NodeId) -> BTreeSet<u64> {
+    pub(super) fn layer_control_indexes(&self, node: NodeId) -> BTreeSet<u64> {
         let last = self.cluster.last_index().expect("last_index");
         (1..=last)
             .filter(|i| {

@@ -11,6 +11,7 @@ pub mod cutover;
 pub mod envelope;
 pub mod fail_closed;
 pub mod inert;
+pub mod integrity;
 pub mod keys;
 pub mod lifecycle;
 pub mod observability;
@@ -33,6 +34,12 @@ pub use fail_closed::{
     wrong_purpose_halts,
 };
 pub use inert::{inert_passthrough, inert_stored_log_unchanged};
+pub use integrity::{
+    checkpoints_never_halt_correct_replicas_under_load,
+    duplicate_submission_applies_once_and_names_the_first_index,
+    noop_rewrite_on_one_replica_halts_it_at_the_next_checkpoint,
+    replayed_envelope_on_one_replica_halts_it_at_the_next_checkpoint,
+};
 pub use keys::{
     no_key_bytes_in_debug_or_errors, nonce_unique_across_replicas_and_restarts,
     retired_key_opens_never_seals, seal_budget_enforced,

@@ -1,0 +1,38 @@
+//! Integrity on raft-rs: the leader proposes checkpoints by itself, every replica verifies them.
+#![allow(clippy::unwrap_used)] // reason: tests fail loudly on any unexpected error
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use raft_envelope_core::lifecycle::CheckpointPolicy;
+use raft_envelope_core::{
+    provider::{FileKekProvider, KekId, KeyProvider},
+    Algorithm, ClusterId, LayerState, SecretKey,
+};
+use raft_envelope_raftrs::testing::{Cluster, ClusterConfig, KvStore};
+
+fn provider() -> Arc<dyn KeyProvider> {
+    Arc::new(FileKekProvider::from_key(KekId::new("kek-1").unwrap(), SecretKey::from_bytes([7; 32])).unwrap())
+}
+
+fn cluster(policy: CheckpointPolicy) -> (Cluster<KvStore>, Vec<Arc<LayerState>>) {
+    let states: Vec<Arc<LayerState>> =
+        (0..3).map(|_| Arc::new(LayerState::new(ClusterId::new("integrity").unwrap()))).collect();
+    let nodes = states.iter().map(|s| (s.clone(), provider())).collect();
+    let config = ClusterConfig { checkpoints: policy, ..ClusterConfig::default() };
+    (Cluster::with_layer_states(config, nodes, |_| KvStore::default()).unwrap(), states)
+}
+
+#[test]
+fn leader_proposes_checkpoints_every_n_entries_and_every_replica_verifies_them() {
+    let (mut c, states) = cluster(CheckpointPolicy::new(8, Duration::from_secs(3600)));
+    c.enable_encryption(provider().as_ref(), &KekId::new("kek-1").unwrap(), Algorithm::Aes256Gcm).unwrap();
+    for i in 0..20 {
+        c.propose(format!("put k{i} v{i}").into_bytes()).unwrap();
+        c.tick(1);
+    }
+    c.tick(5);
+    let through: Vec<_> = states.iter().map(|s| s.integrity().checkpointed_through()).collect();
+    assert!(through[0].is_some(), "a checkpoint was proposed and applied");
+    assert!(through.iter().all(|t| *t == through[0]), "every replica verified the same checkpoint");
+}
