@@ -10,6 +10,7 @@ use raft_envelope_conformance::{
     AppliedPayload, Capabilities, ClusterBuilder, HarnessError, ManagedNode, NodeId,
     ProposeError as SuiteProposeError, RecordingStateMachine, Response, Resubmitted, StoredEntry,
 };
+use raft_envelope_core::apply::ApplyContext;
 use raft_envelope_core::lifecycle::{CheckpointPolicy, LifecycleError, Retired};
 use raft_envelope_core::{
     lifecycle::LayerSnapshot,
@@ -26,6 +27,8 @@ use raft_envelope_raftrs::{Applied, ProposeError, StateMachine};
 struct Recorder {
     sm: RecordingStateMachine,
     applied: u64,
+    /// The context of every payload, as `apply_in` was handed it.
+    contexts: Vec<ApplyContext>,
 }
 
 impl StateMachine for Recorder {
@@ -34,6 +37,11 @@ impl StateMachine for Recorder {
     fn apply(&mut self, index: u64, _term: u64, payload: &[u8]) -> Vec<u8> {
         self.applied = index;
         self.sm.apply(index, payload)
+    }
+
+    fn apply_in(&mut self, context: &ApplyContext, term: u64, payload: &[u8]) -> Vec<u8> {
+        self.contexts.push(*context);
+        self.apply(context.index, term, payload)
     }
 
     fn apply_control(&mut self, index: u64, _term: u64, _conf_state: Option<&ConfState>) {
@@ -51,7 +59,7 @@ impl StateMachine for Recorder {
     fn restore_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), String> {
         let sm = RecordingStateMachine::from_snapshot(snapshot.get_data())
             .ok_or_else(|| "malformed recording state machine snapshot".to_owned())?;
-        *self = Recorder { sm, applied: snapshot.get_metadata().index };
+        *self = Recorder { sm, applied: snapshot.get_metadata().index, contexts: Vec::new() };
         Ok(())
     }
 }
@@ -284,6 +292,10 @@ impl raft_envelope_conformance::Cluster for RaftRs {
 
     fn applied_payloads(&self, node: NodeId) -> Result<Vec<AppliedPayload>, HarnessError> {
         Ok(self.settled().state_machine(node).map_err(node_error)?.sm.payloads().to_vec())
+    }
+
+    fn applied_contexts(&self, node: NodeId) -> Result<Vec<ApplyContext>, HarnessError> {
+        Ok(self.settled().state_machine(node).map_err(node_error)?.contexts.clone())
     }
 
     fn halted(&self, node: NodeId) -> Result<Option<FatalApplyError>, HarnessError> {

@@ -72,7 +72,7 @@ impl Fault {
 }
 
 /// Builds [`DoubleCluster`]s; [`Capabilities::ALL`] except `key_lifecycle`, `snapshots`, `hold_commit`,
-/// `checkpoints` and `resubmit` (the double has no
+/// `checkpoints`, `resubmit` and `apply_context` (the double has no
 /// layer control entries: the lifecycle cases skip on it).
 ///
 /// ```
@@ -104,6 +104,7 @@ impl ClusterBuilder for DoubleBuilder {
             hold_commit: false,
             checkpoints: false,
             resubmit: false,
+            apply_context: false,
             ..Capabilities::ALL
         }
     }

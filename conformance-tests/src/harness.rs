@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raft_envelope_core::{
+    apply::ApplyContext,
     error::ControlError,
     lifecycle::{DestroyRefused, LayerSnapshot},
     provider::KeyProvider,
@@ -67,6 +68,9 @@ pub struct Capabilities {
     pub checkpoints: bool,
     /// [`Cluster::resubmit`] works: one prepared proposal can be submitted twice.
     pub resubmit: bool,
+    /// [`Cluster::applied_contexts`] works: the harness records the [`ApplyContext`] its
+    /// application is handed with each payload.
+    pub apply_context: bool,
 }
 
 impl Capabilities {
@@ -83,6 +87,7 @@ impl Capabilities {
         hold_commit: true,
         checkpoints: true,
         resubmit: true,
+        apply_context: true,
     };
     /// Only the required operations.
     pub const NONE: Capabilities = Capabilities {
@@ -97,6 +102,7 @@ impl Capabilities {
         hold_commit: false,
         checkpoints: false,
         resubmit: false,
+        apply_context: false,
     };
 }
 
@@ -462,6 +468,18 @@ pub trait Cluster: Sync {
     /// # Errors
     /// Any [`HarnessError`].
     fn applied_payloads(&self, node: NodeId) -> Result<Vec<AppliedPayload>, HarnessError>;
+
+    /// Every [`ApplyContext`] `node`'s application was handed with a payload, in apply order
+    /// (raft-rs `StateMachine::apply_in`, openraft `PayloadCodec::decode_in`): one per
+    /// payload, since the replica started from its last snapshot.
+    /// Capability [`Capabilities::apply_context`].
+    ///
+    /// # Errors
+    /// Any [`HarnessError`]; [`HarnessError::Unsupported`] by default.
+    fn applied_contexts(&self, node: NodeId) -> Result<Vec<ApplyContext>, HarnessError> {
+        let _ = node;
+        Err(HarnessError::Unsupported("applied_contexts"))
+    }
 
     /// The error `node` halted with, or `None` while it applies normally.
     ///

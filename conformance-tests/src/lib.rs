@@ -268,6 +268,7 @@ macro_rules! __cases {
             // R9: nothing above the cutover on trust
             barrier_rewrite_on_one_replica_halts_it,
             duplicate_submission_applies_once_and_names_the_first_index,
+            proposal_id_reaches_the_application,
             replayed_envelope_on_one_replica_halts_it_at_the_next_checkpoint,
             noop_rewrite_on_one_replica_halts_it_at_the_next_checkpoint,
             checkpoints_never_halt_correct_replicas_under_load,

@@ -49,6 +49,7 @@ fn requirement(case: &str) -> &'static [AllOf] {
         "member_joins_by_snapshot_after_compaction_and_opens_everything"
         | "destroy_refused_while_needed_allowed_after_compaction" => &[&["key_lifecycle", "snapshots"]],
         "duplicate_submission_applies_once_and_names_the_first_index" => &[&["key_lifecycle", "resubmit"]],
+        "proposal_id_reaches_the_application" => &[&["key_lifecycle", "apply_context"]],
         "replayed_envelope_on_one_replica_halts_it_at_the_next_checkpoint"
         | "noop_rewrite_on_one_replica_halts_it_at_the_next_checkpoint" => {
             &[&["key_lifecycle", "raw_log", "hold_commit", "checkpoints"]]
@@ -73,6 +74,7 @@ fn has(caps: &Capabilities, name: &str) -> bool {
         "hold_commit" => caps.hold_commit,
         "checkpoints" => caps.checkpoints,
         "resubmit" => caps.resubmit,
+        "apply_context" => caps.apply_context,
         _ => false,
     }
 }

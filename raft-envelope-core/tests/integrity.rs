@@ -1,6 +1,6 @@
 //! Exactly-once envelopes and integrity checkpoints, as the layer state decides them on every
-#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 //! replica (`DESIGN.md` §11).
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 mod common;
 
@@ -192,4 +192,27 @@ fn checkpoints_are_due_by_count_or_time_once_a_cutover_is_in_force() {
     let inert = LayerState::new(common::cluster("cluster-a"));
     inert.admit(1, EntryRecord::Cleartext(b"a"));
     assert!(inert.checkpoint_due(&CheckpointPolicy::new(1, Duration::ZERO), Duration::ZERO).is_none());
+}
+
+#[test]
+fn the_digest_chain_matches_the_design_vector() {
+    // DESIGN.md §11.2: an engine no-op at 1, cleartext "put a 1" at 2, a clear enforce at 3.
+    let state = LayerState::new(common::cluster("cluster-a"));
+    assert_eq!(state.admit(1, EntryRecord::Engine(b"")), Admission::Apply);
+    assert_eq!(state.admit(2, EntryRecord::Cleartext(b"put a 1")), Admission::Apply);
+    state.apply_control(3, &ControlCommand::Enforce.encode()).unwrap();
+    let hex = |d: [u8; 32]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let digest = state.integrity().digest().unwrap();
+    assert_eq!(hex(digest), "96f0a7f8a5ef44975ea7a689e54da7bdcea3440cf1a3457ec040483f10ffc427");
+    let Some(ControlCommand::Checkpoint { through, digest: carried }) = state.checkpoint_now() else {
+        panic!("a checkpoint of a known chain");
+    };
+    assert_eq!((through, carried), (3, digest));
+    let entry: String =
+        ControlCommand::Checkpoint { through, digest }.encode().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        entry,
+        "e55243544c0d0a1a01070000002800000000000000039\
+         6f0a7f8a5ef44975ea7a689e54da7bdcea3440cf1a3457ec040483f10ffc427"
+    );
 }

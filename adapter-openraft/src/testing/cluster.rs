@@ -18,7 +18,7 @@ use raft_envelope_core::{
 use super::log_store::MemLogStore;
 use super::network::Router;
 use super::state_machine::{Application, MemStateMachine, TestConfig};
-use crate::codec::{BytesCodec, PayloadCodec};
+use crate::codec::{BytesCodec, CodecError, PayloadCodec};
 use crate::config::Sealed;
 use crate::log_store::PrefetchingLogStore;
 use crate::payload::EnvelopePayload;
@@ -28,6 +28,7 @@ use crate::state_machine::{
     layer_from_state, EnvelopeStateMachine, HaltRecord, DEFAULT_PROVIDER_WARN_INTERVAL,
 };
 use crate::switch_on::{switch_on, SwitchOnError, SwitchOnNode};
+use raft_envelope_core::apply::ApplyContext;
 use raft_envelope_core::lifecycle::{CheckpointPolicy, Destroyed, Enabled, LifecycleError, Retired};
 
 /// The engine's type config in the test cluster.
@@ -66,6 +67,40 @@ pub struct TestNode<A> {
     pub layer_state: Option<Arc<LayerState>>,
     /// The key provider the current incarnation unwraps installed keys with.
     pub provider: Option<Arc<dyn KeyProvider>>,
+    /// Every apply context the node's codec was handed with a payload, in apply order (kept
+    /// across restarts, like the state machine).
+    pub contexts: ContextLog,
+}
+
+/// The apply contexts one node's codec was handed ([`PayloadCodec::decode_in`]): what an
+/// application learns about each payload (index, kind, authenticated proposal id).
+#[derive(Clone, Debug, Default)]
+pub struct ContextLog(Arc<Mutex<Vec<ApplyContext>>>);
+
+impl ContextLog {
+    /// Every context recorded so far, in order.
+    pub fn all(&self) -> Vec<ApplyContext> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// [`BytesCodec`] on a node's apply path, recording each apply context in the node's
+/// [`ContextLog`].
+struct ContextTap(ContextLog);
+
+impl PayloadCodec<Vec<u8>> for ContextTap {
+    fn encode(&self, request: &Vec<u8>) -> Result<Vec<u8>, CodecError> {
+        BytesCodec.encode(request)
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<Vec<u8>, CodecError> {
+        BytesCodec.decode(bytes)
+    }
+
+    fn decode_in(&self, context: &ApplyContext, bytes: Vec<u8>) -> Result<Vec<u8>, CodecError> {
+        self.0 .0.lock().unwrap_or_else(PoisonError::into_inner).push(*context);
+        BytesCodec.decode_owned(bytes)
+    }
 }
 
 impl<A> Clone for TestNode<A> {
@@ -80,6 +115,7 @@ impl<A> Clone for TestNode<A> {
             start_error: self.start_error.clone(),
             layer_state: self.layer_state.clone(),
             provider: self.provider.clone(),
+            contexts: self.contexts.clone(),
         }
     }
 }
@@ -236,6 +272,7 @@ impl<A: Application> TestCluster<A> {
                 start_error: None,
                 layer_state,
                 provider,
+                contexts: ContextLog::default(),
             };
             cluster.lock().insert(id, node);
             cluster.boot(id, node_layer).await?;
@@ -255,23 +292,20 @@ impl<A: Application> TestCluster<A> {
     /// (Re)starts node `id` from its retained log and state machine with `layer` (or a layer
     /// built from its layer state).
     async fn boot(&self, id: u64, node_layer: NodeLayer) -> Result<(), ClusterError> {
-        let (log, sm) = {
+        let (log, sm, contexts) = {
             let nodes = self.lock();
             let node = nodes.get(&id).ok_or_else(|| ClusterError::new(format!("no node {id}")))?;
-            (node.log.clone(), node.sm.clone())
+            (node.log.clone(), node.sm.clone(), node.contexts.clone())
         };
+        let apply_codec: Arc<dyn PayloadCodec<Vec<u8>>> = Arc::new(ContextTap(contexts));
         let (layer, esm, state) = match &node_layer {
             NodeLayer::Fixed(layer) => {
-                (layer.clone(), EnvelopeStateMachine::with_codec(sm, layer.clone(), self.codec.clone()), None)
+                (layer.clone(), EnvelopeStateMachine::with_codec(sm, layer.clone(), apply_codec), None)
             }
             NodeLayer::State(state, provider) => {
                 let layer = layer_from_state(state);
-                let mut esm = EnvelopeStateMachine::with_layer_state(
-                    sm,
-                    layer.clone(),
-                    state.clone(),
-                    self.codec.clone(),
-                );
+                let mut esm =
+                    EnvelopeStateMachine::with_layer_state(sm, layer.clone(), state.clone(), apply_codec);
                 if let Some(provider) = provider {
                     esm = esm.with_key_provider(provider.clone(), self.provider_warn_every());
                 }
@@ -737,6 +771,7 @@ impl<A: Application> TestCluster<A> {
             start_error: None,
             layer_state: Some(state.clone()),
             provider: provider.clone(),
+            contexts: ContextLog::default(),
         };
         self.lock().insert(id, node);
         self.boot(id, NodeLayer::State(state, provider)).await?;

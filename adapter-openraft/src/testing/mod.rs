@@ -18,8 +18,8 @@ mod state_machine;
 pub mod suite;
 
 pub use cluster::{
-    test_config, ClusterError, ManagedNode, SealedTestConfig, StoredEntryView, TestCluster, TestNode,
-    WriteFailure, WriteOutcome,
+    test_config, ClusterError, ContextLog, ManagedNode, SealedTestConfig, StoredEntryView, TestCluster,
+    TestNode, WriteFailure, WriteOutcome,
 };
 pub use log_store::MemLogStore;
 pub use network::{Connection, NetworkFactory, Router};

@@ -31,6 +31,7 @@ use raft_envelope_conformance::{
     AppliedPayload, Capabilities, Cluster, ClusterBuilder, HarnessError, ManagedNode, NodeId, ProposeError,
     RecordingStateMachine, Response, Resubmitted, StoredEntry,
 };
+use raft_envelope_core::apply::ApplyContext;
 use raft_envelope_core::lifecycle::{CheckpointPolicy, LayerSnapshot, Retired};
 use raft_envelope_core::provider::KeyProvider;
 use raft_envelope_core::{Algorithm, EntryKind, EnvelopeLayer, FatalApplyError, KeyId};
@@ -260,6 +261,10 @@ impl<A: Application> Cluster for SuiteCluster<A> {
     fn applied_payloads(&self, node: NodeId) -> Result<Vec<AppliedPayload>, HarnessError> {
         let n = self.cluster.node(node).map_err(|_| HarnessError::NoSuchNode(node))?;
         Ok(n.sm.with_app(|a| a.record.payloads().to_vec()))
+    }
+
+    fn applied_contexts(&self, node: NodeId) -> Result<Vec<ApplyContext>, HarnessError> {
+        Ok(self.cluster.node(node).map_err(|_| HarnessError::NoSuchNode(node))?.contexts.all())
     }
 
     fn halted(&self, node: NodeId) -> Result<Option<FatalApplyError>, HarnessError> {

@@ -10,7 +10,9 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use raft_envelope_core::{error::ControlError, error::FailureReason, EntryKind, FatalApplyError};
+use raft_envelope_core::{
+    error::ControlError, error::FailureReason, wire::EnvelopeHeader, EntryKind, FatalApplyError,
+};
 
 use super::lifecycle::{Managed, SWITCH_ON_WRITERS, WRITERS};
 use super::support::{payload, require, REPLICAS};
@@ -44,6 +46,46 @@ pub fn duplicate_submission_applies_once_and_names_the_first_index<B: ClusterBui
             env.payloads(*node).iter().filter(|a| a.bytes == p).map(|a| a.index).collect();
         assert_eq!(applied, vec![first.index], "node {node} applies the proposal once, at its first index");
         assert_eq!(env.snapshot(*node), env.snapshot(leader), "node {node} has the leader's layer state");
+    }
+    Outcome::Passed
+}
+
+/// R10: with every payload the application is handed its apply context: the index, what the
+/// entry was, and for an opened envelope the proposal id of its authenticated header (the same on
+/// every replica, equal to the stored header's) and its key; cleartext carries no proposal id.
+pub fn proposal_id_reaches_the_application<B: ClusterBuilder>(builder: &B) -> Outcome {
+    require!(builder.capabilities(), key_lifecycle, apply_context);
+    let env = Managed::start(builder, [true; REPLICAS]);
+    let clear = env.propose(&payload("in-the-clear"));
+    env.enable();
+    let key = env.snapshot(env.leader()).active_key();
+    let sealed = env.propose_n("sealed", 3);
+    let last = sealed.last().expect("proposals").1.index;
+    env.wait_all(last);
+    let leader = env.leader();
+    let of = |node: NodeId| env.cluster.applied_contexts(node).expect("applied_contexts");
+    let leaders = of(leader);
+    for node in &env.nodes {
+        let contexts = of(*node);
+        let indexes: Vec<u64> = contexts.iter().map(|c| c.index).collect();
+        let payloads: Vec<u64> = env.payloads(*node).iter().map(|p| p.index).collect();
+        assert_eq!(indexes, payloads, "node {node}: one context with every payload, in order");
+        let at = |index: u64| *contexts.iter().find(|c| c.index == index).expect("a context");
+        let c = at(clear.index);
+        assert_eq!((c.kind, c.proposal_id, c.key_id), (EntryKind::Cleartext, None, None), "node {node}");
+        for (_, r) in &sealed {
+            let c = at(r.index);
+            assert_eq!(c.kind, EntryKind::Envelope, "node {node}: {} was sealed", r.index);
+            assert_eq!(c.key_id, key, "node {node}: sealed under the active key");
+            assert!(c.proposal_id.is_some(), "node {node}: the proposal id reaches the application");
+            let on_leader = leaders.iter().find(|l| l.index == r.index).expect("the leader's context");
+            assert_eq!(c.proposal_id, on_leader.proposal_id, "node {node}: the same id on every replica");
+            if env.caps.raw_log {
+                let stored = env.cluster.read_entry(*node, r.index).expect("read_entry").expect("entry");
+                let header = EnvelopeHeader::parse(&stored.bytes).expect("an envelope");
+                assert_eq!(c.proposal_id, Some(header.proposal_id), "node {node}: the authenticated id");
+            }
+        }
     }
     Outcome::Passed
 }
@@ -195,6 +237,8 @@ pub fn checkpoints_never_halt_correct_replicas_under_load<B: ClusterBuilder>(bui
         tracing::info!(follower, "--- restart a follower between checkpoints");
         cluster.restart_with_provider(follower, Some(kek)).expect("restart_with_provider");
     });
+    let last = env.propose(&payload("after-the-first-load")).index;
+    env.wait_all(last);
     env.assert_converged(&acked, "after the first load");
     let through = env.snapshot(env.leader()).integrity.checkpointed_through();
     assert!(through.is_some(), "the leaders proposed checkpoints by themselves under load");
@@ -204,7 +248,9 @@ pub fn checkpoints_never_halt_correct_replicas_under_load<B: ClusterBuilder>(bui
     tracing::info!(joiner, "--- a member joined by snapshot");
     let (_, acked) = env.under_load(WRITERS, |cluster| leader_change(cluster, "after the join"));
     let checkpoint = checkpoint_retried(&env);
-    env.wait_all(checkpoint);
+    let last = env.propose(&payload("after-the-last-checkpoint")).index;
+    assert!(last > checkpoint);
+    env.wait_all(last);
     env.assert_converged(&acked, "after the second load");
     let leader = env.leader();
     let verified = env.snapshot(leader).integrity.checkpointed_through();

@@ -37,7 +37,7 @@ pub use inert::{inert_passthrough, inert_stored_log_unchanged};
 pub use integrity::{
     checkpoints_never_halt_correct_replicas_under_load,
     duplicate_submission_applies_once_and_names_the_first_index,
-    noop_rewrite_on_one_replica_halts_it_at_the_next_checkpoint,
+    noop_rewrite_on_one_replica_halts_it_at_the_next_checkpoint, proposal_id_reaches_the_application,
     replayed_envelope_on_one_replica_halts_it_at_the_next_checkpoint,
 };
 pub use keys::{
