@@ -5,6 +5,11 @@
 //! proposal waiting in its queue, proposes them on the leader, delivers messages and handles
 //! Readies until the cluster is quiet, then answers the writers whose proposals were applied.
 //!
+//! Nodes are what a production node runs: each built from a `LayerState` (exactly-once
+//! envelopes, the running digest, integrity checkpoints at the default policy), the on side
+//! switched on through the log (install, promote, enforce). `BENCH_FIXED_LAYER=1` measures
+//! fixed layers instead (a cipher and a cutover, no layer state: the rows before issue 12).
+//!
 //! Run: `cargo bench -p raft-envelope-raftrs --bench cluster` (results: `BENCHMARKS.md`).
 #![allow(missing_docs, clippy::unwrap_used)] // a bench binary: a panic is the report
 
@@ -15,11 +20,12 @@ use std::thread;
 
 use raft::eraftpb::ConfState;
 use raft_envelope_bench_support::BenchCluster;
+use raft_envelope_core::provider::{FileKekProvider, KekId, KeyProvider};
 use raft_envelope_core::{
-    Algorithm, ApplyGate, ClusterId, Cutover, EnvelopeCipher, EnvelopeLayer, KeyId, Keyring, PayloadWrapper,
-    ProposalId, SecretKey,
+    Algorithm, ApplyGate, ClusterId, Cutover, EnvelopeCipher, EnvelopeLayer, KeyId, Keyring, LayerState,
+    PayloadWrapper, ProposalId, SecretKey,
 };
-use raft_envelope_raftrs::testing::Cluster;
+use raft_envelope_raftrs::testing::{Cluster, ClusterConfig};
 use raft_envelope_raftrs::StateMachine;
 
 /// Counts what it applies; keeps no payload, so memory stays flat over a long run.
@@ -68,7 +74,23 @@ fn start(sealed: bool) -> Pumped {
     Pumped { queue }
 }
 
-fn pump(sealed: bool, requests: Receiver<Request>, ready: Sender<()>) {
+fn managed(sealed: bool) -> Cluster<Count> {
+    let kek_id = KekId::new("bench-kek").unwrap();
+    let kek = *SecretKey::generate().unwrap().expose_secret();
+    let provider = || -> Arc<dyn KeyProvider> {
+        Arc::new(FileKekProvider::from_key(kek_id.clone(), SecretKey::from_bytes(kek)).unwrap())
+    };
+    let nodes =
+        (0..3).map(|_| (Arc::new(LayerState::new(ClusterId::new("bench").unwrap())), provider())).collect();
+    let mut cluster =
+        Cluster::with_layer_states(ClusterConfig::default(), nodes, |_| Count::default()).unwrap();
+    if sealed {
+        cluster.enable_encryption(provider().as_ref(), &kek_id, Algorithm::Aes256Gcm).unwrap();
+    }
+    cluster
+}
+
+fn fixed(sealed: bool) -> Cluster<Count> {
     let key = *SecretKey::generate().unwrap().expose_secret();
     let cutovers: Vec<Arc<Cutover>> = (0..3).map(|_| Arc::new(Cutover::inert())).collect();
     let ciphers: Vec<Arc<EnvelopeCipher>> = (0..3)
@@ -93,6 +115,12 @@ fn pump(sealed: bool, requests: Receiver<Request>, ready: Sender<()>) {
         let wrapper = |id: u64| -> Arc<dyn PayloadWrapper> { ciphers[id as usize - 1].clone() };
         cluster.switch_on(wrapper, |id, c| cutovers[id as usize - 1].set(Some(c))).unwrap();
     }
+    cluster
+}
+
+fn pump(sealed: bool, requests: Receiver<Request>, ready: Sender<()>) {
+    let mut cluster =
+        if std::env::var_os("BENCH_FIXED_LAYER").is_some() { fixed(sealed) } else { managed(sealed) };
     ready.send(()).unwrap();
 
     let mut pending: HashMap<ProposalId, SyncSender<Result<(), String>>> = HashMap::new();

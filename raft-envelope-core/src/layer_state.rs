@@ -218,6 +218,8 @@ impl LayerSnapshot {
             });
         }
         let integrity = match version {
+            // An inert v1 state had hashed nothing, and neither had anyone else (§11.2).
+            1 if keys.is_empty() && cutover.is_none() => IntegrityState::default(),
             1 => IntegrityState::unknown_chain(),
             _ => IntegrityState::decode_from(&mut r).map_err(bad)?,
         };
@@ -243,6 +245,16 @@ struct Inner {
     cutover: Option<u64>,
     applied: Option<u64>,
     integrity: IntegrityState,
+}
+
+impl Inner {
+    /// True once the layer is no longer inert: a key was installed or a cutover set. Monotonic
+    /// (keys are never forgotten, the cutover never unset) and a function of the log prefix, so
+    /// every replica starts its digest chain at the same entry: the first layer control entry.
+    /// While inert, nothing is hashed (inert costs nothing, `DESIGN.md` §11.2).
+    fn recording(&self) -> bool {
+        !self.keys.is_empty() || self.cutover.is_some()
+    }
 }
 
 /// The envelope layer's own state machine, run by the adapters for every layer control entry at
@@ -787,10 +799,11 @@ impl LayerState {
             return Ok(ControlOutcome::AlreadyApplied);
         }
         let cutover = inner.cutover;
-        Self::note_first(&mut inner, index);
         match self.apply_locked(&mut inner, index, entry) {
             Ok(outcome) => {
-                inner.integrity.record(index, EntryRecord::LayerControl(entry));
+                if inner.recording() {
+                    inner.integrity.record(index, EntryRecord::LayerControl(entry));
+                }
                 inner.applied = Some(index);
                 if let ControlOutcome::Applied(command) | ControlOutcome::Unchanged(command) = &outcome {
                     tracing::info!(
@@ -992,7 +1005,6 @@ impl LayerState {
         if inner.applied.is_some_and(|applied| index <= applied) {
             return header.map_or(Admission::Apply, |h| inner.integrity.judge_again(index, &h));
         }
-        Self::note_first(&mut inner, index);
         let admission = match &header {
             Some(h) => match inner.integrity.judge(h) {
                 Some(refused) => refused,
@@ -1007,23 +1019,14 @@ impl LayerState {
             },
             None => Admission::Apply,
         };
-        inner.integrity.record(index, entry);
+        if inner.recording() {
+            inner.integrity.record(index, entry);
+        }
         inner.applied = Some(index);
         if let (Some(h), false) = (&header, admission.applies()) {
             tracing::warn!(index, key_id = h.key_id.0, ?admission, "envelope not applied again");
         }
         admission
-    }
-
-    /// Called before the first entry a fresh state takes into account: if it is not the log's
-    /// first (a layer state created for a node whose state machine is already past it), this
-    /// state cannot know the digest chain the others computed, so it never claims to and no
-    /// checkpoint can halt it falsely.
-    fn note_first(inner: &mut Inner, index: u64) {
-        if inner.applied.is_none() && index > 1 && inner.integrity.digest().is_some() {
-            inner.integrity = IntegrityState::unknown_chain();
-            tracing::warn!(index, "layer state started mid-log: integrity checkpoints not verifiable here");
-        }
     }
 
     /// The checkpoint this node (the leader) should propose now under `policy`, if one is due:

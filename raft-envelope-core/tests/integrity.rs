@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use raft_envelope_core::apply::{Admission, EntryRecord};
 use raft_envelope_core::error::{ControlError, FailureReason};
-use raft_envelope_core::lifecycle::{CheckpointPolicy, LayerSnapshot};
+use raft_envelope_core::lifecycle::{CheckpointPolicy, ControlOutcome, LayerSnapshot};
 use raft_envelope_core::provider::{FileKekProvider, KekId};
 use raft_envelope_core::wire::ControlCommand;
 use raft_envelope_core::{Algorithm, KeyId, LayerState, PayloadWrapper, ProposalId, SecretKey};
@@ -156,11 +156,42 @@ fn a_layer_state_started_mid_log_never_halts_on_a_checkpoint() {
     leader.admit(4, EntryRecord::Cleartext(b"a"));
     let late = LayerState::new(common::cluster("cluster-a"));
     late.admit(4, EntryRecord::Cleartext(b"a"));
-    assert_eq!(late.integrity().digest(), None);
     // The leader's checkpoint (in the clear here: the late state holds no cutover) applies
-    // without a halt: this replica cannot verify it.
+    // without a halt: this replica keeps no digest at the checkpoint's range.
     let command = leader.checkpoint_now().unwrap();
     late.apply_control(5, &command.encode()).unwrap();
+}
+
+#[test]
+fn an_inert_layer_state_hashes_nothing_so_a_late_start_matches_the_others() {
+    // A layer added to a cluster that already has a log: every replica's state starts mid-log,
+    // inert, and starts its chain at the same first layer control entry.
+    let early = LayerState::new(common::cluster("cluster-a"));
+    let late = LayerState::new(common::cluster("cluster-a"));
+    for index in 1..=40 {
+        early.admit(index, EntryRecord::Cleartext(b"before the layer"));
+    }
+    late.admit(40, EntryRecord::Cleartext(b"before the layer"));
+    assert_eq!(early.integrity(), late.integrity(), "nothing hashed while inert");
+    let provider = kek();
+    let install = block_on(early.generate_install(KeyId(1), Algorithm::Aes256Gcm, &provider)).unwrap();
+    let entries = [
+        early.encode_entry(ProposalId(1), &install).unwrap(),
+        ControlCommand::PromoteKey { key_id: KeyId(1) }.encode(),
+        ControlCommand::Enforce.encode(),
+    ];
+    for (index, entry) in (41..).zip(&entries) {
+        block_on(late.prefetch(entry, &provider)).unwrap();
+        early.apply_control(index, entry).unwrap();
+        late.apply_control(index, entry).unwrap();
+    }
+    for state in [&early, &late] {
+        state.admit(44, EntryRecord::Cleartext(b"after"));
+    }
+    assert_eq!(early.integrity(), late.integrity());
+    let checkpoint = checkpoint_entry(&early);
+    assert!(matches!(late.apply_control(45, &checkpoint), Ok(ControlOutcome::Applied(_))), "verified");
+    assert_eq!(late.integrity().checkpointed_through(), Some(44));
 }
 
 #[test]
@@ -196,23 +227,25 @@ fn checkpoints_are_due_by_count_or_time_once_a_cutover_is_in_force() {
 
 #[test]
 fn the_digest_chain_matches_the_design_vector() {
-    // DESIGN.md §11.2: an engine no-op at 1, cleartext "put a 1" at 2, a clear enforce at 3.
+    // DESIGN.md §11.2: an engine no-op at 1 (inert: not hashed), a clear enforce at 2 (the chain
+    // starts), an engine no-op at 3 and cleartext "put a 1" at 4.
     let state = LayerState::new(common::cluster("cluster-a"));
     assert_eq!(state.admit(1, EntryRecord::Engine(b"")), Admission::Apply);
-    assert_eq!(state.admit(2, EntryRecord::Cleartext(b"put a 1")), Admission::Apply);
-    state.apply_control(3, &ControlCommand::Enforce.encode()).unwrap();
+    state.apply_control(2, &ControlCommand::Enforce.encode()).unwrap();
+    assert_eq!(state.admit(3, EntryRecord::Engine(b"")), Admission::Apply);
+    assert_eq!(state.admit(4, EntryRecord::Cleartext(b"put a 1")), Admission::Apply);
     let hex = |d: [u8; 32]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
     let digest = state.integrity().digest().unwrap();
-    assert_eq!(hex(digest), "96f0a7f8a5ef44975ea7a689e54da7bdcea3440cf1a3457ec040483f10ffc427");
+    assert_eq!(hex(digest), "313e54cfa969e6672e5baa30462219959bf1a27dab3dfdbb935993de1681c5be");
     let Some(ControlCommand::Checkpoint { through, digest: carried }) = state.checkpoint_now() else {
         panic!("a checkpoint of a known chain");
     };
-    assert_eq!((through, carried), (3, digest));
+    assert_eq!((through, carried), (4, digest));
     let entry: String =
         ControlCommand::Checkpoint { through, digest }.encode().iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(
         entry,
-        "e55243544c0d0a1a01070000002800000000000000039\
-         6f0a7f8a5ef44975ea7a689e54da7bdcea3440cf1a3457ec040483f10ffc427"
+        "e55243544c0d0a1a0107000000280000000000000004\
+         313e54cfa969e6672e5baa30462219959bf1a27dab3dfdbb935993de1681c5be"
     );
 }
