@@ -12,9 +12,10 @@ use raft_envelope_core::lifecycle::{
     AutoRotation, CheckpointPolicy, Destroyed, Enabled, EncryptionStatus, LifecycleError, Retention, Retired,
 };
 use raft_envelope_core::provider::{KekId, KeyProvider};
-use raft_envelope_core::wire::ControlCommand;
+use raft_envelope_core::wire::{ControlCommand, EnvelopeHeader};
 use raft_envelope_core::{Algorithm, KeyId, LayerState};
 
+use crate::drain::SealedInFlight;
 use crate::payload::EnvelopePayload;
 use crate::plane::{Admin, AdminError, PlaneError, ProposerView};
 use crate::raft::EnvelopeRaft;
@@ -188,12 +189,21 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>> EnvelopeRaft<C> {
         let state = admin.state();
         let command = state.checkpoint_now().ok_or(LifecycleError::Engine(PlaneError::NoChain))?;
         let entry = state.encode_entry(state.next_control_id(), &command).map_err(LifecycleError::Seal)?;
+        // As for a sealed write: counted in flight under its key (the destroy proof waits for
+        // it), and refused while a control entry is unapplied or the key is no longer active
+        // (it would land after a rotation or a destroy): proposed again later.
+        let key_id = EnvelopeHeader::parse(&entry).ok().map(|h| h.key_id);
+        let _sealed = key_id.map(|k| SealedInFlight::new(&self.drain, k));
+        if state.check_append(key_id).is_err() {
+            return Err(LifecycleError::Busy);
+        }
+        let written = self.raft().client_write(EnvelopePayload::control(entry)).await;
+        let index = written.map_err(|e| LifecycleError::Engine(PlaneError::Raft(e)))?.log_id.index;
         if let ControlCommand::Checkpoint { through, .. } = command {
             state.local().note_checkpoint_proposed(through);
         }
         *admin.last_checkpoint.lock().unwrap_or_else(PoisonError::into_inner) = C::now();
-        let written = self.raft().client_write(EnvelopePayload::control(entry)).await;
-        Ok(written.map_err(|e| LifecycleError::Engine(PlaneError::Raft(e)))?.log_id.index)
+        Ok(index)
     }
 
     /// After a sealed write: proposes a checkpoint in the background when the policy says one is

@@ -612,6 +612,20 @@ where
         let Some(frame) = &self.frame else { return Ok(seal_snapshot_type(snapshot)) };
         let meta = snapshot.meta.clone();
         let index = meta.last_log_id.as_ref().map_or(0, |l| l.index);
+        // The layer state was captured in `get_snapshot_builder`, so the application's builder
+        // must capture its state there too (openraft's contract: a snapshot view). One that reads
+        // the state machine later would pair this layer state (replay windows, digest, counts)
+        // with another index, and every replica installing it would diverge from the others:
+        // refuse to frame it, failing this node's build (fail closed), and say why.
+        if let Some(captured) = frame.capture.layer().applied_index.filter(|a| *a != index) {
+            let error = AnyError::error(format!(
+                "the application's snapshot builder read the state machine at index {index}, but the layer \
+                 state was captured at {captured} in get_snapshot_builder: a snapshot builder must capture \
+                 the state when get_snapshot_builder returns it"
+            ));
+            tracing::error!(index, captured, "inconsistent snapshot refused");
+            return Err(StorageIOError::write_snapshot(Some(meta.signature()), error).into());
+        }
         let data = read_all(&mut snapshot.snapshot).await.map_err(|e| read_error(&meta, e))?;
         let framed = frame.state.seal_snapshot_of(frame.capture.layer(), index, &data).map_err(|e| {
             StorageError::from(StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e)))

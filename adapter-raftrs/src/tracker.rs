@@ -42,7 +42,11 @@ impl<R> fmt::Debug for Applied<R> {
 
 #[derive(Debug)]
 struct Pending {
+    /// Where the latest submission was appended on this node, if it was.
     appended_at: Option<(u64, u64)>,
+    /// Every index a submission of it was appended at on this node (a proposal submitted again
+    /// while pending has several): the first one applied completes it.
+    indexes: Vec<u64>,
     kind: EntryKind,
     age: u64,
 }
@@ -64,7 +68,8 @@ struct Pending {
 ///   halt fails every pending proposal ([`ProposeError::Halted`]).
 pub struct ProposalTracker<R> {
     pending: HashMap<ProposalId, Pending>,
-    by_index: BTreeMap<u64, ProposalId>,
+    /// Index -> the proposal appended there and the term it was appended in.
+    by_index: BTreeMap<u64, (ProposalId, u64)>,
     timeout_ticks: u64,
     done: Vec<Completion<R>>,
 }
@@ -77,16 +82,21 @@ impl<R> ProposalTracker<R> {
 
     /// Starts tracking `ticket`.
     pub fn track(&mut self, ticket: &Ticket) {
-        // A proposal submitted again while pending: only the latest submission is matched by
-        // index; whichever is applied first completes it.
-        if let Some((index, _)) = self.pending.get(&ticket.id).and_then(|p| p.appended_at) {
-            self.by_index.remove(&index);
+        // A proposal submitted again while pending keeps every submission's index: whichever is
+        // applied first completes it (the later copies apply as duplicates, answered to no one).
+        let pending = self.pending.entry(ticket.id).or_insert(Pending {
+            appended_at: None,
+            indexes: Vec::new(),
+            kind: ticket.kind,
+            age: 0,
+        });
+        pending.kind = ticket.kind;
+        pending.age = 0;
+        if let Some((index, term)) = ticket.appended_at {
+            pending.appended_at = Some((index, term));
+            pending.indexes.push(index);
+            self.by_index.insert(index, (ticket.id, term));
         }
-        if let Some((index, _)) = ticket.appended_at {
-            self.by_index.insert(index, ticket.id);
-        }
-        self.pending
-            .insert(ticket.id, Pending { appended_at: ticket.appended_at, kind: ticket.kind, age: 0 });
     }
 
     /// Number of proposals without an outcome yet.
@@ -96,10 +106,25 @@ impl<R> ProposalTracker<R> {
 
     fn finish(&mut self, id: ProposalId, result: Result<Applied<R>, ProposeError>) {
         if let Some(p) = self.pending.remove(&id) {
-            if let Some((index, _)) = p.appended_at {
-                self.by_index.remove(&index);
+            for index in p.indexes {
+                if self.by_index.get(&index).is_some_and(|(other, _)| *other == id) {
+                    self.by_index.remove(&index);
+                }
             }
             self.done.push(Completion { id, result });
+        }
+    }
+
+    /// The submission of `id` at `index` is gone (another term there, or truncated): `id`
+    /// fails as superseded once no other submission of it is left.
+    fn drop_submission(&mut self, id: ProposalId, index: u64, term: u64) {
+        self.by_index.remove(&index);
+        let left = self.pending.get_mut(&id).map(|p| {
+            p.indexes.retain(|i| *i != index);
+            p.indexes.len()
+        });
+        if left == Some(0) {
+            self.finish(id, Err(ProposeError::Superseded { index, term }));
         }
     }
 
@@ -113,13 +138,12 @@ impl<R> ProposalTracker<R> {
             Admission::Expired { .. } => Err(ProposeError::Expired { index }),
             _ => Ok(Applied { index, term, response }),
         };
-        if let Some(id) = self.by_index.get(&index).copied() {
-            let expected = self.pending.get(&id).and_then(|p| p.appended_at);
-            if expected.map(|(_, t)| t) == Some(term) {
+        if let Some((id, expected)) = self.by_index.get(&index).copied() {
+            if expected == term {
                 self.finish(id, outcome());
                 return;
             }
-            self.finish(id, Err(ProposeError::Superseded { index, term }));
+            self.drop_submission(id, index, term);
         }
         // Only the authenticated id of an opened envelope, and only for a forwarded envelope
         // proposal: a proposal appended here is matched by (index, term) alone.
@@ -162,18 +186,17 @@ impl<R> ProposalTracker<R> {
         let log = &node.raft.raft_log;
         let last = log.last_index();
         let mut gone = Vec::new();
-        for (index, id) in &self.by_index {
-            let expected = self.pending.get(id).and_then(|p| p.appended_at).map(|(_, t)| t);
+        for (index, (id, expected)) in &self.by_index {
             if *index > last {
                 gone.push((*id, *index, 0));
             } else if let Ok(t) = log.term(*index) {
-                if Some(t) != expected {
+                if t != *expected {
                     gone.push((*id, *index, t));
                 }
             }
         }
         for (id, index, term) in gone {
-            self.finish(id, Err(ProposeError::Superseded { index, term }));
+            self.drop_submission(id, index, term);
         }
     }
 
@@ -241,6 +264,36 @@ mod tests {
         assert!(matches!(&done[1], (1, Err(ProposeError::Superseded { index: 5, term: 3 }))));
         assert!(matches!(&done[2], (3, Ok(a)) if a.index == 6 && a.response == Some(7)));
         assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn a_proposal_submitted_again_while_pending_completes_with_the_first_copy_applied() {
+        let mut t = ProposalTracker::<u8>::new(10);
+        t.track(&ticket(1, Some((5, 2))));
+        t.track(&ticket(1, Some((6, 2))));
+        t.on_applied(applied(5, 2, Some(1)));
+        let duplicate =
+            AppliedEntry { admission: Admission::Duplicate { first_index: 5 }, ..applied(6, 2, Some(1)) };
+        t.on_applied(duplicate);
+        let done: Vec<_> = t.take_completions().into_iter().map(|c| (c.id.0, c.result)).collect();
+        assert_eq!(done.len(), 1, "one outcome per proposal");
+        assert!(
+            matches!(&done[0], (1, Ok(a)) if a.index == 5 && a.response == Some(7)),
+            "the response reaches the caller"
+        );
+        assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn a_resubmitted_proposal_is_superseded_only_when_every_copy_is() {
+        let mut t = ProposalTracker::<u8>::new(10);
+        t.track(&ticket(1, Some((5, 2))));
+        t.track(&ticket(1, Some((6, 2))));
+        t.on_applied(applied(5, 3, None));
+        assert!(t.take_completions().is_empty(), "the copy at 6 may still apply");
+        t.on_applied(applied(6, 2, Some(1)));
+        let done = t.take_completions();
+        assert!(matches!(&done[..], [c] if matches!(&c.result, Ok(a) if a.index == 6)));
     }
 
     fn entry(index: u64, kind: EntryKind, proposal: Option<u64>) -> AppliedEntry<u8> {

@@ -211,6 +211,9 @@ pub struct IntegrityState {
     history: VecDeque<(u64, [u8; 32])>,
     /// The last index a checkpoint verified (or that a checkpoint covered).
     checkpointed_through: Option<u64>,
+    /// Indexes of envelopes that were not applied (duplicate, expired) within the horizon, with
+    /// the decision: a replay of the log at or below the applied index gets it again.
+    refused: BTreeMap<u64, Admission>,
 }
 
 impl Default for IntegrityState {
@@ -220,6 +223,7 @@ impl Default for IntegrityState {
             digest: Some([0; 32]),
             history: VecDeque::new(),
             checkpointed_through: None,
+            refused: BTreeMap::new(),
         }
     }
 }
@@ -278,11 +282,17 @@ impl IntegrityState {
 
     /// As [`judge`](Self::judge) for an entry at or below the last recorded index (a replay
     /// after a restart whose state machine is behind the layer state): the decision it got then.
-    pub(crate) fn judge_again(&self, index: u64, header: &EnvelopeHeader) -> Admission {
-        match self.judge(header) {
-            Some(Admission::Duplicate { first_index }) if first_index == index => Admission::Apply,
-            Some(decision) => decision,
-            None => Admission::Apply,
+    pub(crate) fn judge_again(&self, index: u64) -> Admission {
+        self.refused.get(&index).copied().unwrap_or(Admission::Apply)
+    }
+
+    /// Records that the envelope at `index` was not applied (`decision`), for
+    /// [`judge_again`](Self::judge_again). Bounded: at most [`REPLAY_WINDOW`] refusals, and none
+    /// older than [`REPLAY_HORIZON`] after a sweep.
+    pub(crate) fn refused(&mut self, index: u64, decision: Admission) {
+        self.refused.insert(index, decision);
+        while self.refused.len() > REPLAY_WINDOW {
+            self.refused.pop_first();
         }
     }
 
@@ -316,6 +326,14 @@ impl IntegrityState {
     /// Adds the entry at `index` to the running digest and keeps the result for checkpoints;
     /// every [`SWEEP_EVERY`] indexes forgets envelopes older than [`REPLAY_HORIZON`].
     pub(crate) fn record(&mut self, index: u64, entry: EntryRecord<'_>) {
+        self.record_decided(index, entry, true);
+    }
+
+    /// As [`record`](Self::record), for an entry whose admission was `applied` or not: an
+    /// envelope that was not applied (duplicate, expired) is hashed with its own tag, so a
+    /// replica that decided otherwise than the others diverges at the next checkpoint instead
+    /// of silently.
+    pub(crate) fn record_decided(&mut self, index: u64, entry: EntryRecord<'_>, applied: bool) {
         if let Some(previous) = self.digest {
             let mut ctx = digest::Context::new(&digest::SHA256);
             ctx.update(b"raft-envelope digest v1");
@@ -323,7 +341,8 @@ impl IntegrityState {
             ctx.update(&index.to_be_bytes());
             let (tag, parts): (u8, [&[u8]; 2]) = match entry {
                 EntryRecord::Cleartext(b) => (1, [b, &[]]),
-                EntryRecord::Envelope(b) => (2, authenticated_parts(b)),
+                EntryRecord::Envelope(b) if applied => (2, authenticated_parts(b)),
+                EntryRecord::Envelope(b) => (6, authenticated_parts(b)),
                 EntryRecord::Engine(b) => (3, [b, &[]]),
                 EntryRecord::LayerControl(b) if EnvelopeHeader::parse(b).is_ok() => {
                     (4, authenticated_parts(b))
@@ -349,6 +368,7 @@ impl IntegrityState {
 
     fn sweep(&mut self, index: u64) {
         let Some(oldest) = index.checked_sub(REPLAY_HORIZON) else { return };
+        self.refused.retain(|at, _| *at >= oldest);
         for session in &mut self.sessions {
             let old: Vec<u64> =
                 session.recent.iter().filter(|(_, &at)| at < oldest).map(|(&p, _)| p).collect();
@@ -411,6 +431,17 @@ impl IntegrityState {
                 out.extend_from_slice(&index.to_be_bytes());
             }
         }
+        out.extend_from_slice(&(self.refused.len() as u32).to_be_bytes());
+        for (index, decision) in &self.refused {
+            out.extend_from_slice(&index.to_be_bytes());
+            let (kind, value) = match decision {
+                Admission::Duplicate { first_index } => (1u8, *first_index),
+                Admission::Expired { key_id } => (2u8, u64::from(key_id.0)),
+                Admission::Apply => (0u8, 0), // never stored: `refused` takes refusals only
+            };
+            out.push(kind);
+            out.extend_from_slice(&value.to_be_bytes());
+        }
     }
 
     /// Reads what [`encode_into`](Self::encode_into) wrote. Total; allocates no more than the
@@ -472,7 +503,28 @@ impl IntegrityState {
             }
             sessions.push(Session { key, anchor, floor, recent });
         }
-        Ok(Self { sessions, digest, history, checkpointed_through })
+        let count = r.u32("refused count").map_err(field)? as usize;
+        if count > REPLAY_WINDOW || count * 17 > r.0.len() {
+            return Err("refused count");
+        }
+        let mut refused = BTreeMap::new();
+        for _ in 0..count {
+            let index = r.u64("refused index").map_err(field)?;
+            let kind = r.u8("refused kind").map_err(field)?;
+            let value = r.u64("refused value").map_err(field)?;
+            let decision = match kind {
+                1 => Admission::Duplicate { first_index: value },
+                2 => {
+                    Admission::Expired { key_id: KeyId(u32::try_from(value).map_err(|_| "refused key id")?) }
+                }
+                _ => return Err("refused kind"),
+            };
+            if refused.last_key_value().is_some_and(|(last, _)| *last >= index) {
+                return Err("refused not increasing");
+            }
+            refused.insert(index, decision);
+        }
+        Ok(Self { sessions, digest, history, checkpointed_through, refused })
     }
 }
 
@@ -581,5 +633,14 @@ mod tests {
         for len in 0..bytes.len() {
             let _ = IntegrityState::decode_from(&mut Reader(&bytes[..len]));
         }
+    }
+
+    #[test]
+    fn an_envelope_not_applied_is_hashed_apart_from_an_applied_one() {
+        let envelope = [1u8; HEADER_LEN + 8 + TAG_LEN];
+        let (mut applied, mut refused) = (IntegrityState::default(), IntegrityState::default());
+        applied.record_decided(5, EntryRecord::Envelope(&envelope), true);
+        refused.record_decided(5, EntryRecord::Envelope(&envelope), false);
+        assert_ne!(applied.digest(), refused.digest(), "replicas that decided apart diverge");
     }
 }

@@ -896,6 +896,7 @@ impl LayerState {
                 match inner.integrity.verify(*through, digest) {
                     Verdict::Verified => {
                         inner.integrity.checkpointed(*through);
+                        self.local.note_checkpoint_applied(index);
                         tracing::debug!(index, through, "integrity checkpoint verified");
                         Ok(true)
                     }
@@ -903,6 +904,7 @@ impl LayerState {
                         // Deterministic: every replica with the same applied prefix keeps the
                         // same digests. Counted as covered so the next range starts after it.
                         inner.integrity.checkpointed(*through);
+                        self.local.note_checkpoint_applied(index);
                         tracing::warn!(index, through, "integrity checkpoint not verifiable on this replica");
                         Ok(false)
                     }
@@ -1003,7 +1005,7 @@ impl LayerState {
             _ => None,
         };
         if inner.applied.is_some_and(|applied| index <= applied) {
-            return header.map_or(Admission::Apply, |h| inner.integrity.judge_again(index, &h));
+            return header.map_or(Admission::Apply, |_| inner.integrity.judge_again(index));
         }
         let admission = match &header {
             Some(h) => match inner.integrity.judge(h) {
@@ -1019,8 +1021,11 @@ impl LayerState {
             },
             None => Admission::Apply,
         };
+        if !admission.applies() {
+            inner.integrity.refused(index, admission);
+        }
         if inner.recording() {
-            inner.integrity.record(index, entry);
+            inner.integrity.record_decided(index, entry, admission.applies());
         }
         inner.applied = Some(index);
         if let (Some(h), false) = (&header, admission.applies()) {

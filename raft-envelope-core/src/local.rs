@@ -81,6 +81,12 @@ impl NodeLocal {
         self.checkpoint_proposed.fetch_max(through.saturating_add(1), SeqCst);
     }
 
+    /// Records that a checkpoint entry was applied at `index`: the policy counts from there, so
+    /// the checkpoint entry itself is no new entry to check-point (an idle cluster proposes none).
+    pub(crate) fn note_checkpoint_applied(&self, index: u64) {
+        self.checkpoint_proposed.fetch_max(index.saturating_add(1), SeqCst);
+    }
+
     /// The `through` of the last checkpoint this node proposed.
     pub fn checkpoint_proposed(&self) -> Option<u64> {
         self.checkpoint_proposed.load(SeqCst).checked_sub(1)

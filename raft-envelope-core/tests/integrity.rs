@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use raft_envelope_core::apply::{Admission, EntryRecord};
 use raft_envelope_core::error::{ControlError, FailureReason};
-use raft_envelope_core::lifecycle::{CheckpointPolicy, ControlOutcome, LayerSnapshot};
+use raft_envelope_core::lifecycle::{CheckpointPolicy, ControlOutcome, LayerSnapshot, REPLAY_WINDOW};
 use raft_envelope_core::provider::{FileKekProvider, KekId};
 use raft_envelope_core::wire::ControlCommand;
 use raft_envelope_core::{Algorithm, KeyId, LayerState, PayloadWrapper, ProposalId, SecretKey};
@@ -69,6 +69,25 @@ fn a_replayed_index_gets_the_decision_it_got_the_first_time() {
     assert_eq!(leader.admit(4, EntryRecord::Envelope(&envelope)), Admission::Apply);
     assert_eq!(leader.admit(5, EntryRecord::Envelope(&envelope)), Admission::Duplicate { first_index: 4 });
     assert_eq!(leader.snapshot(), before, "a replay changes nothing");
+}
+
+#[test]
+fn a_replayed_index_applies_again_after_its_envelope_left_the_window() {
+    // A layer state persisted ahead of its state machine: the replay of index 4 must apply, as
+    // it did, even though its envelope is now older than the window (it would be Expired).
+    let (leader, _) = replicas();
+    let first = leader.cipher().seal(ProposalId(7), b"x").unwrap();
+    leader.admit(4, EntryRecord::Envelope(&first));
+    for index in 5..5 + REPLAY_WINDOW as u64 + 1 {
+        let later = leader.cipher().seal(ProposalId(index), b"y").unwrap();
+        assert_eq!(leader.admit(index, EntryRecord::Envelope(&later)), Admission::Apply);
+    }
+    assert!(
+        matches!(leader.admit(2000, EntryRecord::Envelope(&first)), Admission::Expired { .. }),
+        "a new copy of it is expired"
+    );
+    assert_eq!(leader.admit(4, EntryRecord::Envelope(&first)), Admission::Apply, "the replay of 4");
+    assert!(matches!(leader.admit(2000, EntryRecord::Envelope(&first)), Admission::Expired { .. }));
 }
 
 #[test]

@@ -116,10 +116,10 @@ fn an_inert_layer_state_frames_the_snapshot_in_the_clear() {
 #[test]
 fn an_inert_frame_matches_the_design_vector() {
     // DESIGN.md §10.10: the frame of an inert layer state, last index 5, data "user state".
-    let expected = "e552534e500d0a1a010000000000000000050000004ee5524c53540d0a1a02ffffffffffffffff\
+    let expected = "e552534e500d0a1a0100000000000000000500000052e5524c53540d0a1a02ffffffffffffffff\
                     ffffffffffffffff00000000\
                     010000000000000000000000000000000000000000000000000000000000000000\
-                    ffffffffffffffff0000000000000000\
+                    ffffffffffffffff000000000000000000000000\
                     75736572207374617465";
     let framed = LayerState::new(common::cluster("cluster-a")).seal_snapshot(5, b"user state").unwrap();
     let hex: String = framed.iter().map(|b| format!("{b:02x}")).collect();
