@@ -36,3 +36,19 @@ fn leader_proposes_checkpoints_every_n_entries_and_every_replica_verifies_them()
     assert!(through[0].is_some(), "a checkpoint was proposed and applied");
     assert!(through.iter().all(|t| *t == through[0]), "every replica verified the same checkpoint");
 }
+
+#[test]
+fn an_idle_leader_proposes_one_checkpoint_for_its_last_writes_then_none() {
+    // Time rule: 10 ticks; no entry rule to speak of.
+    let (mut c, states) = cluster(CheckpointPolicy::new(1_000_000, Duration::from_secs(1)));
+    c.enable_encryption(provider().as_ref(), &KekId::new("kek-1").unwrap(), Algorithm::Aes256Gcm).unwrap();
+    for i in 0..5 {
+        c.propose(format!("put k{i} v{i}").into_bytes()).unwrap();
+    }
+    let leader = c.wait_leader().unwrap();
+    let before = c.node(leader).unwrap().last_index();
+    c.tick(200);
+    let after = c.node(leader).unwrap().last_index();
+    assert_eq!(after, before + 1, "one checkpoint for the writes, none for the checkpoint itself");
+    assert_eq!(states[0].integrity().checkpointed_through(), Some(before));
+}
