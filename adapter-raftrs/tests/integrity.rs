@@ -15,18 +15,20 @@ fn provider() -> Arc<dyn KeyProvider> {
     Arc::new(FileKekProvider::from_key(KekId::new("kek-1").unwrap(), SecretKey::from_bytes([7; 32])).unwrap())
 }
 
+/// Three nodes with layer states, encryption enabled, leaders check-pointing under `policy`.
 fn cluster(policy: CheckpointPolicy) -> (Cluster<KvStore>, Vec<Arc<LayerState>>) {
     let states: Vec<Arc<LayerState>> =
         (0..3).map(|_| Arc::new(LayerState::new(ClusterId::new("integrity").unwrap()))).collect();
     let nodes = states.iter().map(|s| (s.clone(), provider())).collect();
     let config = ClusterConfig { checkpoints: policy, ..ClusterConfig::default() };
-    (Cluster::with_layer_states(config, nodes, |_| KvStore::default()).unwrap(), states)
+    let mut c = Cluster::with_layer_states(config, nodes, |_| KvStore::default()).unwrap();
+    c.enable_encryption(provider().as_ref(), &KekId::new("kek-1").unwrap(), Algorithm::Aes256Gcm).unwrap();
+    (c, states)
 }
 
 #[test]
 fn leader_proposes_checkpoints_every_n_entries_and_every_replica_verifies_them() {
     let (mut c, states) = cluster(CheckpointPolicy::new(8, Duration::from_secs(3600)));
-    c.enable_encryption(provider().as_ref(), &KekId::new("kek-1").unwrap(), Algorithm::Aes256Gcm).unwrap();
     for i in 0..20 {
         c.propose(format!("put k{i} v{i}").into_bytes()).unwrap();
         c.tick(1);
@@ -41,7 +43,6 @@ fn leader_proposes_checkpoints_every_n_entries_and_every_replica_verifies_them()
 fn an_idle_leader_proposes_one_checkpoint_for_its_last_writes_then_none() {
     // Time rule: 10 ticks; no entry rule to speak of.
     let (mut c, states) = cluster(CheckpointPolicy::new(1_000_000, Duration::from_secs(1)));
-    c.enable_encryption(provider().as_ref(), &KekId::new("kek-1").unwrap(), Algorithm::Aes256Gcm).unwrap();
     for i in 0..5 {
         c.propose(format!("put k{i} v{i}").into_bytes()).unwrap();
     }

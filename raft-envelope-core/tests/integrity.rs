@@ -23,21 +23,26 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 /// Two replicas that applied the same switch-on: install 1, promote 2, enforce 3.
 fn replicas() -> (LayerState, LayerState) {
-    let provider = kek();
     let leader = LayerState::new(common::cluster("cluster-a"));
     let follower = LayerState::new(common::cluster("cluster-a"));
+    switch_on(&leader, &follower, 1);
+    (leader, follower)
+}
+
+/// `leader` and `follower` apply the same switch-on (install, promote, enforce) from `first` on.
+fn switch_on(leader: &LayerState, follower: &LayerState, first: u64) {
+    let provider = kek();
     let install = block_on(leader.generate_install(KeyId(1), Algorithm::Aes256Gcm, &provider)).unwrap();
     let entries = [
         leader.encode_entry(ProposalId(1), &install).unwrap(),
         ControlCommand::PromoteKey { key_id: KeyId(1) }.encode(),
         ControlCommand::Enforce.encode(),
     ];
-    for (index, entry) in (1..).zip(&entries) {
+    for (index, entry) in (first..).zip(&entries) {
         block_on(follower.prefetch(entry, &provider)).unwrap();
         leader.apply_control(index, entry).unwrap();
         follower.apply_control(index, entry).unwrap();
     }
-    (leader, follower)
 }
 
 fn checkpoint_entry(state: &LayerState) -> Vec<u8> {
@@ -192,18 +197,7 @@ fn an_inert_layer_state_hashes_nothing_so_a_late_start_matches_the_others() {
     }
     late.admit(40, EntryRecord::Cleartext(b"before the layer"));
     assert_eq!(early.integrity(), late.integrity(), "nothing hashed while inert");
-    let provider = kek();
-    let install = block_on(early.generate_install(KeyId(1), Algorithm::Aes256Gcm, &provider)).unwrap();
-    let entries = [
-        early.encode_entry(ProposalId(1), &install).unwrap(),
-        ControlCommand::PromoteKey { key_id: KeyId(1) }.encode(),
-        ControlCommand::Enforce.encode(),
-    ];
-    for (index, entry) in (41..).zip(&entries) {
-        block_on(late.prefetch(entry, &provider)).unwrap();
-        early.apply_control(index, entry).unwrap();
-        late.apply_control(index, entry).unwrap();
-    }
+    switch_on(&early, &late, 41);
     for state in [&early, &late] {
         state.admit(44, EntryRecord::Cleartext(b"after"));
     }
