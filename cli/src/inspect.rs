@@ -1,0 +1,284 @@
+//! What stored bytes are, from their public parts only.
+
+use raft_envelope_core::lifecycle::{KeyState, LayerSnapshot};
+use raft_envelope_core::wire::{
+    is_clear_control_entry, is_layer_snapshot, ControlCommand, EnvelopeHeader, SnapshotHeader,
+    LAYER_SNAPSHOT_MAGIC, OVERHEAD,
+};
+use serde_json::{json, Value};
+
+/// One inspected item.
+#[derive(Debug)]
+pub(crate) enum Report {
+    /// An envelope (a payload, a sealed control entry, a snapshot body, a wrapped key).
+    Envelope { len: usize, header: EnvelopeHeader },
+    /// A control entry in the clear.
+    Control { len: usize, command: ControlCommand },
+    /// A snapshot frame.
+    Snapshot { len: usize, header: SnapshotHeader, body: Option<EnvelopeHeader>, body_len: usize },
+    /// A layer state (`LayerSnapshot::encode`).
+    Layer { len: usize, layer: LayerSnapshot },
+    /// None of the layer's formats: cleartext, another format, or damaged bytes.
+    Unknown { len: usize, why: String },
+}
+
+/// Reads `bytes` as each of the layer's formats, most specific first (their magics differ; an
+/// envelope starts with its version byte).
+pub(crate) fn inspect(bytes: &[u8]) -> Report {
+    let len = bytes.len();
+    if is_clear_control_entry(bytes) {
+        return match ControlCommand::decode(bytes) {
+            Ok(command) => Report::Control { len, command },
+            Err(e) => Report::Unknown { len, why: format!("a control entry that does not decode: {e}") },
+        };
+    }
+    if is_layer_snapshot(bytes) {
+        return match SnapshotHeader::read(bytes) {
+            Ok(header) => {
+                let body_len = body_len(bytes);
+                let body =
+                    header.sealed_under.and_then(|_| EnvelopeHeader::parse(&bytes[len - body_len..]).ok());
+                Report::Snapshot { len, header, body, body_len }
+            }
+            Err(e) => Report::Unknown { len, why: format!("a snapshot frame that does not decode: {e}") },
+        };
+    }
+    if bytes.starts_with(&LAYER_SNAPSHOT_MAGIC) {
+        return match LayerSnapshot::decode(bytes) {
+            Ok(layer) => Report::Layer { len, layer },
+            Err(e) => Report::Unknown { len, why: format!("a layer state that does not decode: {e}") },
+        };
+    }
+    match EnvelopeHeader::parse(bytes) {
+        Ok(header) => Report::Envelope { len, header },
+        Err(e) => Report::Unknown {
+            len,
+            why: format!("not an envelope ({e}), control entry or snapshot: cleartext or another format"),
+        },
+    }
+}
+
+/// The length of a snapshot frame's body: after the 22-byte fixed header and the layer section.
+fn body_len(frame: &[u8]) -> usize {
+    let layer_len = frame.get(18..22).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    frame.len().saturating_sub(22 + layer_len)
+}
+
+/// One item per non-blank line of hex text.
+pub(crate) fn hex_lines(text: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let text = std::str::from_utf8(text).map_err(|_| "--hex input is not text".to_owned())?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, line)| {
+            let digits: Vec<u8> = line.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+            if digits.len() % 2 != 0 {
+                return Err(format!("line {}: an odd number of hex digits", n + 1));
+            }
+            digits
+                .chunks(2)
+                .map(|pair| {
+                    let pair = std::str::from_utf8(pair).map_err(|_| format!("line {}: not hex", n + 1))?;
+                    u8::from_str_radix(pair, 16).map_err(|_| format!("line {}: not hex", n + 1))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn state(state: KeyState) -> &'static str {
+    match state {
+        KeyState::Active => "active",
+        KeyState::DecryptOnly => "decrypt-only",
+        KeyState::Destroyed => "destroyed",
+        _ => "unknown",
+    }
+}
+
+fn envelope_json(len: usize, h: &EnvelopeHeader) -> Value {
+    json!({
+        "algorithm": h.algorithm.to_string(),
+        "purpose": h.purpose.to_string(),
+        "key_id": h.key_id.0,
+        "proposal_id": h.proposal_id.0,
+        "nonce": hex(&h.nonce),
+        "len": len,
+        "plaintext_len": len.saturating_sub(OVERHEAD),
+    })
+}
+
+fn envelope_text(len: usize, h: &EnvelopeHeader) -> String {
+    format!(
+        "envelope: {} bytes, purpose {}, {}, key {}, proposal {}, nonce {}, {} bytes sealed",
+        len,
+        h.purpose,
+        h.algorithm,
+        h.key_id.0,
+        h.proposal_id.0,
+        hex(&h.nonce),
+        len.saturating_sub(OVERHEAD)
+    )
+}
+
+fn command_json(command: &ControlCommand) -> Value {
+    let mut v = json!({ "command": command.name() });
+    match command {
+        ControlCommand::InstallKey(install) => {
+            v["key_id"] = json!(install.key_id.0);
+            v["algorithm"] = json!(install.algorithm.to_string());
+            v["kek_id"] = json!(install.kek_id.as_str());
+            v["wrapped_key_len"] = json!(install.wrapped_key.as_bytes().len());
+        }
+        ControlCommand::Checkpoint { through, digest } => {
+            v["through"] = json!(through);
+            v["digest"] = json!(hex(digest));
+        }
+        other => {
+            if let Some(key) = other.key_id() {
+                v["key_id"] = json!(key.0);
+            }
+        }
+    }
+    v
+}
+
+fn layer_json(layer: &LayerSnapshot) -> Value {
+    let keys: Vec<Value> = layer
+        .keys
+        .iter()
+        .map(|k| {
+            json!({
+                "key_id": k.key_id.0,
+                "state": state(k.state),
+                "algorithm": k.algorithm.to_string(),
+                "kek_id": k.kek_id.as_str(),
+                "installed_at": k.installed_at,
+                "sealed_entries": k.sealed_entries,
+                "last_sealed_index": k.last_sealed_index,
+                "wrapped_key_len": k.wrapped_key.as_ref().map(|w| w.as_bytes().len()),
+            })
+        })
+        .collect();
+    let i = &layer.integrity;
+    json!({
+        "cutover": layer.cutover,
+        "applied_index": layer.applied_index,
+        "active_key": layer.active_key().map(|k| k.0),
+        "keys": keys,
+        "integrity": {
+            "digest": i.digest().map(|d| hex(&d)),
+            "checkpointed_through": i.checkpointed_through(),
+            "sessions": i.sessions(),
+            "remembered_envelopes": i.remembered(),
+        },
+    })
+}
+
+fn layer_text(layer: &LayerSnapshot) -> String {
+    let opt = |v: Option<u64>| v.map_or_else(|| "none".to_owned(), |v| v.to_string());
+    let mut out = format!(
+        "  cutover {}, applied index {}, active key {}\n",
+        opt(layer.cutover),
+        opt(layer.applied_index),
+        layer.active_key().map_or_else(|| "none".to_owned(), |k| k.0.to_string())
+    );
+    for k in &layer.keys {
+        out.push_str(&format!(
+            "  key {}: {}, {}, KEK {}, installed at {}, {} entries sealed (last at {})\n",
+            k.key_id.0,
+            state(k.state),
+            k.algorithm,
+            k.kek_id,
+            k.installed_at,
+            k.sealed_entries,
+            opt(k.last_sealed_index)
+        ));
+    }
+    let i = &layer.integrity;
+    out.push_str(&format!(
+        "  integrity: digest {}, checkpointed through {}, {} sessions, {} envelopes remembered",
+        i.digest().map_or_else(|| "unknown".to_owned(), |d| hex(&d)),
+        opt(i.checkpointed_through()),
+        i.sessions(),
+        i.remembered()
+    ));
+    out
+}
+
+impl Report {
+    /// True when the bytes were none of the layer's formats.
+    pub(crate) fn is_unknown(&self) -> bool {
+        matches!(self, Report::Unknown { .. })
+    }
+
+    /// The report as one JSON object.
+    pub(crate) fn to_json(&self) -> Value {
+        match self {
+            Report::Envelope { len, header } => {
+                let mut v = envelope_json(*len, header);
+                v["kind"] = json!("envelope");
+                v
+            }
+            Report::Control { len, command } => {
+                let mut v = command_json(command);
+                v["kind"] = json!("control");
+                v["len"] = json!(len);
+                v
+            }
+            Report::Snapshot { len, header, body, body_len } => json!({
+                "kind": "snapshot",
+                "len": len,
+                "last_index": header.last_index,
+                "sealed_under": header.sealed_under.map(|k| k.0),
+                "body": body.as_ref().map_or_else(|| json!({ "clear": true, "len": body_len }), |h| envelope_json(*body_len, h)),
+                "layer": layer_json(&header.layer),
+            }),
+            Report::Layer { len, layer } => {
+                let mut v = layer_json(layer);
+                v["kind"] = json!("layer_state");
+                v["len"] = json!(len);
+                v
+            }
+            Report::Unknown { len, why } => json!({ "kind": "unknown", "len": len, "why": why }),
+        }
+    }
+
+    /// The report as text; `n` of `total` items.
+    pub(crate) fn to_text(&self, n: usize, total: usize) -> String {
+        let prefix = if total > 1 { format!("#{n} ") } else { String::new() };
+        let body = match self {
+            Report::Envelope { len, header } => envelope_text(*len, header),
+            Report::Control { len, command } => {
+                let v = command_json(command);
+                let fields: Vec<String> = v
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(k, _)| *k != "command")
+                    .map(|(k, v)| format!("{k} {}", v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+                    .collect();
+                format!("control entry (clear): {} bytes, {} {}", len, command.name(), fields.join(", "))
+            }
+            Report::Snapshot { len, header, body, body_len } => {
+                let body = match body {
+                    Some(h) => format!("sealed body: {}", envelope_text(*body_len, h)),
+                    None => format!("clear body: {body_len} bytes (an inert layer state)"),
+                };
+                format!(
+                    "snapshot frame: {} bytes, last index {}\n  {}\n{}",
+                    len,
+                    header.last_index,
+                    body,
+                    layer_text(&header.layer)
+                )
+            }
+            Report::Layer { len, layer } => format!("layer state: {len} bytes\n{}", layer_text(layer)),
+            Report::Unknown { len, why } => format!("unknown: {len} bytes, {why}"),
+        };
+        format!("{prefix}{body}")
+    }
+}
