@@ -15,7 +15,7 @@ use crate::errors::{AppendRefusal, ConfigError, SealError};
 use crate::ids::{Algorithm, KeyId, ProposalId, Purpose};
 use crate::integrity::{Admission, CheckpointPolicy, EntryRecord, IntegrityState, Verdict};
 use crate::keyring::{KeyState, Keyring, SealBudget, SecretKey};
-use crate::local::{lock, NodeLocal};
+use crate::local::{lock, CheckpointResult, NodeLocal};
 use crate::names::{ClusterId, KekId};
 use crate::provider::{KeyProvider, WrapContext, WrappedKey};
 use crate::traits::Cutover;
@@ -897,6 +897,7 @@ impl LayerState {
                     Verdict::Verified => {
                         inner.integrity.checkpointed(*through);
                         self.local.note_checkpoint_applied(index);
+                        self.local.note_checkpoint_result(CheckpointResult::Verified);
                         tracing::debug!(index, through, "integrity checkpoint verified");
                         Ok(true)
                     }
@@ -905,10 +906,14 @@ impl LayerState {
                         // same digests. Counted as covered so the next range starts after it.
                         inner.integrity.checkpointed(*through);
                         self.local.note_checkpoint_applied(index);
+                        self.local.note_checkpoint_result(CheckpointResult::Unverifiable);
                         tracing::warn!(index, through, "integrity checkpoint not verifiable on this replica");
                         Ok(false)
                     }
-                    Verdict::Diverged { from } => Err(ControlError::Diverged { from, through: *through }),
+                    Verdict::Diverged { from } => {
+                        self.local.note_checkpoint_result(CheckpointResult::Diverged);
+                        Err(ControlError::Diverged { from, through: *through })
+                    }
                 }
             }
             ControlCommand::Enforce => {

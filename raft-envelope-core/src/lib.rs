@@ -75,6 +75,8 @@ mod snapshot;
 mod traits;
 
 pub mod lifecycle;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod provider;
 
 /// The `async-trait` attribute, re-exported so a [`provider::KeyProvider`] or a

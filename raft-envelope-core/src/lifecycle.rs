@@ -36,7 +36,7 @@ use crate::provider::KeyProvider;
 pub use crate::integrity::{CheckpointPolicy, IntegrityState, DIGEST_HISTORY, REPLAY_HORIZON, REPLAY_WINDOW};
 pub use crate::keyring::{KeyState, KeyStats, SealBudget};
 pub use crate::layer_state::{ControlOutcome, EncryptionStatus, LayerKey, LayerSnapshot, SnapshotCapture};
-pub use crate::local::{NodeLocal, RetainedSnapshot};
+pub use crate::local::{CheckpointResults, NodeLocal, RetainedSnapshot};
 pub use crate::retention::{DestroyRefused, Retention};
 
 /// The engine-facing half of the key lifecycle: what [`Lifecycle`] needs from one engine to run

@@ -50,12 +50,50 @@ pub struct NodeLocal {
     /// Recent entries this replica did not hand to its state machine (duplicate or expired
     /// envelopes), by index, for the proposer's answer.
     not_applied: Mutex<BTreeMap<u64, Admission>>,
+    /// Checkpoints this replica applied: verified, not verifiable here, diverged.
+    checkpoints: [AtomicU64; 3],
+}
+
+/// How the integrity checkpoints this replica applied compared
+/// ([`NodeLocal::checkpoint_results`]); counted since the process started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CheckpointResults {
+    /// The replica's digest matched the leader's.
+    pub verified: u64,
+    /// The replica no longer kept (or never knew) its digest at the checkpoint's range.
+    pub unverifiable: u64,
+    /// The digests differed: the replica halted (`diverged`), once per attempt.
+    pub diverged: u64,
+}
+
+/// Which [`CheckpointResults`] field a checkpoint adds to.
+#[derive(Clone, Copy)]
+pub(crate) enum CheckpointResult {
+    Verified = 0,
+    Unverifiable = 1,
+    Diverged = 2,
 }
 
 /// How many [`NodeLocal::not_applied_at`] answers a replica keeps.
 const NOT_APPLIED_KEPT: usize = 4096;
 
 impl NodeLocal {
+    /// Counts one applied checkpoint.
+    pub(crate) fn note_checkpoint_result(&self, result: CheckpointResult) {
+        self.checkpoints[result as usize].fetch_add(1, SeqCst);
+    }
+
+    /// How the integrity checkpoints this replica applied compared, since the process started.
+    pub fn checkpoint_results(&self) -> CheckpointResults {
+        let n = |r: CheckpointResult| self.checkpoints[r as usize].load(SeqCst);
+        CheckpointResults {
+            verified: n(CheckpointResult::Verified),
+            unverifiable: n(CheckpointResult::Unverifiable),
+            diverged: n(CheckpointResult::Diverged),
+        }
+    }
+
     /// Records that this replica's log may hold a layer control entry at `index` (one was
     /// appended there; or, after a restart, `index` is the last stored index and the log was not
     /// read). Only ever raised by appends: an entry that is truncated later keeps the hint until
