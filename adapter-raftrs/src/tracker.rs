@@ -47,6 +47,9 @@ struct Pending {
     /// Every index a submission of it was appended at on this node (a proposal submitted again
     /// while pending has several): the first one applied completes it.
     indexes: Vec<u64>,
+    /// A submission of it was forwarded to a leader (no index known here): an opened envelope
+    /// carrying its id completes it, wherever it lands.
+    forwarded: bool,
     kind: EntryKind,
     age: u64,
 }
@@ -84,18 +87,29 @@ impl<R> ProposalTracker<R> {
     pub fn track(&mut self, ticket: &Ticket) {
         // A proposal submitted again while pending keeps every submission's index: whichever is
         // applied first completes it (the later copies apply as duplicates, answered to no one).
+        if let Some((index, term)) = ticket.appended_at {
+            // The log at `index` was replaced since another proposal was appended there.
+            let other = self.by_index.get(&index).map(|(o, _)| *o).filter(|o| *o != ticket.id);
+            if let Some(other) = other {
+                self.drop_submission(other, index, term);
+            }
+        }
         let pending = self.pending.entry(ticket.id).or_insert(Pending {
             appended_at: None,
             indexes: Vec::new(),
+            forwarded: false,
             kind: ticket.kind,
             age: 0,
         });
         pending.kind = ticket.kind;
         pending.age = 0;
-        if let Some((index, term)) = ticket.appended_at {
-            pending.appended_at = Some((index, term));
-            pending.indexes.push(index);
-            self.by_index.insert(index, (ticket.id, term));
+        match ticket.appended_at {
+            Some((index, term)) => {
+                pending.appended_at = Some((index, term));
+                pending.indexes.push(index);
+                self.by_index.insert(index, (ticket.id, term));
+            }
+            None => pending.forwarded = true,
         }
     }
 
@@ -119,11 +133,11 @@ impl<R> ProposalTracker<R> {
     /// fails as superseded once no other submission of it is left.
     fn drop_submission(&mut self, id: ProposalId, index: u64, term: u64) {
         self.by_index.remove(&index);
-        let left = self.pending.get_mut(&id).map(|p| {
+        let gone = self.pending.get_mut(&id).is_some_and(|p| {
             p.indexes.retain(|i| *i != index);
-            p.indexes.len()
+            p.indexes.is_empty() && !p.forwarded
         });
-        if left == Some(0) {
+        if gone {
             self.finish(id, Err(ProposeError::Superseded { index, term }));
         }
     }
@@ -151,10 +165,8 @@ impl<R> ProposalTracker<R> {
             return;
         }
         if let Some(id) = proposal {
-            let forwarded_envelope = self
-                .pending
-                .get(&id)
-                .is_some_and(|p| p.kind == EntryKind::Envelope && p.appended_at.is_none());
+            let forwarded_envelope =
+                self.pending.get(&id).is_some_and(|p| p.kind == EntryKind::Envelope && p.forwarded);
             if forwarded_envelope {
                 self.finish(id, outcome());
             }
@@ -282,6 +294,21 @@ mod tests {
             "the response reaches the caller"
         );
         assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn a_proposal_appended_here_then_forwarded_completes_where_the_forwarded_copy_lands() {
+        let mut t = ProposalTracker::<u8>::new(10);
+        t.track(&ticket(1, Some((5, 2))));
+        // This node stepped down; the client's retry is forwarded to the new leader.
+        t.track(&ticket(1, None));
+        // The new leader appended the forwarded copy at 5 in its term.
+        t.on_applied(applied(5, 3, Some(1)));
+        let done = t.take_completions();
+        assert!(
+            matches!(&done[..], [c] if matches!(&c.result, Ok(a) if a.index == 5)),
+            "applied, not superseded"
+        );
     }
 
     #[test]

@@ -78,8 +78,9 @@ pub(crate) fn hex_lines(text: &[u8]) -> Result<Vec<Vec<u8>>, String> {
             digits
                 .chunks(2)
                 .map(|pair| {
-                    let pair = std::str::from_utf8(pair).map_err(|_| format!("line {}: not hex", n + 1))?;
-                    u8::from_str_radix(pair, 16).map_err(|_| format!("line {}: not hex", n + 1))
+                    let digit =
+                        |b: u8| char::from(b).to_digit(16).ok_or_else(|| format!("line {}: not hex", n + 1));
+                    Ok((digit(pair[0])? * 16 + digit(pair[1])?) as u8)
                 })
                 .collect()
         })
@@ -192,7 +193,7 @@ fn layer_text(layer: &LayerSnapshot) -> String {
             k.key_id.0,
             state(k.state),
             k.algorithm,
-            k.kek_id,
+            k.kek_id.as_str().escape_default(),
             k.installed_at,
             k.sealed_entries,
             opt(k.last_sealed_index)
@@ -259,7 +260,13 @@ impl Report {
                     .into_iter()
                     .flatten()
                     .filter(|(k, _)| *k != "command")
-                    .map(|(k, v)| format!("{k} {}", v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+                    // Strings (a KEK id) come from the log: escaped, so they cannot forge lines.
+                    .map(|(k, v)| {
+                        format!(
+                            "{k} {}",
+                            v.as_str().map_or_else(|| v.to_string(), |s| s.escape_default().to_string())
+                        )
+                    })
                     .collect();
                 format!("control entry (clear): {} bytes, {} {}", len, command.name(), fields.join(", "))
             }

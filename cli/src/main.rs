@@ -83,9 +83,16 @@ fn keygen(out: &PathBuf) -> Result<ExitCode, String> {
         options.mode(0o600);
     }
     let mut file = options.open(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    if let Err(e) = file.write_all(text.as_bytes()).and_then(|()| file.sync_all()) {
+        // Never leave a partial KEK file behind (a later `load` would refuse it anyway).
+        drop(file);
+        let _ = std::fs::remove_file(out);
+        return Err(format!("cannot write {}: {e}", out.display()));
+    }
+    // The new name itself survives a crash once its directory is synced.
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
     println!("wrote a new KEK to {} (mode 0600)", out.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -1069,6 +1069,12 @@ impl LayerState {
         Some(ControlCommand::Checkpoint { through, digest })
     }
 
+    /// The last index an integrity checkpoint covered on this replica (without copying the
+    /// integrity state).
+    pub fn checkpointed_through(&self) -> Option<u64> {
+        lock(&self.inner).integrity.checkpointed_through()
+    }
+
     /// The replicated integrity state (replay windows, digest, last checkpoint).
     pub fn integrity(&self) -> IntegrityState {
         lock(&self.inner).integrity.clone()

@@ -125,7 +125,9 @@ impl NodeLocal {
         self.checkpoint_proposed.fetch_max(index.saturating_add(1), SeqCst);
     }
 
-    /// The `through` of the last checkpoint this node proposed.
+    /// Where the checkpoint policy counts from on this node: the `through` of the last
+    /// checkpoint it proposed, or the index of the last checkpoint entry it applied, whichever
+    /// is later. Local and not persisted.
     pub fn checkpoint_proposed(&self) -> Option<u64> {
         self.checkpoint_proposed.load(SeqCst).checked_sub(1)
     }

@@ -12,12 +12,12 @@
 //! |---|---|---|---|
 //! | `raft_envelope_seals_total` | counter | `key_id` | envelopes this node sealed |
 //! | `raft_envelope_opens_total` | counter | `key_id` | envelopes this node opened |
-//! | `raft_envelope_open_failures_total` | counter | `key_id`, `reason` | envelopes that did not open |
+//! | `raft_envelope_open_failures_total` | counter | `key_id` (`unknown` for ids this node never held), `reason` | envelopes that did not open |
 //! | `raft_envelope_entries_passed_through_total` | counter | | entries applied unchanged (cleartext at or below C, control) |
 //! | `raft_envelope_entries_opened_total` | counter | | envelopes opened on the apply path |
 //! | `raft_envelope_halts_total` | counter | `reason` | halting decisions, by reason |
-//! | `raft_envelope_key_budget_remaining` | gauge | `key_id` | entries this node may still seal under the key |
-//! | `raft_envelope_active_key` | gauge | | the active key's id (absent: none) |
+//! | `raft_envelope_key_budget_remaining` | gauge | `key_id` | entries this node may still seal under the key (0 once destroyed) |
+//! | `raft_envelope_active_key` | gauge | | the active key's id (0: none) |
 //! | `raft_envelope_cutover_index` | gauge | | the cutover (absent: none) |
 //! | `raft_envelope_applied_index` | gauge | | the last index the layer state took into account |
 //! | `raft_envelope_rotation_due` | gauge | | 1 when the active key should be rotated |
@@ -35,13 +35,15 @@ pub fn export(state: &LayerState, gate: &ApplyGate) {
     let cluster = label(state.cluster());
     export_keyring(state.cluster(), state.keyring(), gate);
     let status = state.status();
-    for (key, left) in &status.budget_remaining {
-        gauge!("raft_envelope_key_budget_remaining", "cluster" => cluster.clone(), "key_id" => key.0.to_string())
-            .set(*left as f64);
+    for key in &status.keys {
+        // A key that can no longer seal or open (destroyed) has no budget left.
+        let left = status.budget_remaining.get(&key.key_id).copied().unwrap_or(0);
+        gauge!("raft_envelope_key_budget_remaining", "cluster" => cluster.clone(), "key_id" => key.key_id.0.to_string())
+            .set(left as f64);
     }
-    if let Some(key) = status.active_key {
-        gauge!("raft_envelope_active_key", "cluster" => cluster.clone()).set(f64::from(key.0));
-    }
+    // 0 when no key is active (key ids start at 1).
+    gauge!("raft_envelope_active_key", "cluster" => cluster.clone())
+        .set(status.active_key.map_or(0.0, |k| f64::from(k.0)));
     if let Some(cutover) = status.cutover {
         gauge!("raft_envelope_cutover_index", "cluster" => cluster.clone()).set(cutover as f64);
     }
@@ -50,7 +52,7 @@ pub fn export(state: &LayerState, gate: &ApplyGate) {
     }
     gauge!("raft_envelope_rotation_due", "cluster" => cluster.clone())
         .set(f64::from(u8::from(status.rotation_due)));
-    if let Some(through) = state.integrity().checkpointed_through() {
+    if let Some(through) = state.checkpointed_through() {
         gauge!("raft_envelope_checkpointed_through", "cluster" => cluster.clone()).set(through as f64);
     }
     let results = state.local().checkpoint_results();
@@ -68,7 +70,9 @@ pub fn export(state: &LayerState, gate: &ApplyGate) {
 pub fn export_keyring(cluster: &ClusterId, keyring: &Keyring, gate: &ApplyGate) {
     let cluster = label(cluster);
     for key in keyring.stats() {
-        let id = key.key_id.0.to_string();
+        // Ids this keyring never held (named by envelopes that could not open) share one label:
+        // anyone who can write the log chooses them.
+        let id = if key.state.is_some() { key.key_id.0.to_string() } else { "unknown".to_owned() };
         counter!("raft_envelope_seals_total", "cluster" => cluster.clone(), "key_id" => id.clone())
             .absolute(key.seals);
         counter!("raft_envelope_opens_total", "cluster" => cluster.clone(), "key_id" => id.clone())
