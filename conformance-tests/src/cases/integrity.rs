@@ -39,14 +39,13 @@ pub fn duplicate_submission_applies_once_and_names_the_first_index<B: ClusterBui
     }
     let last = env.propose(&payload("after-the-duplicate")).index;
     env.wait_all(last);
-    let leader = env.leader();
     for node in &env.nodes {
         assert!(env.halted(*node).is_none(), "node {node} halted: {:?}", env.halted(*node));
         let applied: Vec<u64> =
             env.payloads(*node).iter().filter(|a| a.bytes == p).map(|a| a.index).collect();
         assert_eq!(applied, vec![first.index], "node {node} applies the proposal once, at its first index");
-        assert_eq!(env.snapshot(*node), env.snapshot(leader), "node {node} has the leader's layer state");
     }
+    env.settled_layer_state(&env.nodes, "every replica has the leader's layer state");
     Outcome::Passed
 }
 
@@ -252,18 +251,13 @@ pub fn checkpoints_never_halt_correct_replicas_under_load<B: ClusterBuilder>(bui
     assert!(last > checkpoint);
     env.wait_all(last);
     env.assert_converged(&acked, "after the second load");
-    let leader = env.leader();
-    let verified = env.snapshot(leader).integrity.checkpointed_through();
-    assert!(verified > through, "the last checkpoint is newer than the first load's");
     for node in &env.nodes {
         assert!(env.halted(*node).is_none(), "node {node} halted: {:?}", env.halted(*node));
-        assert_eq!(
-            env.snapshot(*node).integrity.checkpointed_through(),
-            verified,
-            "node {node} (the new member is {joiner}) checked the last checkpoint"
-        );
-        assert_eq!(env.snapshot(*node), env.snapshot(leader), "node {node} has the leader's layer state");
     }
+    // Identical layer states, the new member's included: each checked the same checkpoints.
+    let settled = env.settled_layer_state(&env.nodes, "after the last checkpoint");
+    let verified = settled.integrity.checkpointed_through();
+    assert!(verified > through, "the new member {joiner} and every other replica checked newer checkpoints");
     Outcome::Passed
 }
 

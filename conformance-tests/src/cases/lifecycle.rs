@@ -276,6 +276,36 @@ impl<B: ClusterBuilder> Managed<B> {
         }
     }
 
+    /// The layer state every replica in `nodes` reached (each as the harness reports it and as
+    /// the case's own handle reads it), once they all applied the leader's last index. A leader
+    /// may append an integrity checkpoint by itself at any moment (and a harness's last index
+    /// may lag), so the states are compared again until they agree; states still different
+    /// after the harness's wait timeout fail the case.
+    pub(super) fn settled_layer_state(&self, nodes: &[NodeId], what: &str) -> LayerSnapshot {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let last = self.cluster.last_index().expect("last_index");
+            for node in nodes {
+                if self.halted(*node).is_none() {
+                    self.wait_applied(*node, last);
+                }
+            }
+            let snaps: Vec<LayerSnapshot> = nodes.iter().map(|n| self.snapshot(*n)).collect();
+            let own: Vec<LayerSnapshot> =
+                nodes.iter().map(|n| self.states[self.pos(*n)].snapshot()).collect();
+            if snaps.windows(2).all(|w| w[0] == w[1]) && own == snaps {
+                return snaps[0].clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: replicas {nodes:?} applied the leader's log through {last} but their layer states \
+                 still differ after {:?} (as reported: {snaps:?}; as held: {own:?})",
+                self.timeout
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// With `raw_log`: no replica stores a cleartext payload above the cutover.
     pub(super) fn assert_no_cleartext_above(&self, cutover: u64, what: &str) {
         if !self.caps.raw_log {
@@ -532,7 +562,7 @@ pub fn replica_without_kek_halts_at_install_and_resumes<B: ClusterBuilder>(build
     assert!(env.halted(victim).is_none(), "repaired, the replica applies again");
     env.wait_all(during.index);
     assert_eq!(env.payloads(victim), env.payloads(leader), "the repaired replica converges");
-    assert_eq!(env.snapshot(victim), env.snapshot(leader), "the repaired replica has its peers' layer state");
+    env.settled_layer_state(&env.nodes, "the repaired replica has its peers' layer state");
     Outcome::Passed
 }
 
@@ -607,17 +637,11 @@ pub fn layer_state_identical_on_all_replicas<B: ClusterBuilder>(builder: &B) -> 
     env.wait_all(last);
 
     let check = |what: &str| {
-        let expected = env.snapshot(env.leader());
         for node in &env.nodes {
             assert!(env.halted(*node).is_none(), "{what}: node {node} halted");
-            let snap = env.snapshot(*node);
-            assert_eq!(snap, expected, "{what}: node {node} has the leader's layer state");
-            assert_eq!(
-                env.states[env.pos(*node)].snapshot(),
-                snap,
-                "{what}: node {node} reports its layer state"
-            );
         }
+        // Every replica, as reported and as held, has the same layer state.
+        let expected = env.settled_layer_state(&env.nodes, what);
         assert_eq!(expected.cutover, Some(cutover));
         assert_eq!(expected.active_key(), Some(second));
         assert_eq!(expected.keys.len(), 2, "{what}: two keys installed");
@@ -668,8 +692,7 @@ pub fn member_joins_by_snapshot_after_compaction_and_opens_everything<B: Cluster
     let leader = env.leader();
     assert!(env.halted(joiner).is_none(), "the new member never halts: {:?}", env.halted(joiner));
     assert_eq!(env.payloads(joiner), env.payloads(leader), "the new member reaches the leader's state");
-    let snap = env.snapshot(joiner);
-    assert_eq!(snap, env.snapshot(leader), "the new member has the leader's layer state");
+    let snap = env.settled_layer_state(&env.nodes, "the new member has the leader's layer state");
     assert_eq!(snap.cutover, Some(cutover));
     assert_eq!(
         (key(&snap, first).state, key(&snap, second).state),
