@@ -14,33 +14,21 @@ use raft_envelope_core::{
     error::FailureReason,
     lifecycle::{RetainedSnapshot, SnapshotCapture},
     provider::KeyProvider,
-    wire::SnapshotHeader,
+    wire::{SnapshotHeader, HEADER_LEN, TAG_LEN},
     ApplyGate, EntryKind, EnvelopeLayer, FatalApplyError, LayerState, PayloadWrapper,
 };
 
 use crate::codec::{JsonCodec, PayloadCodec};
 
-/// What the layer state records of a payload entry, taken before the entry's bytes are opened
-/// in place.
-enum Record {
-    /// An envelope's header and tag (what the digest covers), as one envelope-shaped buffer.
-    Envelope(Vec<u8>),
-    /// Cleartext bytes.
-    Cleartext(Vec<u8>),
-    /// Nothing (no layer state).
-    None,
-}
-
-/// The header and tag of an envelope, joined: the digest covers exactly these, and the replay
-/// window reads the header.
-fn record_parts(envelope: &[u8]) -> Vec<u8> {
-    use raft_envelope_core::wire::{HEADER_LEN, TAG_LEN};
-    if envelope.len() < HEADER_LEN + TAG_LEN {
-        return envelope.to_vec();
+/// The header and tag of an envelope, joined (what the digest covers; the replay window reads
+/// the header), taken before the envelope is opened in place. On the stack: no allocation per
+/// entry. An envelope shorter than this never opens, so it never reaches the layer state.
+fn record_parts(envelope: &[u8]) -> [u8; HEADER_LEN + TAG_LEN] {
+    let mut parts = [0u8; HEADER_LEN + TAG_LEN];
+    if envelope.len() >= HEADER_LEN + TAG_LEN {
+        parts[..HEADER_LEN].copy_from_slice(&envelope[..HEADER_LEN]);
+        parts[HEADER_LEN..].copy_from_slice(&envelope[envelope.len() - TAG_LEN..]);
     }
-    let mut parts = Vec::with_capacity(HEADER_LEN + TAG_LEN);
-    parts.extend_from_slice(&envelope[..HEADER_LEN]);
-    parts.extend_from_slice(&envelope[envelope.len() - TAG_LEN..]);
     parts
 }
 use crate::config::Sealed;
@@ -294,28 +282,22 @@ impl<C: RaftTypeConfig, SM> EnvelopeStateMachine<C, SM> {
                     Repr::Cleartext(bytes) | Repr::Envelope(bytes) => bytes,
                 };
                 // The entry is ours: cleartext is moved on, an envelope is opened in place;
-                // neither is copied again before the codec. What the layer state needs of the
-                // stored entry (an envelope's header and tag, the cleartext) is taken first.
+                // neither is copied before the codec. An envelope's header and tag (what the
+                // layer state records of it) are taken first; cleartext is recorded as it is.
                 let context = ApplyContext::of(index, kind, &bytes);
-                let record = match kind {
-                    EntryKind::Envelope => Record::Envelope(record_parts(&bytes)),
-                    _ if self.lifecycle.is_some() => Record::Cleartext(bytes.clone()),
-                    _ => Record::None,
-                };
+                let parts = (kind == EntryKind::Envelope).then(|| record_parts(&bytes));
                 let plain = gate.decide_owned(index, kind, bytes).map_err(|e| (log_id.clone(), e))?;
+                // Admitted before decoding, as on raft-rs: a duplicate reaches neither the codec
+                // nor the application, which sees a blank entry in its place.
+                let admission = match &parts {
+                    Some(parts) => self.admit(index, EntryRecord::Envelope(parts)),
+                    None => self.admit(index, EntryRecord::Cleartext(&plain)),
+                };
+                if !admission.applies() {
+                    return Ok(Entry { log_id, payload: EntryPayload::Blank });
+                }
                 match self.codec.decode_in(&context, plain) {
-                    Ok(request) => {
-                        let admission = match &record {
-                            Record::Envelope(parts) => self.admit(index, EntryRecord::Envelope(parts)),
-                            Record::Cleartext(bytes) => self.admit(index, EntryRecord::Cleartext(bytes)),
-                            Record::None => Admission::Apply,
-                        };
-                        if !admission.applies() {
-                            // Not applied again: the application sees a blank entry in its place.
-                            return Ok(Entry { log_id, payload: EntryPayload::Blank });
-                        }
-                        EntryPayload::Normal(request)
-                    }
+                    Ok(request) => EntryPayload::Normal(request),
                     Err(codec) => {
                         let mut error = FatalApplyError::new(index, FailureReason::Malformed, gate.cutover());
                         error.key_id = key_id;
