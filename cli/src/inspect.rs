@@ -1,4 +1,4 @@
-//! What stored bytes are, from their public parts only.
+//! What stored bytes are, from their public parts only: [`inspect`].
 
 use raft_envelope_core::lifecycle::{KeyState, LayerSnapshot};
 use raft_envelope_core::wire::{
@@ -7,9 +7,9 @@ use raft_envelope_core::wire::{
 };
 use serde_json::{json, Value};
 
-/// One inspected item.
+/// What one item is.
 #[derive(Debug)]
-pub(crate) enum Report {
+enum Kind {
     /// An envelope (a payload, a sealed control entry, a snapshot body, a wrapped key).
     Envelope { len: usize, header: EnvelopeHeader },
     /// A control entry in the clear.
@@ -22,14 +22,43 @@ pub(crate) enum Report {
     Unknown { len: usize, why: String },
 }
 
+/// What one stored item is, from its public parts only ([`inspect`]).
+#[derive(Debug)]
+pub struct Report(Kind);
+
+impl Report {
+    /// True when the bytes were none of the layer's formats (cleartext, another format, damage).
+    pub fn is_unknown(&self) -> bool {
+        self.0.is_unknown()
+    }
+
+    /// The report as one JSON object (`kind`: `envelope`, `control`, `snapshot`, `layer_state`,
+    /// `unknown`).
+    pub fn to_json(&self) -> Value {
+        self.0.to_json()
+    }
+
+    /// The report as one line of text; item `n` of `total` (numbered when `total > 1`).
+    pub fn to_text(&self, n: usize, total: usize) -> String {
+        self.0.to_text(n, total)
+    }
+}
+
+/// What `bytes` are: an envelope's header, a control entry's command, a snapshot frame's header,
+/// a layer state, or unknown. Never opens anything; never reports payload bytes, ciphertext or
+/// wrapped keys.
+pub fn inspect(bytes: &[u8]) -> Report {
+    Report(classify(bytes))
+}
+
 /// Reads `bytes` as each of the layer's formats, most specific first (their magics differ; an
 /// envelope starts with its version byte).
-pub(crate) fn inspect(bytes: &[u8]) -> Report {
+fn classify(bytes: &[u8]) -> Kind {
     let len = bytes.len();
     if is_clear_control_entry(bytes) {
         return match ControlCommand::decode(bytes) {
-            Ok(command) => Report::Control { len, command },
-            Err(e) => Report::Unknown { len, why: format!("a control entry that does not decode: {e}") },
+            Ok(command) => Kind::Control { len, command },
+            Err(e) => Kind::Unknown { len, why: format!("a control entry that does not decode: {e}") },
         };
     }
     if is_layer_snapshot(bytes) {
@@ -38,20 +67,20 @@ pub(crate) fn inspect(bytes: &[u8]) -> Report {
                 let body_len = body_len(bytes);
                 let body =
                     header.sealed_under.and_then(|_| EnvelopeHeader::parse(&bytes[len - body_len..]).ok());
-                Report::Snapshot { len, header, body, body_len }
+                Kind::Snapshot { len, header, body, body_len }
             }
-            Err(e) => Report::Unknown { len, why: format!("a snapshot frame that does not decode: {e}") },
+            Err(e) => Kind::Unknown { len, why: format!("a snapshot frame that does not decode: {e}") },
         };
     }
     if bytes.starts_with(&LAYER_SNAPSHOT_MAGIC) {
         return match LayerSnapshot::decode(bytes) {
-            Ok(layer) => Report::Layer { len, layer },
-            Err(e) => Report::Unknown { len, why: format!("a layer state that does not decode: {e}") },
+            Ok(layer) => Kind::Layer { len, layer },
+            Err(e) => Kind::Unknown { len, why: format!("a layer state that does not decode: {e}") },
         };
     }
     match EnvelopeHeader::parse(bytes) {
-        Ok(header) => Report::Envelope { len, header },
-        Err(e) => Report::Unknown {
+        Ok(header) => Kind::Envelope { len, header },
+        Err(e) => Kind::Unknown {
             len,
             why: format!("not an envelope ({e}), control entry or snapshot: cleartext or another format"),
         },
@@ -65,7 +94,7 @@ fn body_len(frame: &[u8]) -> usize {
 }
 
 /// One item per non-blank line of hex text.
-pub(crate) fn hex_lines(text: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+pub fn hex_lines(text: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     let text = std::str::from_utf8(text).map_err(|_| "--hex input is not text".to_owned())?;
     text.lines()
         .enumerate()
@@ -210,27 +239,27 @@ fn layer_text(layer: &LayerSnapshot) -> String {
     out
 }
 
-impl Report {
+impl Kind {
     /// True when the bytes were none of the layer's formats.
-    pub(crate) fn is_unknown(&self) -> bool {
-        matches!(self, Report::Unknown { .. })
+    fn is_unknown(&self) -> bool {
+        matches!(self, Kind::Unknown { .. })
     }
 
     /// The report as one JSON object.
-    pub(crate) fn to_json(&self) -> Value {
+    fn to_json(&self) -> Value {
         match self {
-            Report::Envelope { len, header } => {
+            Kind::Envelope { len, header } => {
                 let mut v = envelope_json(*len, header);
                 v["kind"] = json!("envelope");
                 v
             }
-            Report::Control { len, command } => {
+            Kind::Control { len, command } => {
                 let mut v = command_json(command);
                 v["kind"] = json!("control");
                 v["len"] = json!(len);
                 v
             }
-            Report::Snapshot { len, header, body, body_len } => json!({
+            Kind::Snapshot { len, header, body, body_len } => json!({
                 "kind": "snapshot",
                 "len": len,
                 "last_index": header.last_index,
@@ -238,22 +267,22 @@ impl Report {
                 "body": body.as_ref().map_or_else(|| json!({ "clear": true, "len": body_len }), |h| envelope_json(*body_len, h)),
                 "layer": layer_json(&header.layer),
             }),
-            Report::Layer { len, layer } => {
+            Kind::Layer { len, layer } => {
                 let mut v = layer_json(layer);
                 v["kind"] = json!("layer_state");
                 v["len"] = json!(len);
                 v
             }
-            Report::Unknown { len, why } => json!({ "kind": "unknown", "len": len, "why": why }),
+            Kind::Unknown { len, why } => json!({ "kind": "unknown", "len": len, "why": why }),
         }
     }
 
     /// The report as text; `n` of `total` items.
-    pub(crate) fn to_text(&self, n: usize, total: usize) -> String {
+    fn to_text(&self, n: usize, total: usize) -> String {
         let prefix = if total > 1 { format!("#{n} ") } else { String::new() };
         let body = match self {
-            Report::Envelope { len, header } => envelope_text(*len, header),
-            Report::Control { len, command } => {
+            Kind::Envelope { len, header } => envelope_text(*len, header),
+            Kind::Control { len, command } => {
                 let v = command_json(command);
                 let fields: Vec<String> = v
                     .as_object()
@@ -270,7 +299,7 @@ impl Report {
                     .collect();
                 format!("control entry (clear): {} bytes, {} {}", len, command.name(), fields.join(", "))
             }
-            Report::Snapshot { len, header, body, body_len } => {
+            Kind::Snapshot { len, header, body, body_len } => {
                 let body = match body {
                     Some(h) => format!("sealed body: {}", envelope_text(*body_len, h)),
                     None => format!("clear body: {body_len} bytes (an inert layer state)"),
@@ -283,8 +312,8 @@ impl Report {
                     layer_text(&header.layer)
                 )
             }
-            Report::Layer { len, layer } => format!("layer state: {len} bytes\n{}", layer_text(layer)),
-            Report::Unknown { len, why } => format!("unknown: {len} bytes, {why}"),
+            Kind::Layer { len, layer } => format!("layer state: {len} bytes\n{}", layer_text(layer)),
+            Kind::Unknown { len, why } => format!("unknown: {len} bytes, {why}"),
         };
         format!("{prefix}{body}")
     }

@@ -9,9 +9,10 @@
 //!   integrity state, the body's envelope header) or a layer state. It never opens anything and
 //!   never prints payload bytes, ciphertext or wrapped keys: only what is public in the formats
 //!   of `DESIGN.md` §2, §10.1, §10.4, §10.10 and §11.4. `--json` prints one JSON object per item.
+//! - `status`, `enable`, `rotate`, `retire --key N`, `destroy --key N`, `compact`, `checkpoint`,
+//!   `add-member --id N`, `remove-member --id N` against a running node of the KV service
+//!   (`--node HOST:PORT`; lifecycle commands are forwarded to the leader), text or `--json`.
 #![forbid(unsafe_code)]
-
-mod inspect;
 
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
@@ -19,6 +20,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use raft_envelope_cli::{inspect, node};
 use raft_envelope_core::SecretKey;
 use zeroize::Zeroizing;
 
@@ -50,6 +52,62 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A node's status: role, indexes, halt, keys, cutover, checkpoints.
+    Status(NodeArgs),
+    /// Switches encryption on (install, promote, drain, enforce); prints the cutover.
+    Enable(NodeArgs),
+    /// Rotates the data key; the previous one becomes decrypt-only.
+    Rotate(NodeArgs),
+    /// Retires a key to decrypt-only.
+    Retire {
+        /// The key id.
+        #[arg(long)]
+        key: u32,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Destroys a key once no member retains anything sealed under it (compact first).
+    Destroy {
+        /// The key id.
+        #[arg(long)]
+        key: u32,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Takes a sealed snapshot on the node and compacts its log.
+    Compact(NodeArgs),
+    /// Proposes an integrity checkpoint now (openraft nodes; raft-rs nodes propose their own).
+    Checkpoint(NodeArgs),
+    /// Adds a voter (start it with `--join` first).
+    AddMember {
+        /// The new member's id.
+        #[arg(long)]
+        id: u64,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Removes a voter.
+    RemoveMember {
+        /// The member's id.
+        #[arg(long)]
+        id: u64,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+}
+
+/// Which node to ask, and how to print its answer.
+#[derive(Debug, clap::Args)]
+struct NodeArgs {
+    /// The node's API address.
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    node: String,
+    /// Print the node's JSON answer as it is.
+    #[arg(long)]
+    json: bool,
+    /// How long to wait for the answer, in seconds (an enable waits for every member).
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
 }
 
 fn main() -> ExitCode {
@@ -57,6 +115,15 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Keygen { out } => keygen(&out),
         Command::Inspect { file, hex, json } => run_inspect(file, hex, json),
+        Command::Status(n) => admin(&n, "GET", "/status".into()),
+        Command::Enable(n) => admin(&n, "POST", "/admin/enable".into()),
+        Command::Rotate(n) => admin(&n, "POST", "/admin/rotate".into()),
+        Command::Retire { key, node } => admin(&node, "POST", format!("/admin/retire?key={key}")),
+        Command::Destroy { key, node } => admin(&node, "POST", format!("/admin/destroy?key={key}")),
+        Command::Compact(n) => admin(&n, "POST", "/admin/compact".into()),
+        Command::Checkpoint(n) => admin(&n, "POST", "/admin/checkpoint".into()),
+        Command::AddMember { id, node } => admin(&node, "POST", format!("/admin/add?node={id}")),
+        Command::RemoveMember { id, node } => admin(&node, "POST", format!("/admin/remove?node={id}")),
     };
     match result {
         Ok(code) => code,
@@ -94,6 +161,34 @@ fn keygen(out: &PathBuf) -> Result<ExitCode, String> {
         let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
     }
     println!("wrote a new KEK to {} (mode 0600)", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One admin request; exit code 1 when the node refused (its reason on standard error).
+fn admin(args: &NodeArgs, method: &str, path: String) -> Result<ExitCode, String> {
+    let (status, answer) =
+        node::call(&args.node, method, &path, std::time::Duration::from_secs(args.timeout))?;
+    if status != 200 {
+        let why = answer.get("error").and_then(|e| e.as_str()).unwrap_or("refused");
+        if args.json {
+            println!("{answer}");
+        }
+        let _ = writeln!(io::stderr(), "raft-envelope: {} refused: {why}", args.node);
+        return Ok(ExitCode::from(1));
+    }
+    if args.json {
+        println!("{answer}");
+    } else if path == "/status" {
+        println!("{}", node::status_text(&answer));
+    } else {
+        let fields: Vec<String> = answer
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k} {}", v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+            .collect();
+        println!("{}: {}", path.trim_start_matches("/admin/"), fields.join(", "));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -122,6 +122,46 @@ impl DiskStore {
         Ok(store)
     }
 
+    /// Every entry stored in the file at `path`, in index order, read without opening a node
+    /// (the node is stopped): what `raft-envelope-kv dump-log` prints for `raft-envelope inspect`.
+    ///
+    /// # Errors
+    /// The file cannot be read or an entry does not decode.
+    pub fn stored_entries(path: &Path) -> Result<Vec<Entry>, OpenError> {
+        let io = |e: redb::Error| OpenError(format!("{}: {e}", path.display()));
+        let db = Database::open(path).map_err(|e| io(e.into()))?;
+        let read = db.begin_read().map_err(|e| io(e.into()))?;
+        let Ok(table) = read.open_table(ENTRIES) else { return Ok(Vec::new()) };
+        let mut entries = Vec::new();
+        for row in table.iter().map_err(|e| io(e.into()))? {
+            let (_, bytes) = row.map_err(|e| io(e.into()))?;
+            entries.push(decode::<Entry>(bytes.value(), "entry")?);
+        }
+        Ok(entries)
+    }
+
+    /// Replaces the stored entry at `entry.index` in the file at `path` (the node is stopped):
+    /// what someone with write access to a replica's disk can do. For demonstrations and tests
+    /// of tampering; a node never calls it.
+    ///
+    /// # Errors
+    /// The file cannot be written, or holds no entry at that index.
+    pub fn overwrite_entry(path: &Path, entry: &Entry) -> Result<(), OpenError> {
+        let io = |e: redb::Error| OpenError(format!("{}: {e}", path.display()));
+        let db = Database::open(path).map_err(|e| io(e.into()))?;
+        let txn = db.begin_write().map_err(|e| io(e.into()))?;
+        {
+            let mut table = txn.open_table(ENTRIES).map_err(|e| io(e.into()))?;
+            if table.get(entry.index).map_err(|e| io(e.into()))?.is_none() {
+                return Err(OpenError(format!("no entry {} stored", entry.index)));
+            }
+            let bytes = protobuf::Message::write_to_bytes(entry).map_err(|e| OpenError(e.to_string()))?;
+            table.insert(entry.index, bytes.as_slice()).map_err(|e| io(e.into()))?;
+        }
+        txn.commit().map_err(|e| io(e.into()))?;
+        Ok(())
+    }
+
     /// Runs `change` in one write transaction, committed (fsync) before it returns, then applies
     /// `then` to the in-memory copy.
     fn write(

@@ -1,0 +1,239 @@
+//! A minimal HTTP/1.1 server and client on `std::net`: enough for the KV service's client, admin
+//! and node-to-node endpoints, `curl` and a Prometheus scrape. Bodies carry `Content-Length`
+//! (no chunked encoding), connections are kept alive. A production service puts its framework of
+//! choice here (hyper, axum, tonic); the layer does not care how bytes travel between nodes,
+//! since everything above the cutover is sealed before it leaves the proposer.
+
+use std::collections::HashMap;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+use std::time::Duration;
+
+/// The largest body either side accepts (a snapshot travels in one request).
+pub const MAX_BODY: usize = 256 << 20;
+
+/// A request as the handler sees it.
+#[derive(Debug)]
+pub struct Request {
+    /// `GET`, `PUT`, `POST`, `DELETE`.
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// The query parameters (no percent-decoding: the service uses plain ids and numbers).
+    pub query: HashMap<String, String>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    /// The query parameter `name` parsed as `T`.
+    pub fn param<T: std::str::FromStr>(&self, name: &str) -> Option<T> {
+        self.query.get(name).and_then(|v| v.parse().ok())
+    }
+}
+
+/// A response.
+#[derive(Debug)]
+pub struct Response {
+    /// The status code.
+    pub status: u16,
+    /// The content type.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A JSON response.
+    pub fn json(status: u16, value: &serde_json::Value) -> Self {
+        Self { status, content_type: "application/json", body: value.to_string().into_bytes() }
+    }
+
+    /// A plain-text response.
+    pub fn text(status: u16, text: impl Into<String>) -> Self {
+        Self { status, content_type: "text/plain; charset=utf-8", body: text.into().into_bytes() }
+    }
+
+    /// A binary response.
+    pub fn bytes(status: u16, body: Vec<u8>) -> Self {
+        Self { status, content_type: "application/octet-stream", body }
+    }
+}
+
+/// Handles one request.
+pub type Handler = Arc<dyn Fn(Request) -> Response + Send + Sync>;
+
+/// Serves `listener` with `handler`: one thread per connection, keep-alive. Returns at once.
+pub fn serve(listener: TcpListener, handler: Handler) {
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let handler = handler.clone();
+            thread::spawn(move || {
+                let _ = connection(stream, &handler);
+            });
+        }
+    });
+}
+
+fn connection(stream: TcpStream, handler: &Handler) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    loop {
+        let Some(request) = read_request(&mut reader)? else { return Ok(()) };
+        let response = handler(request);
+        let reason = match response.status {
+            200 => "OK",
+            400 => "Bad Request",
+            404 => "Not Found",
+            409 => "Conflict",
+            503 => "Service Unavailable",
+            _ => "Status",
+        };
+        let head = format!(
+            "HTTP/1.1 {} {reason}\r\ncontent-type: {}\r\ncontent-length: {}\r\n\r\n",
+            response.status,
+            response.content_type,
+            response.body.len()
+        );
+        writer.write_all(head.as_bytes())?;
+        writer.write_all(&response.body)?;
+        writer.flush()?;
+    }
+}
+
+fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let mut parts = line.split_whitespace();
+    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
+        return Err(invalid("malformed request line"));
+    };
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let query = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect();
+    let (method, path) = (method.to_owned(), path.to_owned());
+    let body = read_body(reader)?;
+    Ok(Some(Request { method, path, query, body }))
+}
+
+/// Reads the headers and the `Content-Length` body that follows them.
+fn read_body(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {
+    let mut length = 0usize;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.trim().eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().map_err(|_| invalid("bad content-length"))?;
+            }
+        }
+    }
+    if length > MAX_BODY {
+        return Err(invalid("body too large"));
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    Ok(body)
+}
+
+fn invalid(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+/// A client of one peer over one kept-alive connection (reconnects when it broke). Calls from
+/// several threads take turns.
+#[derive(Debug, Clone)]
+pub struct Client {
+    addr: SocketAddr,
+    timeout: Duration,
+    conn: Arc<Mutex<Option<BufReader<TcpStream>>>>,
+}
+
+impl Client {
+    /// A client of `addr`; every call gives up after `timeout`.
+    pub fn new(addr: SocketAddr, timeout: Duration) -> Self {
+        Self { addr, timeout, conn: Arc::new(Mutex::new(None)) }
+    }
+
+    /// The peer's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sends `method path` with `body`; returns the status and the body.
+    ///
+    /// # Errors
+    /// Connecting, writing or reading failed (the peer is down or too slow).
+    pub fn call(&self, method: &str, path: &str, body: &[u8]) -> io::Result<(u16, Vec<u8>)> {
+        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        // A kept-alive connection the peer closed fails on first use: try once more, fresh.
+        let reused = conn.is_some();
+        match self.exchange(&mut conn, method, path, body) {
+            Err(_) if reused => {
+                *conn = None;
+                self.exchange(&mut conn, method, path, body)
+            }
+            result => result,
+        }
+    }
+
+    fn exchange(
+        &self,
+        conn: &mut Option<BufReader<TcpStream>>,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> io::Result<(u16, Vec<u8>)> {
+        let result = (|| {
+            if conn.is_none() {
+                let stream = TcpStream::connect_timeout(&self.addr, self.timeout)?;
+                stream.set_nodelay(true)?;
+                stream.set_read_timeout(Some(self.timeout))?;
+                stream.set_write_timeout(Some(self.timeout))?;
+                *conn = Some(BufReader::new(stream));
+            }
+            let reader = conn.as_mut().ok_or_else(|| invalid("no connection"))?;
+            let head = format!(
+                "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-length: {}\r\n\r\n",
+                self.addr,
+                body.len()
+            );
+            let stream = reader.get_mut();
+            stream.write_all(head.as_bytes())?;
+            stream.write_all(body)?;
+            stream.flush()?;
+            let mut status = String::new();
+            if reader.read_line(&mut status)? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let code = status
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| invalid("malformed status line"))?;
+            Ok((code, read_body(reader)?))
+        })();
+        if result.is_err() {
+            *conn = None;
+        }
+        result
+    }
+}
