@@ -206,8 +206,12 @@ fn print_status(cluster: &TestCluster<KvApp>, id: u64) -> Result<(), Box<dyn Err
     println!("   encryption status on node {id}: cutover {cutover}");
     for k in &status.keys {
         let last = k.last_sealed_index.map_or_else(|| "-".to_string(), |i| i.to_string());
-        let budget =
-            status.budget_remaining.get(&k.key_id).map_or_else(|| "-".to_string(), |b| b.to_string());
+        // As a share of what one key may seal (2^32 by default), not a raw count.
+        let limit = raft.layer_state().map_or(1, |s| s.seal_limit().max(1)) as f64;
+        let budget = status
+            .budget_remaining
+            .get(&k.key_id)
+            .map_or_else(|| "-".to_string(), |b| format!("{:.6}%", *b as f64 / limit * 100.0));
         println!(
             "     {:<6} {:<12} {:<12} installed at {:>2}, sealed entries {}, last sealed at {}, budget left {}",
             k.key_id.to_string(),

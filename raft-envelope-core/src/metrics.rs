@@ -17,6 +17,7 @@
 //! | `raft_envelope_entries_opened_total` | counter | | envelopes opened on the apply path |
 //! | `raft_envelope_halts_total` | counter | `reason` | halting decisions, by reason |
 //! | `raft_envelope_key_budget_remaining` | gauge | `key_id` | entries this node may still seal under the key (0 once destroyed) |
+//! | `raft_envelope_key_budget_remaining_ratio` | gauge | `key_id` | the same as a share of what one key may seal (1.0: unused, 0: exhausted or destroyed) |
 //! | `raft_envelope_active_key` | gauge | | the active key's id (0: none) |
 //! | `raft_envelope_cutover_index` | gauge | | the cutover (absent: none) |
 //! | `raft_envelope_applied_index` | gauge | | the last index the layer state took into account |
@@ -40,6 +41,8 @@ pub fn export(state: &LayerState, gate: &ApplyGate) {
         let left = status.budget_remaining.get(&key.key_id).copied().unwrap_or(0);
         gauge!("raft_envelope_key_budget_remaining", "cluster" => cluster.clone(), "key_id" => key.key_id.0.to_string())
             .set(left as f64);
+        gauge!("raft_envelope_key_budget_remaining_ratio", "cluster" => cluster.clone(), "key_id" => key.key_id.0.to_string())
+            .set(left as f64 / state.seal_limit().max(1) as f64);
     }
     // 0 when no key is active (key ids start at 1).
     gauge!("raft_envelope_active_key", "cluster" => cluster.clone())

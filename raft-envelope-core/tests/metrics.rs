@@ -84,6 +84,8 @@ fn export_shows_seals_opens_halts_budget_and_checkpoint_results() {
     assert_eq!(counter("raft_envelope_entries_opened_total", None), 1.0);
     assert_eq!(counter("raft_envelope_halts_total", Some(("reason", "authentication_failed"))), 1.0);
     assert!(gauge("raft_envelope_key_budget_remaining", key1) > 0.0);
+    let ratio = gauge("raft_envelope_key_budget_remaining_ratio", key1);
+    assert!(ratio > 0.99 && ratio < 1.0, "two seals of 2^32 used: {ratio}");
     assert_eq!(counter("raft_envelope_checkpoints_total", Some(("result", "verified"))), 1.0);
     assert_eq!(counter("raft_envelope_checkpoints_total", Some(("result", "diverged"))), 0.0);
     assert_eq!(gauge("raft_envelope_cutover_index", None), 3.0);
