@@ -5,14 +5,18 @@
 //! since everything above the cutover is sealed before it leaves the proposer.
 
 use std::collections::HashMap;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::Duration;
 
-/// The largest body either side accepts (a snapshot travels in one request).
-pub const MAX_BODY: usize = 256 << 20;
+/// The largest body either side accepts (a snapshot travels in one request: a larger state needs
+/// a transport that streams, issue 16).
+pub const MAX_BODY: usize = 64 << 20;
+
+/// How long a server connection may stay idle, or a request take to arrive, before it is closed.
+const IDLE: Duration = Duration::from_secs(120);
 
 /// A request as the handler sees it.
 #[derive(Debug)]
@@ -80,6 +84,7 @@ pub fn serve(listener: TcpListener, handler: Handler) {
 
 fn connection(stream: TcpStream, handler: &Handler) -> io::Result<()> {
     stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(IDLE))?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     loop {
@@ -149,8 +154,12 @@ fn read_body(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {
     if length > MAX_BODY {
         return Err(invalid("body too large"));
     }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body)?;
+    // Grown as the bytes arrive, not allocated up front on the sender's word.
+    let mut body = Vec::with_capacity(length.min(64 << 10));
+    reader.take(length as u64).read_to_end(&mut body)?;
+    if body.len() != length {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
     Ok(body)
 }
 
@@ -184,14 +193,17 @@ impl Client {
     /// Connecting, writing or reading failed (the peer is down or too slow).
     pub fn call(&self, method: &str, path: &str, body: &[u8]) -> io::Result<(u16, Vec<u8>)> {
         let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        // A kept-alive connection the peer closed fails on first use: try once more, fresh.
+        // A kept-alive connection the peer closed meanwhile fails at once: the request did not
+        // reach it, so it goes again on a fresh connection. Any other failure (a timeout after
+        // the request was sent, a broken answer) is the caller's: the request may have been
+        // carried out, and sending it again could carry it out twice.
         let reused = conn.is_some();
         match self.exchange(&mut conn, method, path, body) {
-            Err(_) if reused => {
+            Err(Failed { sent: false, .. }) if reused => {
                 *conn = None;
-                self.exchange(&mut conn, method, path, body)
+                self.exchange(&mut conn, method, path, body).map_err(|f| f.error)
             }
-            result => result,
+            result => result.map_err(|f| f.error),
         }
     }
 
@@ -201,39 +213,51 @@ impl Client {
         method: &str,
         path: &str,
         body: &[u8],
-    ) -> io::Result<(u16, Vec<u8>)> {
+    ) -> Result<(u16, Vec<u8>), Failed> {
+        let unsent = |error| Failed { error, sent: false };
+        if conn.is_none() {
+            let stream = TcpStream::connect_timeout(&self.addr, self.timeout).map_err(unsent)?;
+            stream.set_nodelay(true).map_err(unsent)?;
+            stream.set_read_timeout(Some(self.timeout)).map_err(unsent)?;
+            stream.set_write_timeout(Some(self.timeout)).map_err(unsent)?;
+            *conn = Some(BufReader::new(stream));
+        }
         let result = (|| {
-            if conn.is_none() {
-                let stream = TcpStream::connect_timeout(&self.addr, self.timeout)?;
-                stream.set_nodelay(true)?;
-                stream.set_read_timeout(Some(self.timeout))?;
-                stream.set_write_timeout(Some(self.timeout))?;
-                *conn = Some(BufReader::new(stream));
-            }
-            let reader = conn.as_mut().ok_or_else(|| invalid("no connection"))?;
+            let reader = conn.as_mut().ok_or_else(|| unsent(invalid("no connection")))?;
             let head = format!(
                 "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-length: {}\r\n\r\n",
                 self.addr,
                 body.len()
             );
             let stream = reader.get_mut();
-            stream.write_all(head.as_bytes())?;
-            stream.write_all(body)?;
-            stream.flush()?;
+            stream.write_all(head.as_bytes()).map_err(unsent)?;
+            stream.write_all(body).map_err(unsent)?;
+            stream.flush().map_err(unsent)?;
             let mut status = String::new();
-            if reader.read_line(&mut status)? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
+            match reader.read_line(&mut status) {
+                // Closed before answering anything: a stale kept-alive connection.
+                Ok(0) => return Err(unsent(io::ErrorKind::UnexpectedEof.into())),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Err(unsent(e)),
+                Err(error) => return Err(Failed { error, sent: true }),
+                Ok(_) => {}
             }
+            let sent = |error| Failed { error, sent: true };
             let code = status
                 .split_whitespace()
                 .nth(1)
                 .and_then(|c| c.parse().ok())
-                .ok_or_else(|| invalid("malformed status line"))?;
-            Ok((code, read_body(reader)?))
+                .ok_or_else(|| sent(invalid("malformed status line")))?;
+            Ok((code, read_body(reader).map_err(sent)?))
         })();
         if result.is_err() {
             *conn = None;
         }
         result
     }
+}
+
+/// A failed exchange, and whether the request may have reached the peer.
+struct Failed {
+    error: io::Error,
+    sent: bool,
 }

@@ -24,6 +24,28 @@ pub mod stored_log;
 pub use disk_store::{DiskStore, OpenError};
 pub use openraft_log::RedbLogStore;
 
+/// How a node of the service starts, on either engine.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// This node's id.
+    pub id: u64,
+    /// Every member's HTTP address, this node's included.
+    pub peers: std::collections::BTreeMap<u64, std::net::SocketAddr>,
+    /// Where the node keeps its data: `raft.redb` (raft-rs), or `openraft.redb` and
+    /// `snapshot.sealed` (openraft).
+    pub data_dir: std::path::PathBuf,
+    /// The cluster's name (bound into every envelope).
+    pub cluster: String,
+    /// The node joins a running cluster (an empty configuration; the leader adds it and sends
+    /// it a snapshot) instead of starting a new one with `peers` as voters.
+    pub join: bool,
+    /// The tick interval: heartbeats every 2 ticks, elections after 10 (to 20 on openraft).
+    pub tick: std::time::Duration,
+    /// When the leader proposes integrity checkpoints (`CheckpointPolicy::OFF` during a rolling
+    /// upgrade onto the layer, `docs/OPERATIONS.md` §4).
+    pub checkpoints: raft_envelope_core::lifecycle::CheckpointPolicy,
+}
+
 /// Which engine a node runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EngineKind {

@@ -340,6 +340,12 @@ impl LocalCluster {
     pub fn grep_data(&self, needle: &[u8]) -> usize {
         self.ids().into_iter().map(|id| grep_dir(&self.data_dir(id), needle)).sum()
     }
+
+    /// How many times `needle` occurs in the nodes' own output (`n{id}.log` beside the data).
+    pub fn grep_logs(&self, needle: &[u8]) -> usize {
+        let logs = self.ids().into_iter().map(|id| self.dir.join(format!("n{id}.log")));
+        logs.map(|p| count(&std::fs::read(p).unwrap_or_default(), needle)).sum()
+    }
 }
 
 /// How many times `needle` occurs in the files under `dir`.

@@ -11,7 +11,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::{Cursor, Write as _};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -41,7 +40,7 @@ use crate::http::{Client, Request, Response};
 use crate::kv::{Command, KvMap};
 use crate::service::{AdminOp, Engine, Failure, Peers};
 use crate::status::{encryption_json, halt_json};
-use crate::RedbLogStore;
+use crate::{NodeOptions, RedbLogStore};
 
 openraft::declare_raft_types!(
     /// The service's openraft types, before the layer's `Sealed<KvConfig>`.
@@ -53,23 +52,6 @@ openraft::declare_raft_types!(
 /// What the engine runs: openraft over the layer's type config.
 type KvRaft = Raft<Sealed<KvConfig>>;
 type NodeId = u64;
-
-/// How an openraft node of the service starts.
-#[derive(Debug, Clone)]
-pub struct OpenraftOptions {
-    /// This node's id.
-    pub id: u64,
-    /// Every member's HTTP address, this node's included.
-    pub peers: BTreeMap<u64, SocketAddr>,
-    /// Where the node keeps its log (`openraft.redb`) and its sealed snapshot.
-    pub data_dir: PathBuf,
-    /// The cluster's name (bound into every envelope).
-    pub cluster: String,
-    /// The node joins a running cluster (the leader adds it) instead of starting a new one.
-    pub join: bool,
-    /// Heartbeats every 2 ticks, elections after 10 to 20.
-    pub tick: Duration,
-}
 
 /// The application's state: the map and what openraft needs to know about it.
 #[derive(Default)]
@@ -408,7 +390,7 @@ impl OpenraftEngine {
     ///
     /// # Errors
     /// The store or the snapshot cannot be opened, openraft refuses the configuration.
-    pub fn start(options: OpenraftOptions, kek: Arc<FileKekProvider>) -> Result<Arc<dyn Engine>, String> {
+    pub fn start(options: NodeOptions, kek: Arc<FileKekProvider>) -> Result<Arc<dyn Engine>, String> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -442,7 +424,9 @@ impl OpenraftEngine {
         .validate()
         .map_err(|e| e.to_string())?;
         let peers = Peers::new(&options.peers, Duration::from_secs(5));
-        let network = HttpNetwork { peers: peers.clone(), tick: options.tick };
+        let network = HttpNetwork { peers, tick: options.tick };
+        // The admin side's own connections (the destroy proof's reports), apart from openraft's.
+        let peers = Peers::new(&options.peers, Duration::from_secs(60));
         let raft: KvRaft =
             match rt.block_on(Raft::new(options.id, Arc::new(config), network, log, envelope_sm)) {
                 Ok(raft) => raft,
@@ -463,6 +447,7 @@ impl OpenraftEngine {
             }
         }
         let raft = EnvelopeRaft::with_layer_state(raft, layer.clone(), state.clone(), codec);
+        raft.set_checkpoints(options.checkpoints);
         Ok(Arc::new(Self {
             id: options.id,
             rt,
@@ -486,6 +471,12 @@ impl OpenraftEngine {
     }
 
     async fn write_async(&self, command: &Command) -> Result<u64, Failure> {
+        // Sent on to the leader only before anything was proposed here: once proposed, openraft
+        // answers `ForwardToLeader` also for an entry it appended before losing leadership, and
+        // the new leader would append the write again under a new identity.
+        if self.leader() != Some(self.id) {
+            return Err(self.not_leader());
+        }
         let deadline = Instant::now() + WRITE_DEADLINE;
         let mut prepared = None;
         loop {
@@ -499,7 +490,9 @@ impl OpenraftEngine {
                 Err(e) => e,
             };
             if error.forward_to_leader().is_some() {
-                return Err(self.not_leader());
+                return Err(Failure::Unavailable(format!(
+                    "outcome unknown: leadership moved while the write was proposed (read before retrying): {error}"
+                )));
             }
             if Instant::now() >= deadline || self.halt.get().is_some() {
                 return Err(Failure::Unavailable(error.to_string()));
@@ -650,6 +643,9 @@ impl Engine for OpenraftEngine {
     }
 
     fn read(&self, key: &str) -> Result<Option<String>, Failure> {
+        if let Some(halt) = self.halt.get() {
+            return Err(Failure::Unavailable(format!("node {} halted: {halt}", self.id)));
+        }
         Ok(self.sm.lock().map.get(key).cloned())
     }
 
@@ -669,7 +665,6 @@ impl Engine for OpenraftEngine {
             "leader": m.current_leader.unwrap_or(0),
             "term": m.current_term,
             "applied": m.last_applied.map_or(0, |l| l.index),
-            "commit": m.last_applied.map_or(0, |l| l.index),
             "last_index": m.last_log_index.unwrap_or(0),
             "first_index": m.purged.map_or(1, |p| p.index + 1),
             "voters": m.membership_config.membership().voter_ids().collect::<Vec<_>>(),

@@ -2,9 +2,7 @@
 //! on a thread of its own, messages to the other nodes as raft-rs encodes them (protobuf) over
 //! HTTP, and the key lifecycle across processes through [`HttpPlane`].
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::collections::HashMap;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread;
@@ -13,9 +11,7 @@ use std::time::{Duration, Instant};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Message, MessageType, Snapshot};
 use raft::{Config, SnapshotStatus};
-use raft_envelope_core::lifecycle::{
-    CheckpointPolicy, ControlPlane, Lifecycle, LifecycleError, MemberReports, Retention,
-};
+use raft_envelope_core::lifecycle::{ControlPlane, Lifecycle, LifecycleError, MemberReports, Retention};
 use raft_envelope_core::provider::{FileKekProvider, KeyProvider};
 use raft_envelope_core::{Algorithm, ClusterId, EnvelopeLayer, LayerState, ProposalId};
 use raft_envelope_raftrs::admin::{AdminHandle, AdminInbox, PlaneError};
@@ -26,25 +22,7 @@ use crate::http::{Request, Response};
 use crate::kv::{Command, KvMap};
 use crate::service::{AdminOp, Engine, Failure, Peers};
 use crate::status::{encryption_json, halt_json};
-use crate::{block_on, DiskStore};
-
-/// How a raft-rs node of the service starts.
-#[derive(Debug, Clone)]
-pub struct RaftrsOptions {
-    /// This node's id.
-    pub id: u64,
-    /// Every member's HTTP address, this node's included.
-    pub peers: BTreeMap<u64, SocketAddr>,
-    /// Where the node keeps its store (`raft.redb`).
-    pub data_dir: PathBuf,
-    /// The cluster's name (bound into every envelope).
-    pub cluster: String,
-    /// The node joins a running cluster (empty configuration; the leader adds it and sends it a
-    /// snapshot) instead of starting a new one with `peers` as voters.
-    pub join: bool,
-    /// The tick interval (elections after 10 ticks, heartbeats every 2).
-    pub tick: Duration,
-}
+use crate::{block_on, DiskStore, NodeOptions};
 
 /// The application's state machine: the map, rebuilt by replaying the log (from the retained
 /// snapshot) at every start.
@@ -89,7 +67,7 @@ enum Input {
     Raft(Vec<Message>),
     Unreachable(u64, bool),
     Write(Vec<u8>, Reply<Result<u64, Failure>>),
-    Read(String, Reply<Option<String>>),
+    Read(String, Reply<Result<Option<String>, Failure>>),
     Status(Reply<Value>),
     Compact(Reply<Result<u64, String>>),
     Member { add: bool, node: u64, reply: Reply<Result<(), Failure>> },
@@ -100,12 +78,18 @@ enum Input {
 struct PendingWrite {
     payload: Vec<u8>,
     prepared: Option<PreparedProposal>,
+    /// It was appended here at least once: after a leader change its outcome is unknown, and it
+    /// is not sent on to the new leader (which would append it again under a new identity).
+    appended: bool,
     reply: Reply<Result<u64, Failure>>,
     deadline: Instant,
 }
 
 /// How long a write may take, retries included.
 const WRITE_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Applied entries between two automatic snapshots (and log compactions).
+const COMPACT_EVERY: u64 = 5000;
 
 /// A running raft-rs node of the service.
 pub struct RaftrsEngine {
@@ -129,7 +113,7 @@ impl RaftrsEngine {
     ///
     /// # Errors
     /// The store cannot be opened, its snapshot cannot be opened with `kek`, raft-rs refuses.
-    pub fn start(options: RaftrsOptions, kek: Arc<FileKekProvider>) -> Result<Arc<Self>, String> {
+    pub fn start(options: NodeOptions, kek: Arc<FileKekProvider>) -> Result<Arc<Self>, String> {
         let id = options.id;
         let voters = if options.join { vec![] } else { options.peers.keys().copied().collect() };
         std::fs::create_dir_all(&options.data_dir).map_err(|e| e.to_string())?;
@@ -163,7 +147,7 @@ impl RaftrsEngine {
         let provider: Arc<dyn KeyProvider> = kek.clone();
         let node = EnvelopeNode::with_layer_state(&config, store, sm, state, provider, &logger)
             .map_err(|e| e.to_string())?
-            .with_checkpoints(CheckpointPolicy::DEFAULT, options.tick)
+            .with_checkpoints(options.checkpoints, options.tick)
             .with_proposal_timeout(60);
         let layer = node.layer().clone();
         let (admin, inbox) = node.admin_channel().map_err(|e| e.to_string())?;
@@ -178,7 +162,10 @@ impl RaftrsEngine {
         }
         let tick = options.tick;
         thread::spawn(move || ready_loop(node, &rx, &outboxes, inbox.with_timeout_ticks(200), tick));
-        let lifecycle = Lifecycle::new(HttpPlane { local: admin.clone(), peers, me: id });
+        // The admin side's own connections: a drain that waits on a member never holds up the
+        // Raft messages to it.
+        let admin_peers = Peers::new(&options.peers, Duration::from_secs(60));
+        let lifecycle = Lifecycle::new(HttpPlane { local: admin.clone(), peers: admin_peers, me: id });
         Ok(Arc::new(Self { id, inputs, admin, lifecycle, kek, layer }))
     }
 
@@ -211,7 +198,7 @@ impl Engine for RaftrsEngine {
     }
 
     fn read(&self, key: &str) -> Result<Option<String>, Failure> {
-        self.ask(|reply| Input::Read(key.to_owned(), reply))
+        self.ask(|reply| Input::Read(key.to_owned(), reply))?
     }
 
     fn status(&self) -> Value {
@@ -350,12 +337,16 @@ fn ready_loop(
                 let write = PendingWrite {
                     payload,
                     prepared: None,
+                    appended: false,
                     reply,
                     deadline: Instant::now() + WRITE_DEADLINE,
                 };
                 submit(&mut node, write, &mut waiting, &mut retry);
             }
-            Ok(Input::Read(key, reply)) => drop(reply.send(node.state_machine().map.get(&key).cloned())),
+            Ok(Input::Read(key, reply)) => drop(reply.send(match node.halted() {
+                Some(halt) => Err(Failure::Unavailable(format!("node {} halted: {halt}", node.id()))),
+                None => Ok(node.state_machine().map.get(&key).cloned()),
+            })),
             Ok(Input::Status(reply)) => drop(reply.send(node_status(&node))),
             Ok(Input::Compact(reply)) => drop(reply.send(node.compact().map_err(|e| e.to_string()))),
             Ok(Input::Member { add, node: id, reply }) => {
@@ -396,6 +387,14 @@ fn ready_loop(
                 let _ = out.send(m);
             }
         }
+        // As openraft's `SnapshotPolicy::LogsSinceLast`: a sealed snapshot every
+        // COMPACT_EVERY applied entries keeps the log (and a restart's replay) bounded.
+        let retained = node.raw_node().raft.raft_log.first_index();
+        if node.halted().is_none() && node.applied().saturating_sub(retained) >= COMPACT_EVERY {
+            if let Err(e) = node.compact() {
+                tracing::warn!("compaction failed: {e}");
+            }
+        }
         node.serve_admin(&mut inbox);
         for done in node.take_completions() {
             let Some(write) = waiting.remove(&done.id) else { continue };
@@ -419,6 +418,10 @@ fn submit(
     if !node.is_leader() {
         let leader = Some(node.leader_id()).filter(|l| *l != 0);
         let _ = write.reply.send(Err(match leader {
+            _ if write.appended => Failure::Unavailable(
+                "outcome unknown: the leader changed after the write was appended (read before retrying)"
+                    .into(),
+            ),
             Some(l) => Failure::NotLeader(Some(l)),
             None => Failure::Unavailable("no leader known here".into()),
         }));
@@ -434,7 +437,10 @@ fn submit(
         submitted
     });
     match result {
-        Ok(ticket) => drop(waiting.insert(ticket.id, write)),
+        Ok(ticket) => {
+            write.appended = true;
+            drop(waiting.insert(ticket.id, write));
+        }
         Err(e) => settle(write, e, retry),
     }
 }

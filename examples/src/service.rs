@@ -10,7 +10,7 @@
 //! | `POST /admin/compact`, `/admin/checkpoint` | a sealed snapshot of this node / an integrity checkpoint (leader) |
 //! | `POST /admin/add?node=N`, `/admin/remove?node=N` | a voter joins or leaves (leader) |
 //! | `GET /admin/retention`, `GET /admin/applied?index=N` | what the destroy proof and the drain ask of every member |
-//! | `GET /metrics` | Prometheus text: the layer's counters (`raft_envelope_*`) and the service's (`kv_*`) |
+//! | `GET /metrics` | Prometheus text: the layer's series (`raft_envelope_*`) |
 //! | `POST /raft/...` | node to node |
 
 use std::collections::BTreeMap;

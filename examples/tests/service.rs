@@ -96,24 +96,36 @@ impl Writers {
         Self { stop, threads, written }
     }
 
+    /// Waits until `n` more writes were acknowledged; a cluster that stops taking writes fails.
     fn wait_for(&self, n: u64) {
         let deadline = Instant::now() + WAIT;
         let start = self.written.load(Ordering::Relaxed);
-        while self.written.load(Ordering::Relaxed) < start + n && Instant::now() < deadline {
+        while self.written.load(Ordering::Relaxed) < start + n {
+            assert!(Instant::now() < deadline, "{n} writes were not acknowledged within {WAIT:?}");
             thread::sleep(Duration::from_millis(10));
         }
     }
 
-    fn stop(self) -> (BTreeMap<String, String>, u64) {
+    fn stop(mut self) -> (BTreeMap<String, String>, u64) {
         self.stop.store(true, Ordering::Relaxed);
         let mut all = BTreeMap::new();
         let mut failed = 0;
-        for t in self.threads {
+        for t in std::mem::take(&mut self.threads) {
             let (acked, f) = t.join().unwrap();
             all.extend(acked);
             failed += f;
         }
         (all, failed)
+    }
+}
+
+/// A test that fails with writers running stops them before the cluster's processes go.
+impl Drop for Writers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in std::mem::take(&mut self.threads) {
+            let _ = t.join();
+        }
     }
 }
 
@@ -213,6 +225,8 @@ fn a_full_restart_recovers_the_layer_state_and_every_value_from_disk(engine: Eng
     c.json(1, "POST", "/admin/rotate").unwrap();
     // One node keeps a sealed snapshot and a compacted log, the others their whole log.
     c.json(2, "POST", "/admin/compact").unwrap();
+    let first = c.status(2).unwrap()["first_index"].as_u64().unwrap();
+    assert!(first > 1, "node 2 compacted its log (first index {first})");
     for i in 0..20 {
         c.put(1 + i % 3, &format!("after:{i}"), &format!("w{i}")).unwrap();
         acked.insert(format!("after:{i}"), format!("w{i}"));
@@ -269,6 +283,8 @@ fn no_plaintext_written_above_the_cutover_reaches_any_data_directory(engine: Eng
         c.kill(id); // everything a node wrote is on disk, nothing in flight
     }
     assert_eq!(c.grep_data(marker.as_bytes()), 0, "no byte of plaintext above the cutover on disk");
+    assert_eq!(c.grep_logs(marker.as_bytes()), 0, "nor in any node's own log output");
+    assert!(c.grep_logs(b"cutover") > 0, "the nodes' log output is where the scan looks");
 }
 
 fn a_flipped_byte_in_one_nodes_log_halts_that_node_alone_and_a_replaced_node_converges(engine: EngineKind) {
@@ -276,22 +292,24 @@ fn a_flipped_byte_in_one_nodes_log_halts_that_node_alone_and_a_replaced_node_con
     let enabled = c.json(1, "POST", "/admin/enable").unwrap();
     let cutover = enabled["cutover"].as_u64().unwrap();
     let mut acked = BTreeMap::new();
+    let mut last_put = 0;
     for i in 0..10 {
-        c.put(1 + i % 3, &format!("k{i}"), &format!("v{i}")).unwrap();
+        last_put = c.put(1 + i % 3, &format!("k{i}"), &format!("v{i}")).unwrap();
         acked.insert(format!("k{i}"), format!("v{i}"));
     }
+    assert!(last_put > cutover);
     let leader = c.wait_leader(&c.ids(), WAIT).unwrap();
     let victim = c.ids().into_iter().find(|i| *i != leader).unwrap();
     let target = c.max_applied(&c.ids());
     c.wait_applied(&[victim], target, WAIT).unwrap();
     c.kill(victim);
-    let payloads = stored_log::dump(engine, &c.data_dir(victim)).unwrap();
-    let (index, _) = payloads.iter().rev().find(|(i, _)| *i > cutover).unwrap();
-    stored_log::tamper(engine, &c.data_dir(victim), *index).unwrap();
+    // The sealed write itself (not a control entry or a checkpoint next to it).
+    let index = last_put;
+    stored_log::tamper(engine, &c.data_dir(victim), index).unwrap();
     c.spawn(victim, false).unwrap();
 
     let halt = c.wait_halted(victim, WAIT).unwrap();
-    assert_eq!(halt["index"].as_u64(), Some(*index));
+    assert_eq!(halt["index"].as_u64(), Some(index));
     assert_eq!(halt["reason"], "authentication_failed");
     let (_, metrics) = c.call(victim, "GET", "/metrics", &[]).unwrap();
     let metrics = String::from_utf8(metrics).unwrap();
@@ -308,7 +326,7 @@ fn a_flipped_byte_in_one_nodes_log_halts_that_node_alone_and_a_replaced_node_con
         acked.insert(format!("k{i}"), format!("v{i}"));
     }
     let still = c.status(victim).unwrap();
-    assert!(still["applied"].as_u64().unwrap() < *index, "the halted node applied nothing past the entry");
+    assert!(still["applied"].as_u64().unwrap() < index, "the halted node applied nothing past the entry");
 
     c.replace(victim, WAIT).unwrap();
     assert_no_halt(&c);

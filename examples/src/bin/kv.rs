@@ -17,10 +17,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use raft_envelope_core::lifecycle::CheckpointPolicy;
 use raft_envelope_core::provider::{FileKekProvider, KekId};
-use raft_envelope_examples::raftrs_engine::{RaftrsEngine, RaftrsOptions};
+use raft_envelope_examples::openraft_engine::OpenraftEngine;
+use raft_envelope_examples::raftrs_engine::RaftrsEngine;
 use raft_envelope_examples::service::{self, Engine, Peers};
-use raft_envelope_examples::{demo, openraft_engine, stored_log, EngineKind};
+use raft_envelope_examples::{demo, stored_log, EngineKind, NodeOptions};
 
 /// The raft-envelope KV service.
 #[derive(Debug, Parser)]
@@ -115,6 +117,9 @@ struct NodeArgs {
     /// The tick interval in milliseconds (elections after 10 ticks).
     #[arg(long, default_value_t = 50)]
     tick_ms: u64,
+    /// Propose no integrity checkpoints (while a rolling upgrade onto the layer is under way).
+    #[arg(long)]
+    no_checkpoints: bool,
 }
 
 fn main() -> ExitCode {
@@ -163,33 +168,23 @@ fn run_node(args: NodeArgs) -> Result<(), String> {
         .install_recorder()
         .map_err(|e| format!("metrics recorder: {e}"))?;
     let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    let tick = Duration::from_millis(args.tick_ms.max(1));
+    let options = NodeOptions {
+        id: args.id,
+        peers: peers.clone(),
+        data_dir: args.data_dir,
+        cluster: args.cluster,
+        join: args.join,
+        tick: Duration::from_millis(args.tick_ms.max(1)),
+        checkpoints: if args.no_checkpoints { CheckpointPolicy::OFF } else { CheckpointPolicy::DEFAULT },
+    };
     let engine: Arc<dyn Engine> = match EngineKind::from(args.engine) {
-        EngineKind::Raftrs => RaftrsEngine::start(
-            RaftrsOptions {
-                id: args.id,
-                peers: peers.clone(),
-                data_dir: args.data_dir,
-                cluster: args.cluster,
-                join: args.join,
-                tick,
-            },
-            kek,
-        )?,
-        EngineKind::Openraft => openraft_engine::OpenraftEngine::start(
-            openraft_engine::OpenraftOptions {
-                id: args.id,
-                peers: peers.clone(),
-                data_dir: args.data_dir,
-                cluster: args.cluster,
-                join: args.join,
-                tick,
-            },
-            kek,
-        )?,
+        EngineKind::Raftrs => RaftrsEngine::start(options, kek)?,
+        EngineKind::Openraft => OpenraftEngine::start(options, kek)?,
     };
     let render = Arc::new(move || prometheus.render());
-    service::serve(listener, engine, Peers::new(&peers, Duration::from_secs(5)), render);
+    // Forwarded requests wait as long as the leader may take: a write retries for up to 20 s,
+    // an enable waits for every member.
+    service::serve(listener, engine, Peers::new(&peers, Duration::from_secs(90)), render);
     tracing::info!(node = args.id, %addr, "serving");
     loop {
         std::thread::park();
