@@ -1,32 +1,41 @@
 //! End to end on raft-rs: a 3-node in-process cluster with the layer off and one with it on
 //! (AES-256-GCM), the same write workload interleaved round by round.
 //!
-//! Each cluster is driven by one pump thread (the usual raft-rs event loop shape): it takes every
-//! proposal waiting in its queue, proposes them on the leader, delivers messages and handles
-//! Readies until the cluster is quiet, then answers the writers whose proposals were applied.
+//! Two shapes (`BENCH_SHAPE`):
+//! - `threads` (the default, shaped like a deployment, raft-rs's `five_mem_node`): each node runs
+//!   its own Ready loop on its own thread, with channels between the nodes. A writer seals its
+//!   proposal on its own thread (through the leader's proposer) and hands it to the leader's
+//!   loop; each replica opens entries on its own loop, in its apply path.
+//! - `pump`: one thread drives all three nodes in turn (the earlier bench): it takes every
+//!   proposal waiting, proposes them on the leader, delivers messages and handles Readies until
+//!   the cluster is quiet, then answers the writers. One seal and three opens per proposal run in
+//!   series on that thread.
 //!
 //! Nodes are what a production node runs: each built from a `LayerState` (exactly-once
 //! envelopes, the running digest, integrity checkpoints at the default policy), the on side
 //! switched on through the log (install, promote, enforce). `BENCH_FIXED_LAYER=1` measures
-//! fixed layers instead (a cipher and a cutover, no layer state: the rows before issue 12).
+//! fixed layers instead (a cipher and a cutover, no layer state; `pump` shape only).
 //!
 //! Run: `cargo bench -p raft-envelope-raftrs --bench cluster` (results: `BENCHMARKS.md`).
 #![allow(missing_docs, clippy::unwrap_used)] // a bench binary: a panic is the report
 
 use std::collections::HashMap;
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
 
-use raft::eraftpb::ConfState;
+use raft::eraftpb::{ConfState, Message};
 use raft_envelope_bench_support::BenchCluster;
 use raft_envelope_core::provider::{FileKekProvider, KekId, KeyProvider};
 use raft_envelope_core::{
     Algorithm, ApplyGate, ClusterId, Cutover, EnvelopeCipher, EnvelopeLayer, KeyId, Keyring, LayerState,
     PayloadWrapper, ProposalId, SecretKey,
 };
-use raft_envelope_raftrs::testing::{Cluster, ClusterConfig};
-use raft_envelope_raftrs::StateMachine;
+use raft_envelope_raftrs::testing::{block_on, Cluster, ClusterConfig};
+use raft_envelope_raftrs::{
+    EnvelopeNode, EnvelopeProposer, MemStore, PreparedProposal, ProposeError, StateMachine,
+};
 
 /// Counts what it applies; keeps no payload, so memory stays flat over a long run.
 #[derive(Default)]
@@ -52,27 +61,7 @@ impl StateMachine for Count {
     }
 }
 
-type Request = (Vec<u8>, SyncSender<Result<(), String>>);
-
-struct Pumped {
-    queue: Sender<Request>,
-}
-
-impl BenchCluster for Pumped {
-    fn propose(&self, payload: Vec<u8>) -> Result<(), String> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.queue.send((payload, tx)).map_err(|e| e.to_string())?;
-        rx.recv().map_err(|e| e.to_string())?
-    }
-}
-
-fn start(sealed: bool) -> Pumped {
-    let (queue, requests) = mpsc::channel::<Request>();
-    let (ready_tx, ready_rx) = mpsc::channel();
-    thread::spawn(move || pump(sealed, requests, ready_tx));
-    ready_rx.recv().unwrap();
-    Pumped { queue }
-}
+type Reply = SyncSender<Result<(), String>>;
 
 fn managed(sealed: bool) -> Cluster<Count> {
     let kek_id = KekId::new("bench-kek").unwrap();
@@ -88,6 +77,152 @@ fn managed(sealed: bool) -> Cluster<Count> {
         cluster.enable_encryption(provider().as_ref(), &kek_id, Algorithm::Aes256Gcm).unwrap();
     }
     cluster
+}
+
+// ---- one Ready loop per node thread -------------------------------------------------------
+
+/// What a node's loop receives: a message from a peer, or a writer's sealed proposal.
+enum Input {
+    Message(Message),
+    Propose(PreparedProposal, Reply),
+}
+
+/// A cluster whose nodes each run on their own thread; writers seal on their own threads.
+struct Threaded {
+    /// The leader's proposer: sealing happens on the writer's thread.
+    proposer: EnvelopeProposer,
+    leader: Sender<Input>,
+}
+
+impl BenchCluster for Threaded {
+    fn propose(&self, payload: Vec<u8>) -> Result<(), String> {
+        let prepared = self.proposer.prepare(Vec::new(), payload).map_err(|e| e.to_string())?;
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.leader.send(Input::Propose(prepared, tx)).map_err(|e| e.to_string())?;
+        rx.recv().map_err(|e| e.to_string())?
+    }
+}
+
+/// Time per raft-rs tick: heartbeats every two ticks, elections after ten or more (no leader change
+/// is expected in a bench, and none happens while every loop runs).
+const TICK: Duration = Duration::from_millis(50);
+
+fn start_threaded(sealed: bool) -> Threaded {
+    let mut cluster = managed(sealed);
+    cluster.settle();
+    let leader = cluster.leader().unwrap();
+    let nodes = cluster.into_nodes();
+    let (senders, receivers): (Vec<Sender<Input>>, Vec<Receiver<Input>>) =
+        nodes.iter().map(|_| mpsc::channel()).unzip();
+    let peers: HashMap<u64, Sender<Input>> =
+        nodes.iter().zip(&senders).map(|(n, tx)| (n.id(), tx.clone())).collect();
+    let mut proposer = None;
+    let mut leader_inbox = None;
+    for (node, inbox) in nodes.into_iter().zip(receivers) {
+        if node.id() == leader {
+            proposer = Some(EnvelopeProposer::new(node.layer().clone()));
+            leader_inbox = Some(peers[&node.id()].clone());
+        }
+        let peers = peers.clone();
+        thread::spawn(move || ready_loop(node, inbox, peers));
+    }
+    Threaded { proposer: proposer.unwrap(), leader: leader_inbox.unwrap() }
+}
+
+/// A node's loop as a deployment writes it: take what arrived, tick on time, handle the Ready,
+/// send the messages to their peers, answer the writers whose proposals applied.
+fn ready_loop(
+    mut node: EnvelopeNode<MemStore, Count>,
+    inbox: Receiver<Input>,
+    peers: HashMap<u64, Sender<Input>>,
+) {
+    let mut waiting: HashMap<ProposalId, Reply> = HashMap::new();
+    // Refused for the moment (a layer control entry, such as a checkpoint, not applied yet
+    // here): submitted again once the loop has handled its Ready, as a deployment does.
+    let mut retry: Vec<(PreparedProposal, Reply)> = Vec::new();
+    let mut next_tick = Instant::now() + TICK;
+    loop {
+        for (prepared, reply) in std::mem::take(&mut retry) {
+            submit(&mut node, prepared, reply, &mut waiting, &mut retry);
+        }
+        let first = match inbox.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
+            Ok(input) => Some(input),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        for input in first.into_iter().chain(inbox.try_iter()) {
+            match input {
+                Input::Message(m) => {
+                    let _ = node.step(m);
+                }
+                Input::Propose(prepared, reply) => {
+                    submit(&mut node, prepared, reply, &mut waiting, &mut retry)
+                }
+            }
+        }
+        if Instant::now() >= next_tick {
+            node.tick();
+            next_tick = Instant::now() + TICK;
+        }
+        // Until raft-rs has nothing more to hand over (handling one Ready can make another).
+        while node.raw_node().has_ready() || node.needs_driving() {
+            if node.needs_prefetch() {
+                let _ = block_on(node.prefetch_pending());
+            }
+            let messages = match node.on_ready() {
+                Ok(messages) => messages,
+                Err(e) => panic!("node {} stopped: {e}", node.id()),
+            };
+            for m in messages {
+                if let Some(peer) = peers.get(&m.to) {
+                    let _ = peer.send(Input::Message(m));
+                }
+            }
+            for c in node.take_completions() {
+                if let Some(reply) = waiting.remove(&c.id) {
+                    let _ = reply.send(c.result.map(drop).map_err(|e| e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+fn submit(
+    node: &mut EnvelopeNode<MemStore, Count>,
+    prepared: PreparedProposal,
+    reply: Reply,
+    waiting: &mut HashMap<ProposalId, Reply>,
+    retry: &mut Vec<(PreparedProposal, Reply)>,
+) {
+    match node.submit(&prepared) {
+        Ok(ticket) => drop(waiting.insert(ticket.id, reply)),
+        Err(ProposeError::ControlPending) => retry.push((prepared, reply)),
+        Err(e) => drop(reply.send(Err(e.to_string()))),
+    }
+}
+
+// ---- one pump thread for the whole cluster -------------------------------------------------
+
+type Request = (Vec<u8>, Reply);
+
+struct Pumped {
+    queue: Sender<Request>,
+}
+
+impl BenchCluster for Pumped {
+    fn propose(&self, payload: Vec<u8>) -> Result<(), String> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.queue.send((payload, tx)).map_err(|e| e.to_string())?;
+        rx.recv().map_err(|e| e.to_string())?
+    }
+}
+
+fn start_pumped(sealed: bool) -> Pumped {
+    let (queue, requests) = mpsc::channel::<Request>();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    thread::spawn(move || pump(sealed, requests, ready_tx));
+    ready_rx.recv().unwrap();
+    Pumped { queue }
 }
 
 fn fixed(sealed: bool) -> Cluster<Count> {
@@ -123,7 +258,7 @@ fn pump(sealed: bool, requests: Receiver<Request>, ready: Sender<()>) {
         if std::env::var_os("BENCH_FIXED_LAYER").is_some() { fixed(sealed) } else { managed(sealed) };
     ready.send(()).unwrap();
 
-    let mut pending: HashMap<ProposalId, SyncSender<Result<(), String>>> = HashMap::new();
+    let mut pending: HashMap<ProposalId, Reply> = HashMap::new();
     loop {
         let mut batch = Vec::new();
         if pending.is_empty() {
@@ -160,5 +295,9 @@ fn pump(sealed: bool, requests: Receiver<Request>, ready: Sender<()>) {
 }
 
 fn main() {
-    raft_envelope_bench_support::run("raft-rs", start);
+    match std::env::var("BENCH_SHAPE").as_deref() {
+        Ok("pump") => raft_envelope_bench_support::run("raft-rs-pump", start_pumped),
+        Ok("threads") | Err(_) => raft_envelope_bench_support::run("raft-rs", start_threaded),
+        Ok(other) => panic!("BENCH_SHAPE={other}: expected threads or pump"),
+    }
 }

@@ -81,6 +81,8 @@ pub struct EnvelopeApplier<SM> {
     halt: Option<FatalApplyError>,
     lifecycle: Option<Lifecycle>,
     held: VecDeque<Entry>,
+    /// Where envelopes are opened: reused from entry to entry, so applying allocates nothing.
+    scratch: Vec<u8>,
 }
 
 /// The key-lifecycle part of an applier.
@@ -94,7 +96,7 @@ impl<SM: StateMachine> EnvelopeApplier<SM> {
     /// An applier in front of `sm`, starting after `sm.applied_index()`.
     pub fn new(sm: SM, layer: Arc<EnvelopeLayer>) -> Self {
         let applied = sm.applied_index();
-        Self { layer, sm, applied, halt: None, lifecycle: None, held: VecDeque::new() }
+        Self { layer, sm, applied, halt: None, lifecycle: None, held: VecDeque::new(), scratch: Vec::new() }
     }
 
     /// Applies layer control entries through `state`; once a key is active the layer seals with
@@ -240,14 +242,19 @@ impl<SM: StateMachine> EnvelopeApplier<SM> {
                 }
             }
             let kind = classify(&entry);
-            let decision = match self.layer.gate().decide(entry.index, kind, entry.get_data()) {
-                Ok(decision) => decision,
+            let (index, term) = (entry.index, entry.term);
+            let context = ApplyContext::of(index, kind, entry.get_data());
+            // An envelope is opened into the applier's own buffer, reused from entry to entry: no
+            // allocation per entry (the entry's bytes are shared with the log store, so they are
+            // not decrypted where they are).
+            let mut scratch = std::mem::take(&mut self.scratch);
+            let payload = match self.layer.gate().decide_into(index, kind, entry.get_data(), &mut scratch) {
+                Ok(payload) => payload,
                 Err(halt) => {
                     self.halt = Some(halt.clone());
                     return Err(NodeError::Halted(halt));
                 }
             };
-            let (index, term) = (entry.index, entry.term);
             let applied = match kind {
                 EntryKind::Control => {
                     let conf = match entry.get_entry_type() {
@@ -276,7 +283,6 @@ impl<SM: StateMachine> EnvelopeApplier<SM> {
                     }
                 }
                 _ => {
-                    let context = ApplyContext::of(index, kind, entry.get_data());
                     let admission = match &self.lifecycle {
                         None => Admission::Apply,
                         Some(l) => l.state.admit(
@@ -288,7 +294,7 @@ impl<SM: StateMachine> EnvelopeApplier<SM> {
                         ),
                     };
                     let response = match admission {
-                        Admission::Apply => Some(self.sm.apply_in(&context, term, decision.as_bytes())),
+                        Admission::Apply => Some(self.sm.apply_in(&context, term, payload)),
                         // Not applied again: the state machine only records the index.
                         _ => {
                             self.sm.apply_control(index, term, None);
@@ -298,6 +304,7 @@ impl<SM: StateMachine> EnvelopeApplier<SM> {
                     AppliedEntry { index, term, kind, proposal: context.proposal_id, response, admission }
                 }
             };
+            self.scratch = scratch;
             self.applied = index;
             out.push(applied);
         }

@@ -130,7 +130,9 @@ impl EnvelopeProposer {
         payload: Vec<u8>,
     ) -> Result<Ticket, ProposeError> {
         let prepared = self.prepare(context, payload)?;
-        self.submit(node, &prepared)
+        self.check_submission(node, &prepared)?;
+        // Proposed once: its bytes move into raft-rs, no copy kept for a retry.
+        append(node, prepared.id, prepared.kind, prepared.context, prepared.data)
     }
 
     /// Seals (when the layer seals) and frames `payload` with `context`, without proposing it:
@@ -171,9 +173,18 @@ impl EnvelopeProposer {
         node: &mut RawNode<T>,
         prepared: &PreparedProposal,
     ) -> Result<Ticket, ProposeError> {
+        self.check_submission(node, prepared)?;
+        append(node, prepared.id, prepared.kind, prepared.context.clone(), prepared.data.clone())
+    }
+
+    /// Refuses cleartext that could only land above the cutover. Checked at submission: the
+    /// kind prepared is what would be appended, even if the wrapper was switched meanwhile.
+    fn check_submission<T: Storage>(
+        &self,
+        node: &RawNode<T>,
+        prepared: &PreparedProposal,
+    ) -> Result<(), ProposeError> {
         if prepared.kind != EntryKind::Envelope {
-            // Checked at submission: the kind prepared is what would be appended, even if the
-            // wrapper was switched meanwhile.
             let last = node.raft.raft_log.last_index();
             if let Some(cutover) = self.layer.cleartext_would_land_above_cutover(last) {
                 tracing::warn!(
@@ -184,7 +195,7 @@ impl EnvelopeProposer {
                 return Err(ProposeError::NotSealing { cutover });
             }
         }
-        append(node, prepared.id, prepared.kind, prepared.context.clone(), prepared.data.clone())
+        Ok(())
     }
 
     /// Proposes a switch-on barrier: a control entry (empty data, barrier marker) that the state

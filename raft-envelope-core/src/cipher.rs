@@ -88,4 +88,8 @@ impl PayloadUnwrapper for EnvelopeCipher {
     fn open_owned(&self, envelope: Vec<u8>) -> Result<Vec<u8>, OpenError> {
         self.keyring.open_in_place(Purpose::RaftPayload, &self.cluster, envelope)
     }
+
+    fn open_into(&self, envelope: &[u8], out: &mut Vec<u8>) -> Result<(), OpenError> {
+        self.keyring.open_into(Purpose::RaftPayload, &self.cluster, envelope, out)
+    }
 }

@@ -112,6 +112,32 @@ pub fn decide<'a>(
     traced(result, kind)
 }
 
+/// [`decide`] with a buffer of the adapter's own: an opened envelope's plaintext is written into
+/// `out` ([`PayloadUnwrapper::open_into`]) and returned from there, anything passed through is
+/// returned as `bytes`. An adapter that keeps `out` from entry to entry allocates nothing per
+/// entry, whatever the engine's entries are (shared, borrowed).
+///
+/// # Errors
+/// A [`FatalApplyError`]: the replica must halt at `index`.
+pub fn decide_into<'a>(
+    index: u64,
+    kind: EntryKind,
+    bytes: &'a [u8],
+    out: &'a mut Vec<u8>,
+    cutover: Option<u64>,
+    unwrapper: Option<&dyn PayloadUnwrapper>,
+) -> Result<&'a [u8], FatalApplyError> {
+    let result = match verdict(index, kind, bytes, cutover, unwrapper) {
+        Ok(None) => Ok(bytes),
+        Ok(Some(unwrapper)) => match unwrapper.open_into(bytes, out) {
+            Ok(()) => Ok(out.as_slice()),
+            Err(e) => Err(FatalApplyError::from_open(index, e, cutover)),
+        },
+        Err(e) => Err(e),
+    };
+    traced(result, kind)
+}
+
 /// [`decide`] for an entry whose bytes the adapter owns: cleartext and control entries come back
 /// as they are (moved, not copied), envelopes are opened in place
 /// ([`PayloadUnwrapper::open_owned`]), saving an allocation and a copy per entry.
@@ -304,6 +330,28 @@ impl ApplyGate {
         let counter = match &result {
             Ok(Decision::PassThrough(_)) => &self.passed_through,
             Ok(Decision::Opened(_)) => &self.opened,
+            Err(e) => &self.halts[e.reason.index()],
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    /// [`decide_into`] with this gate's cutover and unwrapper, counting the outcome.
+    ///
+    /// # Errors
+    /// A [`FatalApplyError`]: the replica must halt at `index`.
+    pub fn decide_into<'a>(
+        &self,
+        index: u64,
+        kind: EntryKind,
+        bytes: &'a [u8],
+        out: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8], FatalApplyError> {
+        let opens = kind == EntryKind::Envelope;
+        let result = decide_into(index, kind, bytes, out, self.cutover.cutover(), self.unwrapper.as_deref());
+        let counter = match &result {
+            Ok(_) if opens => &self.opened,
+            Ok(_) => &self.passed_through,
             Err(e) => &self.halts[e.reason.index()],
         };
         counter.fetch_add(1, Ordering::Relaxed);

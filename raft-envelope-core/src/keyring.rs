@@ -3,8 +3,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
+use arc_swap::ArcSwapOption;
 use aws_lc_rs::aead::{self, LessSafeKey, Nonce, UnboundKey};
 use zeroize::{Zeroize, Zeroizing};
 
@@ -144,17 +145,36 @@ pub struct KeyStats {
     pub budget_low: bool,
 }
 
-struct Slot {
-    algorithm: Algorithm,
-    state: KeyState,
-    key: Option<LessSafeKey>,
-    /// Random 96-bit starting point of this keyring's nonce sequence for the key.
-    nonce_base: u128,
-    budget: SealBudget,
+/// A key's sealing counters, shared by its slot and by the active-key snapshot that seals
+/// without the keyring's lock, so they outlive the key material (a destroyed key's stats).
+#[derive(Default)]
+struct SealCounters {
     /// Nonce positions handed out by this keyring (successful or refused).
     reserved: AtomicU64,
     /// Seals the AEAD refused after a position was reserved (practically never).
     cipher_failures: AtomicU64,
+}
+
+/// Everything sealing under one key needs. Held by the key's slot (the key material: dropped,
+/// and zeroized by aws-lc, when the key is destroyed and no seal in flight holds it) and, while
+/// the key is active, by the keyring's lock-free active snapshot.
+struct Sealer {
+    key_id: KeyId,
+    algorithm: Algorithm,
+    key: LessSafeKey,
+    /// Random 96-bit starting point of this keyring's nonce sequence for the key.
+    nonce_base: u128,
+    budget: SealBudget,
+    counters: Arc<SealCounters>,
+}
+
+struct Slot {
+    algorithm: Algorithm,
+    state: KeyState,
+    /// `None` once destroyed (or for a key recorded destroyed without ever being held).
+    key: Option<Arc<Sealer>>,
+    budget: SealBudget,
+    counters: Arc<SealCounters>,
     opens: AtomicU64,
     failures: [AtomicU64; FailureReason::ALL.len()],
 }
@@ -162,27 +182,30 @@ struct Slot {
 impl Slot {
     /// A slot with fresh counters.
     fn new(
+        key_id: KeyId,
         algorithm: Algorithm,
         state: KeyState,
         key: Option<LessSafeKey>,
         nonce_base: u128,
         budget: SealBudget,
     ) -> Self {
+        let counters = Arc::new(SealCounters::default());
+        let key = key.map(|key| {
+            Arc::new(Sealer { key_id, algorithm, key, nonce_base, budget, counters: counters.clone() })
+        });
         Self {
             algorithm,
             state,
             key,
-            nonce_base,
             budget,
-            reserved: AtomicU64::new(0),
-            cipher_failures: AtomicU64::new(0),
+            counters,
             opens: AtomicU64::new(0),
             failures: Default::default(),
         }
     }
 
     fn remaining(&self) -> u64 {
-        let used = self.budget.already_used.saturating_add(self.reserved.load(Ordering::Relaxed));
+        let used = self.budget.already_used.saturating_add(self.counters.reserved.load(Ordering::Relaxed));
         self.budget.limit.saturating_sub(used)
     }
 
@@ -190,7 +213,8 @@ impl Slot {
     /// the hot path pays for one atomic counter, not two.
     fn seals(&self) -> u64 {
         let allowed = self.budget.limit.saturating_sub(self.budget.already_used);
-        self.reserved.load(Ordering::Relaxed).min(allowed) - self.cipher_failures.load(Ordering::Relaxed)
+        self.counters.reserved.load(Ordering::Relaxed).min(allowed)
+            - self.counters.cipher_failures.load(Ordering::Relaxed)
     }
 
     fn stats(&self, key_id: KeyId) -> KeyStats {
@@ -240,6 +264,9 @@ struct Inner {
 /// ```
 pub struct Keyring {
     inner: RwLock<Inner>,
+    /// The active key's sealer, read without a lock by every seal under the active key (many
+    /// proposing threads at once); replaced under `inner`'s write lock whenever `active` changes.
+    active: ArcSwapOption<Sealer>,
     unknown_key_failures: Mutex<BTreeMap<KeyId, u64>>,
 }
 
@@ -263,7 +290,11 @@ impl fmt::Debug for Keyring {
 impl Keyring {
     /// An empty keyring: it seals nothing and opens nothing.
     pub fn new() -> Self {
-        Self { inner: RwLock::new(Inner::default()), unknown_key_failures: Mutex::new(BTreeMap::new()) }
+        Self {
+            inner: RwLock::new(Inner::default()),
+            active: ArcSwapOption::empty(),
+            unknown_key_failures: Mutex::new(BTreeMap::new()),
+        }
     }
 
     /// A keyring holding one active key with the default budget.
@@ -330,6 +361,7 @@ impl Keyring {
         let unbound = UnboundKey::new(algorithm.aead(), &key.0[..])
             .map_err(|_| ConfigError::KeyLength { len: KEY_LEN })?;
         let slot = Slot::new(
+            id,
             algorithm,
             KeyState::DecryptOnly,
             Some(LessSafeKey::new(unbound)),
@@ -358,7 +390,7 @@ impl Keyring {
         if id == KeyId::RESERVED {
             return Err(ConfigError::ReservedKeyId);
         }
-        self.insert_slot(id, Slot::new(algorithm, KeyState::Destroyed, None, 0, SealBudget::default()))
+        self.insert_slot(id, Slot::new(id, algorithm, KeyState::Destroyed, None, 0, SealBudget::default()))
     }
 
     /// Makes `id` the one active (sealing) key; the previously active key becomes decrypt-only.
@@ -375,6 +407,7 @@ impl Keyring {
         }
         if let Some(slot) = inner.slots.get_mut(&id) {
             slot.state = KeyState::Active;
+            self.active.store(slot.key.clone());
         }
         drop(inner);
         tracing::info!(key_id = id.0, "key promoted to active");
@@ -390,6 +423,7 @@ impl Keyring {
         Self::check_live(&inner, id)?;
         if inner.active == Some(id) {
             inner.active = None;
+            self.active.store(None);
         }
         if let Some(slot) = inner.slots.get_mut(&id) {
             slot.state = KeyState::DecryptOnly;
@@ -408,6 +442,7 @@ impl Keyring {
         let mut inner = self.write();
         if inner.active == Some(id) {
             inner.active = None;
+            self.active.store(None);
         }
         let slot = inner.slots.get_mut(&id).ok_or(ConfigError::UnknownKey(id))?;
         slot.state = KeyState::Destroyed;
@@ -491,33 +526,62 @@ impl Keyring {
         parts: &[&[u8]],
         out: &mut Vec<u8>,
     ) -> Result<(), SealError> {
-        let inner = self.read();
-        let key_id = match key {
-            Some(key_id) => key_id,
-            None => inner.active.ok_or(SealError::NoActiveKey)?,
-        };
-        let slot = inner.slots.get(&key_id).ok_or(SealError::NoActiveKey)?;
-        let key = slot.key.as_ref().ok_or(SealError::NoActiveKey)?;
-
-        // Reserve a nonce position; refuse before the budget is spent.
-        let position = slot.reserved.fetch_add(1, Ordering::Relaxed);
-        let used = slot.budget.already_used.saturating_add(position);
-        if used >= slot.budget.limit {
-            return Err(SealError::BudgetExhausted { key_id, limit: slot.budget.limit });
+        match key {
+            // The hot path: no lock, whatever the number of threads sealing at once.
+            None => {
+                let active = self.active.load();
+                let sealer = active.as_deref().ok_or(SealError::NoActiveKey)?;
+                Self::seal_with(sealer, purpose, cluster, proposal_id, parts, out)
+            }
+            Some(key_id) => {
+                let inner = self.read();
+                let slot = inner.slots.get(&key_id).ok_or(SealError::NoActiveKey)?;
+                let sealer = slot.key.as_deref().ok_or(SealError::NoActiveKey)?;
+                Self::seal_with(sealer, purpose, cluster, proposal_id, parts, out)
+            }
         }
-        let remaining = slot.budget.limit - used - 1;
-        if remaining == slot.budget.low_watermark() {
+    }
+
+    /// Seals under `sealer`'s key at its next nonce position, within its budget.
+    fn seal_with(
+        sealer: &Sealer,
+        purpose: Purpose,
+        cluster: &ClusterId,
+        proposal_id: ProposalId,
+        parts: &[&[u8]],
+        out: &mut Vec<u8>,
+    ) -> Result<(), SealError> {
+        let key_id = sealer.key_id;
+        let budget = &sealer.budget;
+        // Reserve a nonce position; refuse before the budget is spent.
+        let position = sealer.counters.reserved.fetch_add(1, Ordering::Relaxed);
+        let used = budget.already_used.saturating_add(position);
+        if used >= budget.limit {
+            return Err(SealError::BudgetExhausted { key_id, limit: budget.limit });
+        }
+        let remaining = budget.limit - used - 1;
+        if remaining == budget.low_watermark() {
             tracing::warn!(key_id = key_id.0, remaining, "sealing budget low: rotate to a new key");
         }
 
         // nonce = (random 96-bit base + position) mod 2^96
-        let nonce_value = slot.nonce_base.wrapping_add(u128::from(position)) & ((1u128 << 96) - 1);
+        let nonce_value = sealer.nonce_base.wrapping_add(u128::from(position)) & ((1u128 << 96) - 1);
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(&nonce_value.to_be_bytes()[4..]);
-        Self::seal_with_nonce(key, slot.algorithm, key_id, proposal_id, nonce, purpose, cluster, parts, out)
-            .inspect_err(|_| {
-                slot.cipher_failures.fetch_add(1, Ordering::Relaxed);
-            })
+        Self::seal_with_nonce(
+            &sealer.key,
+            sealer.algorithm,
+            key_id,
+            proposal_id,
+            nonce,
+            purpose,
+            cluster,
+            parts,
+            out,
+        )
+        .inspect_err(|_| {
+            sealer.counters.cipher_failures.fetch_add(1, Ordering::Relaxed);
+        })
     }
 
     #[allow(clippy::too_many_arguments)] // one call site plus the vector test; a struct would only rename them
@@ -574,7 +638,7 @@ impl Keyring {
     ) -> Result<Vec<u8>, SealError> {
         let inner = self.read();
         let slot = inner.slots.get(&key_id).ok_or(SealError::NoActiveKey)?;
-        let key = slot.key.as_ref().ok_or(SealError::NoActiveKey)?;
+        let key = &slot.key.as_ref().ok_or(SealError::NoActiveKey)?.key;
         let mut out = Vec::new();
         Self::seal_with_nonce(
             key,
@@ -610,6 +674,31 @@ impl Keyring {
                 }
             }
         })
+    }
+
+    /// Opens an envelope made for `purpose` in `cluster` into `out`, decrypting straight from
+    /// `envelope`: `out` is resized to the plaintext's length (zeroing only what it grows by,
+    /// since safe Rust hands the cipher initialized memory) and keeps its capacity. On failure
+    /// `out` is wiped and emptied.
+    pub(crate) fn open_into(
+        &self,
+        purpose: Purpose,
+        cluster: &ClusterId,
+        envelope: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), OpenError> {
+        let header = EnvelopeHeader::parse(envelope)?;
+        let (ciphertext, tag) = envelope[HEADER_LEN..].split_at(envelope.len() - OVERHEAD);
+        let result = self.with_opening_key(purpose, cluster, &header, |key, nonce, aad| {
+            out.resize(ciphertext.len(), 0);
+            key.open_separate_gather(nonce, aad, ciphertext, tag, out).map_err(|_| ())
+        });
+        if result.is_err() {
+            // Unauthenticated output may hold plaintext-like bytes: wipe it.
+            out.zeroize();
+            out.clear();
+        }
+        result
     }
 
     /// Opens an envelope made for `purpose` in `cluster` in its own buffer: no allocation.
@@ -678,7 +767,7 @@ impl Keyring {
         purpose: Purpose,
     ) -> Result<&'s LessSafeKey, OpenError> {
         let key_id = header.key_id;
-        let key = slot.key.as_ref().ok_or(OpenError::DestroyedKey { key_id })?;
+        let key = &slot.key.as_ref().ok_or(OpenError::DestroyedKey { key_id })?.key;
         if header.purpose != purpose {
             return Err(OpenError::WrongPurpose { expected: purpose, found: header.purpose, key_id });
         }

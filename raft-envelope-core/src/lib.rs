@@ -111,7 +111,9 @@ pub mod wire {
 /// The apply side beyond [`ApplyGate`]: the decision as free functions, its counters, and what
 /// [`EnvelopeLayer::prepare`] returns.
 pub mod apply {
-    pub use crate::decision::{decide, decide_owned, ApplyGate, ApplyStats, Decision, EntryKind};
+    pub use crate::decision::{
+        decide, decide_into, decide_owned, ApplyGate, ApplyStats, Decision, EntryKind,
+    };
     pub use crate::integrity::{Admission, ApplyContext, EntryRecord};
     pub use crate::layer::Proposal;
 }

@@ -61,6 +61,20 @@ pub trait PayloadUnwrapper: Send + Sync {
     fn open_owned(&self, envelope: Vec<u8>) -> Result<Vec<u8>, OpenError> {
         self.open(&envelope)
     }
+
+    /// Opens an envelope into `out`, which then holds exactly the plaintext, reusing its
+    /// capacity: an applier that keeps one buffer across entries allocates nothing per entry,
+    /// and copies nothing but what the cipher writes (the built-in cipher decrypts straight from
+    /// `envelope` into `out`, zeroing only what `out` must grow by). The default calls
+    /// [`open`](Self::open) and copies.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open); `out` is then empty.
+    fn open_into(&self, envelope: &[u8], out: &mut Vec<u8>) -> Result<(), OpenError> {
+        out.clear();
+        out.extend_from_slice(&self.open(envelope)?);
+        Ok(())
+    }
 }
 
 /// Tells the apply side the cutover: the log index after which every payload entry must be an
@@ -94,6 +108,10 @@ impl<T: PayloadUnwrapper + ?Sized> PayloadUnwrapper for Arc<T> {
     fn open_owned(&self, envelope: Vec<u8>) -> Result<Vec<u8>, OpenError> {
         (**self).open_owned(envelope)
     }
+
+    fn open_into(&self, envelope: &[u8], out: &mut Vec<u8>) -> Result<(), OpenError> {
+        (**self).open_into(envelope, out)
+    }
 }
 
 impl<T: PayloadUnwrapper + ?Sized> PayloadUnwrapper for &T {
@@ -103,6 +121,10 @@ impl<T: PayloadUnwrapper + ?Sized> PayloadUnwrapper for &T {
 
     fn open_owned(&self, envelope: Vec<u8>) -> Result<Vec<u8>, OpenError> {
         (**self).open_owned(envelope)
+    }
+
+    fn open_into(&self, envelope: &[u8], out: &mut Vec<u8>) -> Result<(), OpenError> {
+        (**self).open_into(envelope, out)
     }
 }
 

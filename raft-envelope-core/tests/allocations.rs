@@ -64,5 +64,17 @@ fn seal_open_and_decide_allocate_at_most_once_each_and_owned_paths_never() {
             0,
             "decide_owned cleartext {size}"
         );
+        // A buffer an applier keeps from entry to entry, already grown.
+        let mut buffer = Vec::with_capacity(size);
+        assert_eq!(allocations(|| cipher.open_into(&sealed, &mut buffer).unwrap()), 0, "open_into {size}");
+        assert_eq!(buffer, payload);
+        assert_eq!(
+            allocations(|| assert_eq!(
+                gate.decide_into(11, EntryKind::Envelope, &sealed, &mut buffer).unwrap(),
+                payload
+            )),
+            0,
+            "decide_into envelope {size}"
+        );
     }
 }

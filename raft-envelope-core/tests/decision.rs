@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use common::cipher;
-use raft_envelope_core::apply::{decide, decide_owned};
+use raft_envelope_core::apply::{decide, decide_into, decide_owned};
 use raft_envelope_core::error::FailureReason;
 use raft_envelope_core::wire::{EnvelopeHeader, Purpose, HEADER_LEN};
 use raft_envelope_core::*;
@@ -100,7 +100,7 @@ fn cutover_max_behaves_like_none() {
 }
 
 #[test]
-fn owned_decision_agrees_with_the_borrowed_one_everywhere() {
+fn owned_and_buffered_decisions_agree_with_the_borrowed_one_everywhere() {
     let c = cipher();
     let env = c.seal(ProposalId(1), b"payload").unwrap();
     let mut tampered = env.clone();
@@ -117,6 +117,19 @@ fn owned_decision_agrees_with_the_borrowed_one_everywhere() {
                         let owned = decide_owned(index, kind, bytes.clone(), cutover, u)
                             .map_err(|e| (e.index, e.reason, e.key_id));
                         assert_eq!(borrowed, owned, "{kind} index {index} cutover {cutover:?}");
+                        // A reused buffer, holding an earlier entry's longer plaintext.
+                        let mut out = vec![0xee; 64];
+                        let into = decide_into(index, kind, bytes, &mut out, cutover, u)
+                            .map(<[u8]>::to_vec)
+                            .map_err(|e| (e.index, e.reason, e.key_id));
+                        assert_eq!(borrowed, into, "{kind} index {index} cutover {cutover:?}");
+                        if into.is_err() {
+                            // Wiped when the cipher refused, untouched when the table did.
+                            assert!(
+                                out.is_empty() || out == [0xee; 64],
+                                "nothing of a refused entry in the buffer"
+                            );
+                        }
                     }
                 }
             }

@@ -160,6 +160,40 @@ fn nonces_never_repeat_across_threads() {
 }
 
 #[test]
+fn seals_racing_rotations_each_use_a_key_that_was_active_and_every_envelope_opens() {
+    let ring = Arc::new(Keyring::new());
+    ring.insert(KeyId(1), Algorithm::Aes256Gcm, SecretKey::from_bytes([1; 32])).unwrap();
+    ring.promote(KeyId(1)).unwrap();
+    let cipher = Arc::new(EnvelopeCipher::new(cluster("c"), ring.clone()));
+    let sealers: Vec<_> = (0..4)
+        .map(|_| {
+            let cipher = cipher.clone();
+            std::thread::spawn(move || {
+                (0..3000).map(|_| cipher.seal(ProposalId(0), b"x").unwrap()).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for id in 2..=20 {
+        ring.insert(KeyId(id), Algorithm::Aes256Gcm, SecretKey::from_bytes([id as u8; 32])).unwrap();
+        ring.promote(KeyId(id)).unwrap();
+        std::thread::yield_now();
+    }
+    let envelopes: Vec<Vec<u8>> = sealers.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let mut nonces = HashSet::new();
+    for envelope in &envelopes {
+        let header = EnvelopeHeader::parse(envelope).unwrap();
+        assert!((1..=20).contains(&header.key_id.0));
+        assert!(nonces.insert((header.key_id, header.nonce)), "a nonce repeated under one key");
+        assert_eq!(cipher.open(envelope).unwrap(), b"x");
+    }
+    let sealed: u64 = ring.stats().iter().map(|k| k.seals).sum();
+    assert_eq!(sealed, envelopes.len() as u64, "every seal is counted under the key it used");
+    // Once retired, nothing seals until a key is promoted again.
+    ring.retire(KeyId(20)).unwrap();
+    assert!(matches!(cipher.seal(ProposalId(0), b"x"), Err(SealError::NoActiveKey)));
+}
+
+#[test]
 fn nonces_never_repeat_across_replicas_and_restarts() {
     // Each keyring stands for one replica process (or one restart of it) holding the same key.
     let mut seen = HashSet::new();

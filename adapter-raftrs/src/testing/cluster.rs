@@ -266,6 +266,13 @@ impl<SM: StateMachine> Cluster<SM> {
         Ok(node.with_proposal_timeout(self.cfg.proposal_timeout_ticks))
     }
 
+    /// Hands the running nodes over to a driver of the caller's (each on its own thread, say,
+    /// as a deployment runs them), in id order. The cluster's queue must be settled first: the
+    /// messages it still holds are dropped (raft-rs sends them again).
+    pub fn into_nodes(self) -> Vec<EnvelopeNode<MemStore, SM>> {
+        self.slots.into_values().filter_map(|s| s.node).collect()
+    }
+
     /// The node ids.
     pub fn ids(&self) -> Vec<u64> {
         self.slots.keys().copied().collect()
