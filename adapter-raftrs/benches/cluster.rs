@@ -14,7 +14,7 @@
 //! Nodes are what a production node runs: each built from a `LayerState` (exactly-once
 //! envelopes, the running digest, integrity checkpoints at the default policy), the on side
 //! switched on through the log (install, promote, enforce). `BENCH_FIXED_LAYER=1` measures
-//! fixed layers instead (a cipher and a cutover, no layer state; `pump` shape only).
+//! fixed layers instead (a cipher and a cutover, no layer state: no replay window, no digest).
 //!
 //! Run: `cargo bench -p raft-envelope-raftrs --bench cluster` (results: `BENCHMARKS.md`).
 #![allow(missing_docs, clippy::unwrap_used)] // a bench binary: a panic is the report
@@ -107,8 +107,16 @@ impl BenchCluster for Threaded {
 /// is expected in a bench, and none happens while every loop runs).
 const TICK: Duration = Duration::from_millis(50);
 
+fn build(sealed: bool) -> Cluster<Count> {
+    if std::env::var_os("BENCH_FIXED_LAYER").is_some() {
+        fixed(sealed)
+    } else {
+        managed(sealed)
+    }
+}
+
 fn start_threaded(sealed: bool) -> Threaded {
-    let mut cluster = managed(sealed);
+    let mut cluster = build(sealed);
     cluster.settle();
     let leader = cluster.leader().unwrap();
     let nodes = cluster.into_nodes();
@@ -254,8 +262,7 @@ fn fixed(sealed: bool) -> Cluster<Count> {
 }
 
 fn pump(sealed: bool, requests: Receiver<Request>, ready: Sender<()>) {
-    let mut cluster =
-        if std::env::var_os("BENCH_FIXED_LAYER").is_some() { fixed(sealed) } else { managed(sealed) };
+    let mut cluster = build(sealed);
     ready.send(()).unwrap();
 
     let mut pending: HashMap<ProposalId, Reply> = HashMap::new();

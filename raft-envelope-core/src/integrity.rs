@@ -175,7 +175,59 @@ struct Session {
     /// Positions at or below it are expired.
     floor: Option<u64>,
     /// Remembered positions and the index each was applied at.
-    recent: BTreeMap<u64, u64>,
+    recent: Window,
+}
+
+/// A session's remembered positions, each with the index it was applied at, in position order:
+/// a sorted ring of at most [`REPLAY_WINDOW`] + 1 pairs. Positions arrive almost in order (one
+/// sealer's nonce counter), so an insert is a push at the back, and the ring's storage is reused:
+/// remembering an envelope allocates nothing once the window is full.
+#[derive(Clone, Default, PartialEq, Eq)]
+struct Window(VecDeque<(u64, u64)>);
+
+impl Window {
+    fn find(&self, position: u64) -> Result<usize, usize> {
+        match self.0.back() {
+            Some(&(last, _)) if last < position => Err(self.0.len()),
+            _ => self.0.binary_search_by_key(&position, |&(p, _)| p),
+        }
+    }
+
+    fn get(&self, position: u64) -> Option<u64> {
+        self.find(position).ok().map(|at| self.0[at].1)
+    }
+
+    /// Remembers `position` at `index`; the index it had before, if any.
+    fn insert(&mut self, position: u64, index: u64) -> Option<u64> {
+        match self.find(position) {
+            Ok(at) => Some(std::mem::replace(&mut self.0[at].1, index)),
+            Err(at) => {
+                self.0.insert(at, (position, index));
+                None
+            }
+        }
+    }
+
+    fn pop_first(&mut self) -> Option<(u64, u64)> {
+        self.0.pop_front()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(u64, u64)> {
+        self.0.iter()
+    }
+
+    /// Forgets every position applied before `oldest`; the highest position forgotten.
+    fn forget_applied_before(&mut self, oldest: u64) -> Option<u64> {
+        let highest = self.0.iter().filter(|(_, at)| *at < oldest).map(|(p, _)| *p).max();
+        if highest.is_some() {
+            self.0.retain(|(_, at)| *at >= oldest);
+        }
+        highest
+    }
 }
 
 impl Session {
@@ -188,7 +240,7 @@ impl Session {
         if self.floor.is_some_and(|f| position <= f) {
             return Some(Admission::Expired { key_id: self.key });
         }
-        self.recent.get(&position).map(|&first_index| Admission::Duplicate { first_index })
+        self.recent.get(position).map(|first_index| Admission::Duplicate { first_index })
     }
 
     fn forget_first(&mut self) {
@@ -309,7 +361,7 @@ impl IntegrityState {
                     key: header.key_id,
                     anchor,
                     floor: None,
-                    recent: BTreeMap::new(),
+                    recent: Window::default(),
                 });
                 self.sessions.len() - 1
             }
@@ -370,10 +422,7 @@ impl IntegrityState {
         let Some(oldest) = index.checked_sub(REPLAY_HORIZON) else { return };
         self.refused.retain(|at, _| *at >= oldest);
         for session in &mut self.sessions {
-            let old: Vec<u64> =
-                session.recent.iter().filter(|(_, &at)| at < oldest).map(|(&p, _)| p).collect();
-            for position in old {
-                session.recent.remove(&position);
+            if let Some(position) = session.recent.forget_applied_before(oldest) {
                 session.floor = Some(session.floor.map_or(position, |f| f.max(position)));
             }
         }
@@ -426,7 +475,7 @@ impl IntegrityState {
             out.extend_from_slice(&s.anchor.to_be_bytes()[4..]);
             out.extend_from_slice(&s.floor.unwrap_or(u64::MAX).to_be_bytes());
             out.extend_from_slice(&(s.recent.len() as u32).to_be_bytes());
-            for (position, index) in &s.recent {
+            for (position, index) in s.recent.iter() {
                 out.extend_from_slice(&position.to_be_bytes());
                 out.extend_from_slice(&index.to_be_bytes());
             }
@@ -493,7 +542,7 @@ impl IntegrityState {
             if n > REPLAY_WINDOW || n * 16 > r.0.len() {
                 return Err("window count");
             }
-            let mut recent = BTreeMap::new();
+            let mut recent = Window::default();
             for _ in 0..n {
                 let position = r.u64("window position").map_err(field)?;
                 let index = r.u64("window index").map_err(field)?;
@@ -633,6 +682,32 @@ mod tests {
         for len in 0..bytes.len() {
             let _ = IntegrityState::decode_from(&mut Reader(&bytes[..len]));
         }
+    }
+
+    #[test]
+    fn the_replay_window_behaves_as_an_ordered_map_whatever_the_arrival_order() {
+        let (mut window, mut model) = (Window::default(), BTreeMap::new());
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for index in 0..5000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Mostly increasing, sometimes behind, sometimes a position seen before.
+            let position = (index + x % 64).saturating_sub(32);
+            assert_eq!(window.insert(position, index), model.insert(position, index));
+            assert_eq!(window.get(position), model.get(&position).copied());
+            if window.len() > 100 {
+                assert_eq!(window.pop_first(), model.pop_first());
+            }
+            if index % 700 == 0 {
+                let oldest = index.saturating_sub(50);
+                let expected = model.iter().filter(|(_, at)| **at < oldest).map(|(p, _)| *p).max();
+                model.retain(|_, at| *at >= oldest);
+                assert_eq!(window.forget_applied_before(oldest), expected);
+            }
+            assert_eq!(window.len(), model.len());
+        }
+        assert!(window.iter().copied().eq(model.into_iter()));
     }
 
     #[test]
