@@ -153,7 +153,13 @@ fn ready_loop(
         for (prepared, reply) in std::mem::take(&mut retry) {
             submit(&mut node, prepared, reply, &mut waiting, &mut retry);
         }
-        let first = match inbox.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
+        // Proposals waiting to be submitted again: do not sleep until the next tick.
+        let wait = if retry.is_empty() {
+            next_tick.saturating_duration_since(Instant::now())
+        } else {
+            Duration::ZERO
+        };
+        let first = match inbox.recv_timeout(wait) {
             Ok(input) => Some(input),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return,

@@ -347,15 +347,8 @@ impl ApplyGate {
         bytes: &'a [u8],
         out: &'a mut Vec<u8>,
     ) -> Result<&'a [u8], FatalApplyError> {
-        let opens = kind == EntryKind::Envelope;
         let result = decide_into(index, kind, bytes, out, self.cutover.cutover(), self.unwrapper.as_deref());
-        let counter = match &result {
-            Ok(_) if opens => &self.opened,
-            Ok(_) => &self.passed_through,
-            Err(e) => &self.halts[e.reason.index()],
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        result
+        self.count(kind, result)
     }
 
     /// [`decide_owned`] with this gate's cutover and unwrapper, counting the outcome.
@@ -368,10 +361,14 @@ impl ApplyGate {
         kind: EntryKind,
         bytes: Vec<u8>,
     ) -> Result<Vec<u8>, FatalApplyError> {
-        let opens = kind == EntryKind::Envelope;
         let result = decide_owned(index, kind, bytes, self.cutover.cutover(), self.unwrapper.as_deref());
+        self.count(kind, result)
+    }
+
+    /// Counts a decision on an entry of `kind`: an envelope that passed was opened.
+    fn count<T>(&self, kind: EntryKind, result: Result<T, FatalApplyError>) -> Result<T, FatalApplyError> {
         let counter = match &result {
-            Ok(_) if opens => &self.opened,
+            Ok(_) if kind == EntryKind::Envelope => &self.opened,
             Ok(_) => &self.passed_through,
             Err(e) => &self.halts[e.reason.index()],
         };
