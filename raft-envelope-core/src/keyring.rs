@@ -241,7 +241,6 @@ impl Slot {
 #[derive(Default)]
 struct Inner {
     slots: BTreeMap<KeyId, Slot>,
-    active: Option<KeyId>,
 }
 
 /// Maps key ids to data keys, each active, decrypt-only or destroyed. At most one key is active
@@ -264,8 +263,9 @@ struct Inner {
 /// ```
 pub struct Keyring {
     inner: RwLock<Inner>,
-    /// The active key's sealer, read without a lock by every seal under the active key (many
-    /// proposing threads at once); replaced under `inner`'s write lock whenever `active` changes.
+    /// The active key's sealer (the one record of which key is active), read without a lock by
+    /// every seal under the active key (many proposing threads at once); replaced only under
+    /// `inner`'s write lock.
     active: ArcSwapOption<Sealer>,
     unknown_key_failures: Mutex<BTreeMap<KeyId, u64>>,
 }
@@ -400,7 +400,7 @@ impl Keyring {
     pub fn promote(&self, id: KeyId) -> Result<(), ConfigError> {
         let mut inner = self.write();
         Self::check_live(&inner, id)?;
-        if let Some(previous) = inner.active.replace(id) {
+        if let Some(previous) = self.active_key() {
             if let Some(slot) = inner.slots.get_mut(&previous) {
                 slot.state = KeyState::DecryptOnly;
             }
@@ -421,8 +421,7 @@ impl Keyring {
     pub fn retire(&self, id: KeyId) -> Result<(), ConfigError> {
         let mut inner = self.write();
         Self::check_live(&inner, id)?;
-        if inner.active == Some(id) {
-            inner.active = None;
+        if self.active_key() == Some(id) {
             self.active.store(None);
         }
         if let Some(slot) = inner.slots.get_mut(&id) {
@@ -440,8 +439,7 @@ impl Keyring {
     /// [`ConfigError::UnknownKey`].
     pub fn destroy(&self, id: KeyId) -> Result<(), ConfigError> {
         let mut inner = self.write();
-        if inner.active == Some(id) {
-            inner.active = None;
+        if self.active_key() == Some(id) {
             self.active.store(None);
         }
         let slot = inner.slots.get_mut(&id).ok_or(ConfigError::UnknownKey(id))?;
@@ -462,7 +460,7 @@ impl Keyring {
 
     /// The active key, if any.
     pub fn active_key(&self) -> Option<KeyId> {
-        self.read().active
+        self.active.load().as_ref().map(|sealer| sealer.key_id)
     }
 
     /// The state of `id`, if the keyring holds it.
@@ -526,20 +524,19 @@ impl Keyring {
         parts: &[&[u8]],
         out: &mut Vec<u8>,
     ) -> Result<(), SealError> {
-        match key {
+        let (active, inner);
+        let sealer = match key {
             // The hot path: no lock, whatever the number of threads sealing at once.
             None => {
-                let active = self.active.load();
-                let sealer = active.as_deref().ok_or(SealError::NoActiveKey)?;
-                Self::seal_with(sealer, purpose, cluster, proposal_id, parts, out)
+                active = self.active.load();
+                active.as_deref()
             }
             Some(key_id) => {
-                let inner = self.read();
-                let slot = inner.slots.get(&key_id).ok_or(SealError::NoActiveKey)?;
-                let sealer = slot.key.as_deref().ok_or(SealError::NoActiveKey)?;
-                Self::seal_with(sealer, purpose, cluster, proposal_id, parts, out)
+                inner = self.read();
+                inner.slots.get(&key_id).and_then(|slot| slot.key.as_deref())
             }
-        }
+        };
+        Self::seal_with(sealer.ok_or(SealError::NoActiveKey)?, purpose, cluster, proposal_id, parts, out)
     }
 
     /// Seals under `sealer`'s key at its next nonce position, within its budget.
@@ -661,19 +658,9 @@ impl Keyring {
         cluster: &ClusterId,
         envelope: &[u8],
     ) -> Result<Vec<u8>, OpenError> {
-        let header = EnvelopeHeader::parse(envelope)?;
-        let (ciphertext, tag) = envelope[HEADER_LEN..].split_at(envelope.len() - OVERHEAD);
-        self.with_opening_key(purpose, cluster, &header, |key, nonce, aad| {
-            let mut out = vec![0u8; ciphertext.len()];
-            match key.open_separate_gather(nonce, aad, ciphertext, tag, &mut out) {
-                Ok(()) => Ok(out),
-                Err(_) => {
-                    // Unauthenticated output may hold plaintext-like bytes: wipe it.
-                    out.zeroize();
-                    Err(())
-                }
-            }
-        })
+        let mut out = Vec::new();
+        self.open_into(purpose, cluster, envelope, &mut out)?;
+        Ok(out)
     }
 
     /// Opens an envelope made for `purpose` in `cluster` into `out`, decrypting straight from
