@@ -14,6 +14,8 @@ use std::time::Duration;
 /// The largest body either side accepts (a snapshot travels in one request: a larger state needs
 /// a transport that streams, issue 16).
 pub const MAX_BODY: usize = 64 << 20;
+/// Longest request, status or header line accepted, newline included.
+pub const MAX_LINE: usize = 8 << 10;
 
 /// How long a server connection may stay idle, or a request take to arrive, before it is closed.
 const IDLE: Duration = Duration::from_secs(120);
@@ -110,9 +112,17 @@ fn connection(stream: TcpStream, handler: &Handler) -> io::Result<()> {
     }
 }
 
-fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
+/// Reads one request (request line, headers, `Content-Length` body) from a connection: `None` at
+/// a clean end of stream. What arrives from the network is untrusted: every malformed request is
+/// an `InvalidData` error, never a panic, and a body is never allocated beyond what arrived
+/// (fuzzed: `fuzz/`).
+///
+/// # Errors
+/// `InvalidData` for a malformed request line, a bad `Content-Length` or a body over the
+/// service's limit; `UnexpectedEof` for a request cut short; any read error.
+pub fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
     let mut line = String::new();
-    if reader.read_line(&mut line)? == 0 {
+    if read_line(reader, &mut line)? == 0 {
         return Ok(None);
     }
     let mut parts = line.split_whitespace();
@@ -138,7 +148,7 @@ fn read_body(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {
     let mut length = 0usize;
     loop {
         let mut header = String::new();
-        if reader.read_line(&mut header)? == 0 {
+        if read_line(reader, &mut header)? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         let header = header.trim_end();
@@ -161,6 +171,16 @@ fn read_body(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
     Ok(body)
+}
+
+/// `BufRead::read_line`, but a line longer than [`MAX_LINE`] is an error: a peer sending bytes
+/// without a newline must not grow the buffer without bound.
+fn read_line(reader: &mut impl BufRead, line: &mut String) -> io::Result<usize> {
+    let n = reader.by_ref().take(MAX_LINE as u64 + 1).read_line(line)?;
+    if n > MAX_LINE {
+        return Err(invalid("line too long"));
+    }
+    Ok(n)
 }
 
 fn invalid(what: &'static str) -> io::Error {
@@ -234,7 +254,7 @@ impl Client {
             stream.write_all(body).map_err(unsent)?;
             stream.flush().map_err(unsent)?;
             let mut status = String::new();
-            match reader.read_line(&mut status) {
+            match read_line(reader, &mut status) {
                 // Closed before answering anything: a stale kept-alive connection.
                 Ok(0) => return Err(unsent(io::ErrorKind::UnexpectedEof.into())),
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Err(unsent(e)),

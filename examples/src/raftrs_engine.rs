@@ -284,8 +284,8 @@ fn send_loop(peer: u64, client: &crate::http::Client, out: &Receiver<Message>, b
     }
 }
 
-/// `[u32 length, big-endian][protobuf Message]` per message.
-fn encode_frames(messages: &[Message]) -> Vec<u8> {
+/// The body of one request to a peer: `[u32 length, big-endian][protobuf Message]` per message.
+pub fn encode_frames(messages: &[Message]) -> Vec<u8> {
     let mut out = Vec::new();
     for m in messages {
         let bytes = m.write_to_bytes().unwrap_or_default();
@@ -295,7 +295,13 @@ fn encode_frames(messages: &[Message]) -> Vec<u8> {
     out
 }
 
-fn decode_frames(mut body: &[u8]) -> Result<Vec<Message>, String> {
+/// Reads the raft-rs messages a peer sent in one request body, framed as [`encode_frames`] wrote
+/// them. Untrusted bytes from the network: a truncated or malformed frame is an error, never a
+/// panic (fuzzed: `fuzz/`).
+///
+/// # Errors
+/// A truncated frame or a message that does not decode.
+pub fn decode_frames(mut body: &[u8]) -> Result<Vec<Message>, String> {
     let mut out = Vec::new();
     while !body.is_empty() {
         let (len, rest) = body.split_at_checked(4).ok_or("truncated frame")?;

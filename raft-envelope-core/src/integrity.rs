@@ -543,14 +543,26 @@ impl IntegrityState {
                 return Err("window count");
             }
             let mut recent = Window::default();
+            let mut previous = None;
             for _ in 0..n {
                 let position = r.u64("window position").map_err(field)?;
                 let index = r.u64("window index").map_err(field)?;
-                if position as u128 >= SESSION_SPAN || recent.insert(position, index).is_some() {
+                // Increasing, as written: one encoding per state (found by fuzzing).
+                if position as u128 >= SESSION_SPAN || previous.is_some_and(|p| p >= position) {
                     return Err("window position");
                 }
+                previous = Some(position);
+                recent.insert(position, index);
             }
-            sessions.push(Session { key, anchor, floor, recent });
+            let session = Session { key, anchor, floor, recent };
+            // Sessions of one key never overlap (an envelope would match the first one while
+            // remembered in the other, and a duplicate would apply again).
+            if sessions.iter().any(|s: &Session| {
+                s.position(key, anchor).is_some() || session.position(s.key, s.anchor).is_some()
+            }) {
+                return Err("overlapping sessions");
+            }
+            sessions.push(session);
         }
         let count = r.u32("refused count").map_err(field)? as usize;
         if count > REPLAY_WINDOW || count * 17 > r.0.len() {

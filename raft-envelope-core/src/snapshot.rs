@@ -8,7 +8,7 @@ use crate::apply_error::ControlError;
 use crate::envelope::{EnvelopeHeader, HEADER_LEN, TAG_LEN};
 use crate::errors::SealError;
 use crate::ids::{KeyId, ProposalId, Purpose};
-use crate::keyring::{Keyring, SecretKey};
+use crate::keyring::{KeyState, Keyring, SecretKey};
 use crate::layer_state::{LayerSnapshot, LayerState};
 use crate::local::lock;
 use crate::local::RetainedSnapshot;
@@ -179,7 +179,7 @@ impl LayerState {
     ///
     /// | body | accepted when |
     /// |---|---|
-    /// | in the clear | neither its layer section nor this replica has a cutover or an active key |
+    /// | in the clear | neither its layer section nor this replica has a cutover, the section has no active key, and a key active here is retired or destroyed in the section |
     /// | sealed | it opens under the layer section's active key, for `last_index`, with the layer section's digest |
     ///
     /// # Errors
@@ -197,10 +197,16 @@ impl LayerState {
         }
         let mut data = match header.sealed_under {
             None => {
+                // A key active here may only have stopped sealing through the log: the section
+                // must show it retired or destroyed (switching off before enforcing), else this is
+                // a clear frame claiming a history this replica never had.
+                let retired_here = self.active_key().is_none_or(|mine| {
+                    header.layer.keys.iter().any(|k| k.key_id == mine && k.state != KeyState::Active)
+                });
                 if header.layer.cutover.is_some()
                     || header.layer.active_key().is_some()
                     || self.cutover().is_some()
-                    || self.active_key().is_some()
+                    || !retired_here
                 {
                     return Err(ControlError::UnsealedSnapshot);
                 }

@@ -211,6 +211,23 @@ fn a_clear_snapshot_is_refused_once_a_key_is_active_here() {
 }
 
 #[test]
+fn a_clear_snapshot_after_switching_off_installs_where_the_key_is_still_active() {
+    // Install and promote key 1, then (no cutover yet) destroy it: the layer is off again and
+    // its snapshots are clear. A follower that lagged with key 1 active must still catch up.
+    let provider = kek(7);
+    let leader = LayerState::new(common::cluster("cluster-a"));
+    install_and_promote(&leader, &provider, KeyId(1), 1);
+    let follower = LayerState::new(common::cluster("cluster-a"));
+    install_and_promote(&follower, &provider, KeyId(1), 1);
+    let destroy = ControlCommand::DestroyKey { key_id: KeyId(1) };
+    leader.apply_control(3, &leader.encode_entry(ProposalId(3), &destroy).unwrap()).unwrap();
+    let clear = leader.seal_snapshot(3, b"user state").unwrap();
+    assert!(SnapshotHeader::read(&clear).unwrap().sealed_under.is_none());
+    assert_eq!(follower.install_snapshot(3, &clear).unwrap(), b"user state");
+    assert_eq!(follower.active_key(), None);
+}
+
+#[test]
 fn a_capture_keeps_its_key_in_use_until_dropped() {
     let provider = kek(7);
     let leader = std::sync::Arc::new(enforced_leader(&provider));

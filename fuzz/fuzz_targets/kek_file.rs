@@ -1,0 +1,3 @@
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| raft_envelope_fuzz::bytes::kek_file(data));
