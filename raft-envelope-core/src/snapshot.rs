@@ -200,7 +200,7 @@ impl LayerState {
                 // A key active here may only have stopped sealing through the log: the section
                 // must show it retired or destroyed (switching off before enforcing), else this is
                 // a clear frame claiming a history this replica never had.
-                let retired_here = self.active_key().is_none_or(|mine| {
+                let retired_here = self.active_key().map_or(true, |mine| {
                     header.layer.keys.iter().any(|k| k.key_id == mine && k.state != KeyState::Active)
                 });
                 if header.layer.cutover.is_some()
